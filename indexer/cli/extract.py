@@ -1,0 +1,9 @@
+"""`indexer extract` commands (not implemented yet)."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to the main group."""

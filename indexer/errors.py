@@ -1,0 +1,23 @@
+"""Errors that end a command with a clear message and a documented exit code.
+
+Problems in the data are never errors: they are recorded as sample statuses and the run goes on.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a real failure: ROOT missing, database unusable, bad option value
+EXIT_USAGE = 2  # click's own code for bad command-line usage
+EXIT_REFUSED_MEMBERS = 3  # extract finished but refused unsafe tar members
+EXIT_LOCKED = 75  # another writer holds the database (EX_TEMPFAIL: try again later)
+
+
+class IndexerError(Exception):
+    """A failure the user can act on; the message says what and how to fix it."""
+
+    exit_code = EXIT_FAILURE
+
+
+class DatabaseLocked(IndexerError):
+    exit_code = EXIT_LOCKED

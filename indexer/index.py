@@ -1,0 +1,324 @@
+"""The `index` stage: scan, read what changed in worker processes, write in sorted batches.
+
+Crash safety comes from writing a key's file records and its sample row in the same transaction:
+a run killed before a batch commits leaves those files unrecorded, so the next run sees them again.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from indexer import store
+from indexer.errors import IndexerError
+from indexer.progress import bar
+from indexer.read import FileRecord, SampleRecord, read_sample
+from indexer.scan import scan
+
+KEYS_PER_TASK = 256
+TASKS_PER_COMMIT = 16
+
+SAMPLE_COLUMNS = ("image", "json", "width", "height", "size_from", "status", "error", "warning",
+                  "meta")
+
+
+STORED_COLUMNS = ("image_ext", "json_ext", *SAMPLE_COLUMNS[2:])
+
+
+def _stored_row(key: str, row: tuple) -> tuple:
+    """Replace the image/json paths (generated columns) by the extensions actually stored."""
+    image, json_path, *rest = row
+    cut = len(key) + 1
+    return (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    files_read: int = 0
+    changed_keys: list[str] = field(default_factory=list)
+
+
+def resolve_root(root: str | os.PathLike[str]) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise IndexerError(f"ROOT {path} does not exist: check the path")
+    if not path.is_dir():
+        raise IndexerError(f"ROOT {path} is not a folder: pass the folder that holds the samples")
+    return path.resolve()
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def index_root(
+    db_path: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    dataset_id: str | None = None,
+    workers: int | None = None,
+    verify_images: bool = False,
+    progress: bool = False,
+    command: str = "index",
+) -> dict:
+    """Bring the index of `root` up to date and return the run summary (the --json object)."""
+    started = time.monotonic()
+    root_path = resolve_root(root)
+    conn = store.connect(db_path)
+    try:
+        with store.writer_lock(db_path, command):
+            dataset = store.ensure_dataset(conn, dataset_id, root_path)
+            run_id = store.start_run(conn, dataset, command)
+            try:
+                summary = update_dataset(
+                    conn, dataset, root_path, workers=workers or default_workers(),
+                    verify_images=verify_images, progress=progress,
+                )
+            except BaseException as exc:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                store.finish_run(conn, run_id, {}, status=status, error=str(exc) or status)
+                raise
+            summary.update(run_id=run_id, seconds=round(time.monotonic() - started, 3))
+            store.finish_run(conn, run_id, summary)
+    finally:
+        conn.close()  # the last connection to close folds the WAL into the main file
+    summary["db_bytes"] = database_bytes(db_path)
+    return summary
+
+
+def update_dataset(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: Path,
+    *,
+    workers: int,
+    verify_images: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Scan root, re-read every changed key and record the results (library entry point)."""
+    scan_start_ns = time.time_ns()
+    before = _sample_count(conn, dataset)
+    with bar(progress, desc="scan", unit=" files") as scan_bar:
+        scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update)
+    counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
+                           verify_images=verify_images, progress=progress)
+    after = _sample_count(conn, dataset)
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "added": counts.added,
+        "changed": counts.changed,
+        "removed": counts.removed,
+        "unchanged": after - counts.added - counts.changed,
+        "samples": after,
+        "samples_before": before,
+        "problems": problem_counts(conn, dataset),
+        "files_seen": scanned.files_seen,
+        "files_read": counts.files_read,
+        "json_bytes": json_bytes(conn, dataset),
+        "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
+    }
+
+
+def apply_changes(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: str,
+    scan_start_ns: int,
+    *,
+    workers: int,
+    verify_images: bool,
+    progress: bool,
+) -> Counts:
+    """Re-read the keys listed in scan_changes and write them, in key order, batch by batch."""
+    counts = Counts()
+    total = conn.execute("SELECT count(DISTINCT key) FROM scan_changes").fetchone()[0]
+    if not total:
+        return counts
+    version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0] + 1
+    tasks = _tasks(conn, dataset)
+    with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
+        pending: list[list[tuple[str, SampleRecord | None, list[FileRecord], int]]] = []
+        for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers):
+            pending.append(results)
+            read_bar.update(len(results))
+            if len(pending) >= TASKS_PER_COMMIT:
+                write_results(conn, dataset, [r for batch in pending for r in batch], version, counts)
+                pending.clear()
+        if pending:
+            write_results(conn, dataset, [r for batch in pending for r in batch], version, counts)
+    return counts
+
+
+def _tasks(conn: sqlite3.Connection, dataset: str) -> Iterator[list[tuple[str, list[str]]]]:
+    """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists."""
+    cursor = conn.execute("SELECT key, path, op FROM scan_changes ORDER BY key, path")
+    changes: dict[str, list[tuple[str, str]]] = {}
+    while rows := cursor.fetchmany(KEYS_PER_TASK * 4):
+        for key, path, op in rows:
+            changes.setdefault(key, []).append((path, op))
+        if len(changes) > KEYS_PER_TASK:
+            last = rows[-1][0]  # the last key may continue in the next fetch
+            ready = {k: v for k, v in changes.items() if k != last}
+            changes = {last: changes[last]}
+            yield _current_paths(conn, dataset, ready)
+    if changes:
+        yield _current_paths(conn, dataset, changes)
+
+
+def _current_paths(
+    conn: sqlite3.Connection, dataset: str, changes: dict[str, list[tuple[str, str]]]
+) -> list[tuple[str, list[str]]]:
+    """Each key's files now: the stored ones, minus deletions, plus new or modified ones."""
+    stored: dict[str, set[str]] = collections.defaultdict(set)
+    for key, path in conn.execute(
+        "SELECT key, path FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
+        (dataset, orjson.dumps(list(changes)).decode()),
+    ):
+        stored[key].add(path)
+    tasks = []
+    for key, ops in changes.items():
+        paths = stored.get(key, set())
+        for path, op in ops:
+            if op == "D":
+                paths.discard(path)
+            else:
+                paths.add(path)
+        tasks.append((key, sorted(paths)))
+    return tasks
+
+
+def _read_task(
+    task: list[tuple[str, list[str]]], root: str, scan_start_ns: int, verify_images: bool
+) -> list[tuple[str, SampleRecord | None, list[FileRecord], int]]:
+    out = []
+    for key, paths in task:
+        sample, files, files_read = read_sample(root, key, paths, scan_start_ns, verify_images)
+        out.append((key, sample, files, files_read))
+    return out
+
+
+def _run_tasks(
+    tasks: Iterable[list[tuple[str, list[str]]]],
+    root: str,
+    scan_start_ns: int,
+    verify_images: bool,
+    workers: int,
+) -> Iterator[list[tuple[str, SampleRecord | None, list[FileRecord], int]]]:
+    """Read tasks in worker processes, yielding results in submission (key) order."""
+    if workers <= 1:
+        for task in tasks:
+            yield _read_task(task, root, scan_start_ns, verify_images)
+        return
+    context = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        in_flight: collections.deque[cf.Future] = collections.deque()
+        for task in tasks:
+            in_flight.append(pool.submit(_read_task, task, root, scan_start_ns, verify_images))
+            if len(in_flight) >= workers * 4:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def write_results(
+    conn: sqlite3.Connection,
+    dataset: str,
+    results: list[tuple[str, SampleRecord | None, list[FileRecord], int]],
+    version: int,
+    counts: Counts,
+) -> None:
+    """Record a batch of keys: file rows and sample rows together, in one transaction."""
+    keys = [key for key, *_ in results]
+    old = {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            f"SELECT key, {', '.join(SAMPLE_COLUMNS)} FROM samples "
+            "WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
+            (dataset, orjson.dumps(keys).decode()),
+        )
+    }
+    upserts = []
+    deletes = []
+    file_rows = []
+    for key, sample, files, files_read in results:
+        counts.files_read += files_read
+        file_rows.extend(
+            (dataset, key, record[0][len(key) + 1 :], *record[1:]) for record in files
+        )
+        previous = old.get(key)
+        if sample is None:
+            if previous is not None:
+                deletes.append((dataset, key))
+                counts.removed += 1
+            continue
+        row = sample.as_row()
+        if previous == row:
+            continue
+        if previous is None:
+            counts.added += 1
+        else:
+            counts.changed += 1
+        upserts.append((dataset, key, *_stored_row(key, row), version))
+    with store.transaction(conn):
+        conn.executemany(
+            "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
+        )
+        conn.executemany(
+            "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            file_rows,
+        )
+        conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
+        conn.executemany(
+            f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
+            f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))}) "
+            "ON CONFLICT (dataset, key) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")),
+            upserts,
+        )
+        if upserts or deletes:
+            conn.execute("UPDATE datasets SET data_version = ? WHERE id = ?", (version, dataset))
+
+
+def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:
+    return conn.execute("SELECT count(*) FROM samples WHERE dataset = ?", (dataset,)).fetchone()[0]
+
+
+def problem_counts(conn: sqlite3.Connection, dataset: str) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            "SELECT status, count(*) FROM samples WHERE dataset = ? AND status != 'ok' "
+            "GROUP BY status ORDER BY status",
+            (dataset,),
+        ).fetchall()
+    )
+
+
+def json_bytes(conn: sqlite3.Connection, dataset: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(size), 0) FROM files WHERE dataset = ? AND lower(ext) = 'json'",
+        (dataset,),
+    ).fetchone()
+    return int(row[0])
+
+
+def database_bytes(db_path: str | os.PathLike[str]) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(os.fspath(db_path) + suffix)
+    return total

@@ -1,0 +1,232 @@
+"""Read one sample: parse its JSON, pick its image, work out width/height and a status.
+
+Runs in worker processes, so it takes plain arguments and returns plain tuples. Nothing here
+derives a path from file contents: `image_name` is compared as a string, never opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import imagesize
+import orjson
+
+from indexer.scan import IMAGE_EXTENSIONS, JSON_EXTENSION, is_racy, split_sample_path
+
+MAX_DIMENSION = 1 << 20
+RERUN = "then run `indexer index` again"
+
+FileRecord = tuple[str, int, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode, racy
+
+
+@dataclass(slots=True)
+class SampleRecord:
+    """What the samples table stores for a key (meta is compact JSON text or None)."""
+
+    image: str | None
+    json: str | None
+    width: int | None
+    height: int | None
+    size_from: str | None
+    status: str
+    error: str | None
+    warning: str | None
+    meta: str | None
+
+    def as_row(self) -> tuple:
+        return (self.image, self.json, self.width, self.height, self.size_from, self.status,
+                self.error, self.warning, self.meta)
+
+
+def parse_dimension(value: object) -> int | None:
+    """A usable width/height: a positive integer, an integral float, or a numeric string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if 0 < number <= MAX_DIMENSION else None
+
+
+def parse_json_bytes(data: bytes) -> tuple[dict | None, str | None]:
+    """(object, None) or (None, reason) for the raw bytes of a sidecar JSON."""
+    if not data.strip():
+        return None, "empty file" if not data else "file holds only whitespace"
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as decode_exc:
+            return None, f"not UTF-8 text (byte {decode_exc.start}); re-save it as UTF-8"
+        return None, f"invalid JSON ({exc}); the file is truncated or corrupt"
+    if not isinstance(value, dict):
+        return None, f"top level is a JSON {type(value).__name__}, expected an object"
+    return value, None
+
+
+def image_header_size(path: str, size: int) -> tuple[int, int] | str:
+    """(width, height) from the image header without decoding pixels, or the reason it failed."""
+    if size == 0:
+        return "empty file (0 bytes)"
+    try:
+        width, height = imagesize.get(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    except Exception as exc:  # imagesize raises assorted errors on damaged headers
+        return f"unreadable image header ({type(exc).__name__}: {exc})"
+    if width <= 0 or height <= 0:
+        return "not a PNG, JPEG or WebP image, or its header is truncated"
+    return int(width), int(height)
+
+
+def choose_image(images: list[str], image_name: object) -> str:
+    """Prefer the image whose file name equals image_name (string compare), then png>jpg>jpeg>webp."""
+    if isinstance(image_name, str):
+        for image in images:
+            if image.rsplit("/", 1)[-1] == image_name:
+                return image
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    return min(images, key=lambda p: (rank[p.rsplit(".", 1)[1].lower()], p))
+
+
+def _stat_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:
+    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+            int(is_racy(st.st_mtime_ns, st.st_ctime_ns, scan_start_ns)))
+
+
+def read_sample(
+    root: str, key: str, paths: list[str], scan_start_ns: int, verify_images: bool = False
+) -> tuple[SampleRecord | None, list[FileRecord], int]:
+    """Read one key's files. Returns (sample or None if no file is left, file records, files read)."""
+    files: list[FileRecord] = []
+    json_paths: list[str] = []
+    image_paths: list[str] = []
+    image_sizes: dict[str, int] = {}
+    json_data: bytes | None = None
+    json_read_error: str | None = None
+    files_read = 0
+    for path in sorted(paths):
+        kind = split_sample_path(path)
+        if kind is None:
+            continue
+        full = os.path.join(root, path)
+        if kind[1] == JSON_EXTENSION:
+            if json_paths:  # a second spelling (x.json and x.JSON): record it, parse the first
+                with contextlib.suppress(OSError):
+                    files.append(_stat_record(path, os.stat(full), scan_start_ns))
+                continue
+            try:
+                with open(full, "rb", buffering=0) as handle:
+                    st = os.fstat(handle.fileno())
+                    if not _is_regular(st):
+                        continue
+                    json_data = handle.read()
+                    files_read += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                json_read_error = f"cannot read ({exc.strerror}); fix its permissions, {RERUN}"
+            json_paths.append(path)
+            files.append(_stat_record(path, st, scan_start_ns))
+        else:
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            if not _is_regular(st):
+                continue
+            image_paths.append(path)
+            image_sizes[path] = st.st_size
+            files.append(_stat_record(path, st, scan_start_ns))
+    if not files:
+        return None, [], files_read
+    sample, header_reads = _build_sample(
+        root, key, json_paths, image_paths, image_sizes, json_data, json_read_error, verify_images
+    )
+    return sample, files, files_read + header_reads
+
+
+def _is_regular(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISREG(st.st_mode)
+
+
+def _build_sample(
+    root: str,
+    key: str,
+    json_paths: list[str],
+    image_paths: list[str],
+    image_sizes: dict[str, int],
+    json_data: bytes | None,
+    json_read_error: str | None,
+    verify_images: bool,
+) -> tuple[SampleRecord, int]:
+    json_path = json_paths[0] if json_paths else None
+    warnings: list[str] = []
+    if len(json_paths) > 1:
+        warnings.append(f"several JSON files for {key}: using {json_path}")
+    obj: dict | None = None
+    json_error = json_read_error
+    if json_path and json_error is None:
+        obj, json_error = parse_json_bytes(json_data or b"")
+    image = choose_image(image_paths, obj.get("image_name") if obj else None) if image_paths else None
+    if len(image_paths) > 1:
+        others = ", ".join(p for p in image_paths if p != image)
+        warnings.append(f"several images for {key}: using {image}, ignoring {others}")
+    if obj is not None and image is not None:
+        name = obj.get("image_name")
+        if isinstance(name, str) and name and name != image.rsplit("/", 1)[-1]:
+            warnings.append(f"image_name says {name!r} but the image file is {image}")
+
+    meta = orjson.dumps(obj).decode() if obj is not None else None
+    json_width = parse_dimension(obj.get("width")) if obj else None
+    json_height = parse_dimension(obj.get("height")) if obj else None
+    json_size = (json_width, json_height) if json_width and json_height else None
+
+    def record(status: str, error: str | None, size: tuple[int, int] | None, size_from: str | None):
+        return SampleRecord(
+            image, json_path, size[0] if size else None, size[1] if size else None,
+            size_from if size else None, status, error, "; ".join(warnings) or None, meta,
+        )
+
+    if json_path is None:
+        header = image_header_size(os.path.join(root, image), image_sizes[image])  # type: ignore[arg-type]
+        error = f"{image}: image without JSON ({key}.json is missing); add it or remove the image"
+        if isinstance(header, str):
+            return record("missing_json", error, None, None), 1
+        return record("missing_json", error, header, "image"), 1
+    if json_error is not None:
+        return record("bad_json", f"{json_path}: {json_error}; fix or replace it, {RERUN}", None,
+                      None), 0
+    if image is None:
+        error = (f"{json_path}: JSON without image (no {key}.png/.jpg/.jpeg/.webp); "
+                 "add the image or remove the JSON")
+        return record("missing_image", error, json_size, "json"), 0
+    if json_size and not verify_images:
+        return record("ok", None, json_size, "json"), 0
+    header = image_header_size(os.path.join(root, image), image_sizes[image])
+    if isinstance(header, str):
+        why = "its JSON has no usable width/height and " if not json_size else ""
+        error = f"{image}: {why}{header}; replace the image, {RERUN}"
+        return record("bad_image", error, json_size, "json"), 1
+    if json_size and json_size != header:
+        warnings.append(
+            f"{json_path} says {json_size[0]}x{json_size[1]} but the {image} header says "
+            f"{header[0]}x{header[1]}; using the header"
+        )
+    return record("ok", None, header, "image"), 1

@@ -1,0 +1,36 @@
+"""Human-readable summaries printed at the end of a command."""
+
+from __future__ import annotations
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+def format_index_summary(summary: dict) -> str:
+    lines = [
+        f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
+        f" in {summary['seconds']:.1f} s",
+        f"  added {summary['added']:,}  changed {summary['changed']:,}"
+        f"  removed {summary['removed']:,}  unchanged {summary['unchanged']:,}",
+        f"  files seen {summary['files_seen']:,}, read {summary['files_read']:,}",
+    ]
+    problems = summary.get("problems") or {}
+    if problems:
+        listed = ", ".join(f"{status} {count:,}" for status, count in problems.items())
+        lines.append(f"  problems: {listed}  (see `indexer problems` or the samples.error column)")
+    else:
+        lines.append("  problems: none")
+    if summary.get("json_bytes"):
+        ratio = summary["db_bytes"] / summary["json_bytes"]
+        lines.append(
+            f"  database {human_bytes(summary['db_bytes'])} = {ratio:.2f}x the JSON bytes"
+            f" ({human_bytes(summary['json_bytes'])})"
+        )
+    for entry in summary.get("unreadable") or []:
+        lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
+    return "\n".join(lines)

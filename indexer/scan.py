@@ -1,0 +1,226 @@
+"""Walk a dataset root, stat sample files and diff them against the stored file records.
+
+Memory stays flat in the number of files: the stored records are held as two sorted int64 arrays
+(hash of path, hash of stat), the walk streams directory chunks, and the changes go to a temp table.
+Files not in the stored records are not even stat-ed here; the readers stat what they read.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat as stat_module
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+JSON_EXTENSION = "json"
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # preference order when a key has several images
+SAMPLE_EXTENSIONS = frozenset((JSON_EXTENSION, *IMAGE_EXTENSIONS))
+STAGING_PREFIX = ".indexer-"  # folders that `extract` stages shards in; never part of a dataset
+RACY_WINDOW_NS = 3_000_000_000
+NEVER_MATCHES = -1  # Python's hash() never returns -1, so a racy record can never look unchanged
+CHUNK = 4096
+
+
+def split_sample_path(path: str) -> tuple[str, str] | None:
+    """(key, lower-case extension) of a sample file path, or None for files that are not samples."""
+    dot = path.rfind(".")
+    if dot <= path.rfind("/") + 1:  # no extension, or a dot-file such as ".json"
+        return None
+    extension = path[dot + 1 :].lower()
+    if extension not in SAMPLE_EXTENSIONS:
+        return None
+    return path[:dot], extension
+
+
+def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
+    return hash((size, mtime_ns, ctime_ns, inode))
+
+
+def is_racy(mtime_ns: int, ctime_ns: int, scan_start_ns: int) -> bool:
+    return max(mtime_ns, ctime_ns) >= scan_start_ns - RACY_WINDOW_NS
+
+
+class Snapshot:
+    """The stored file records of one dataset as sorted (path hash, stat signature) arrays."""
+
+    def __init__(self, path_hashes: np.ndarray, signatures: np.ndarray) -> None:
+        order = np.argsort(path_hashes, kind="stable")
+        self.path_hashes = path_hashes[order]
+        self.signatures = signatures[order]
+        self.found = np.zeros(len(path_hashes), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.path_hashes)
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection, dataset: str) -> Snapshot:
+        count = conn.execute("SELECT count(*) FROM files WHERE dataset = ?", (dataset,)).fetchone()[0]
+        path_hashes = np.empty(count, dtype=np.int64)
+        signatures = np.empty(count, dtype=np.int64)
+        cursor = conn.execute(
+            "SELECT path, size, mtime_ns, ctime_ns, inode, racy FROM files WHERE dataset = ?",
+            (dataset,),
+        )
+        filled = 0
+        while rows := cursor.fetchmany(65536):
+            end = filled + len(rows)
+            path_hashes[filled:end] = [hash(row[0]) for row in rows]
+            signatures[filled:end] = [
+                NEVER_MATCHES if row[5] else hash(row[1:5]) for row in rows
+            ]
+            filled = end
+        return cls(path_hashes[:filled], signatures[:filled])
+
+    def lookup(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """For each path: whether a record exists, and its index."""
+        wanted = np.fromiter((hash(p) for p in paths), dtype=np.int64, count=len(paths))
+        if not len(self.path_hashes):
+            return np.zeros(len(paths), dtype=bool), np.zeros(len(paths), dtype=np.int64)
+        index = np.searchsorted(self.path_hashes, wanted)
+        np.minimum(index, len(self.path_hashes) - 1, out=index)
+        return self.path_hashes[index] == wanted, index
+
+
+@dataclass
+class ScanResult:
+    files_seen: int = 0
+    new: int = 0
+    modified: int = 0
+    deleted: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder prefix, reason)
+
+    @property
+    def changed_files(self) -> int:
+        return self.new + self.modified + self.deleted
+
+
+def walk(root: str, unreadable: list[tuple[str, str]]) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield (dir fd, relative folder prefix, chunk of sample file names) for every real folder.
+
+    Symlinked folders are never entered (so a symlink loop cannot hang the walk); symlinked files
+    are followed. Folders that cannot be listed are reported in `unreadable` and skipped.
+    """
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            fd = os.open(os.path.join(root, prefix) if prefix else root,
+                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            unreadable.append((prefix, f"cannot open folder: {exc.strerror}"))
+            continue
+        try:
+            names: list[str] = []
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if not name.startswith(STAGING_PREFIX):
+                                    stack.append(prefix + name + "/")
+                                continue
+                        except OSError:
+                            continue
+                        dot = name.rfind(".")
+                        if dot > 0 and name[dot + 1 :].lower() in SAMPLE_EXTENSIONS:
+                            names.append(name)
+                            if len(names) >= CHUNK:
+                                yield fd, prefix, names
+                                names = []
+            except OSError as exc:
+                unreadable.append((prefix, f"cannot list folder: {exc.strerror}"))
+            if names:
+                yield fd, prefix, names
+        finally:
+            os.close(fd)
+
+
+def scan(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: str,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Diff the files under root against the stored records into TEMP table scan_changes.
+
+    scan_changes(key, path, op) gets op 'U' for new or modified files and 'D' for deleted ones.
+    """
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
+    conn.execute("DELETE FROM scan_changes")
+    snapshot = Snapshot.load(conn, dataset)
+    result = ScanResult()
+    pending: list[tuple[str, str, str]] = []
+
+    def flush() -> None:
+        if pending:
+            conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", pending)
+            pending.clear()
+
+    conn.execute("BEGIN")  # one temp-table transaction: no fsync per batch
+    try:
+        for fd, prefix, names in walk(root, result.unreadable):
+            paths = [prefix + name for name in names]
+            known, index = snapshot.lookup(paths)
+            for position, path in enumerate(paths):
+                if not known[position]:
+                    result.new += 1
+                    pending.append((split_sample_path(path)[0], path, "U"))  # type: ignore[index]
+                    continue
+                slot = int(index[position])
+                snapshot.found[slot] = True
+                try:
+                    st = os.stat(names[position], dir_fd=fd)
+                except OSError:
+                    continue  # vanished since listing: the deletion pass decides
+                if not stat_module.S_ISREG(st.st_mode):
+                    continue
+                signature = stat_signature(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                if signature != snapshot.signatures[slot]:
+                    result.modified += 1
+                    pending.append((split_sample_path(path)[0], path, "U"))  # type: ignore[index]
+            result.files_seen += len(paths)
+            if len(pending) >= 10000:
+                flush()
+            if on_progress:
+                on_progress(len(paths))
+        flush()
+        _find_deleted(conn, dataset, root, snapshot, result, pending)
+        flush()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _find_deleted(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: str,
+    snapshot: Snapshot,
+    result: ScanResult,
+    pending: list[tuple[str, str, str]],
+) -> None:
+    """Stored files the walk did not see are deleted, unless their folder could not be listed."""
+    if snapshot.found.all():
+        return
+    skipped = tuple(prefix for prefix, _reason in result.unreadable)
+    cursor = conn.execute("SELECT key, path FROM files WHERE dataset = ?", (dataset,))
+    while rows := cursor.fetchmany(65536):
+        known, index = snapshot.lookup([row[1] for row in rows])
+        for (key, path), is_known, slot in zip(rows, known, index, strict=True):
+            if is_known and snapshot.found[slot]:
+                continue
+            if path.startswith(skipped):
+                continue
+            if os.path.lexists(os.path.join(root, path)):
+                pending.append((key, path, "U"))  # a hash collision hid it: re-read, to be safe
+                result.modified += 1
+            else:
+                pending.append((key, path, "D"))
+                result.deleted += 1
