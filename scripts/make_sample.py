@@ -25,11 +25,12 @@ SIZES = [(1024, 1024), (1792, 1024), (1024, 1792), (512, 512), (896, 1152), (640
 SIZE_WEIGHTS = [60, 15, 15, 4, 3, 3]
 SOURCES = ["chan_archive", "imagecreator_scrapes", "reddit_rdalle2", "laion_share_dalle3",
            "midjourney_share", "twitter"]
-WORDS = (
+WORD_TEXT = (
     "a an the cat dog castle forest neon city robot portrait painting of in on with under glowing "
     "ancient tiny giant futuristic watercolor sunset ocean mountain dragon flower library astronaut "
     "café jardín 東京 night rain golden light detailed cinematic"
-).split()  # noqa: SIM905
+)
+WORDS = WORD_TEXT.split()
 
 
 @functools.cache
