@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -23,7 +23,7 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import scan
+from indexer.scan import scan, split_sample_path
 
 KEYS_PER_TASK = 256
 TASKS_PER_COMMIT = 16
@@ -48,7 +48,6 @@ class Counts:
     changed: int = 0
     removed: int = 0
     files_read: int = 0
-    changed_keys: list[str] = field(default_factory=list)
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -131,6 +130,36 @@ def update_dataset(
         "json_bytes": json_bytes(conn, dataset),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
     }
+
+
+def update_paths(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: Path,
+    paths: Iterable[str],
+    *,
+    workers: int = 1,
+    verify_images: bool = False,
+) -> Counts:
+    """Re-index the samples that own the given root-relative paths (for `watch` and `extract`).
+
+    Each path that exists is re-read with its key's other files; one that is gone is dropped from
+    its key. Other files of those keys keep their stored records. Non-sample paths are ignored.
+    """
+    scan_start_ns = time.time_ns()
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
+    rows = []
+    for path in dict.fromkeys(paths):
+        parts = split_sample_path(path)
+        if parts is None:
+            continue
+        exists = os.path.isfile(os.path.join(root, path))
+        rows.append((parts[0], path, "U" if exists else "D"))
+    with store.transaction(conn, "DEFERRED"):
+        conn.execute("DELETE FROM scan_changes")
+        conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", rows)
+    return apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
+                         verify_images=verify_images, progress=False)
 
 
 def apply_changes(

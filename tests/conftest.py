@@ -1,0 +1,54 @@
+"""Shared fixtures: the sample generator from scripts/, a CLI runner, a temp dataset and database."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_make_sample():
+    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "scripts" / "make_sample.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["make_sample"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+make_sample = _load_make_sample()
+
+
+@pytest.fixture
+def gen():
+    """The sample generator module (png_bytes, jpeg_bytes, webp_bytes, sample_json, make_dataset)."""
+    return make_sample
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "index.sqlite"
+
+
+@pytest.fixture
+def cli():
+    """Invoke the CLI in-process: cli(*args) -> click Result (stdout and stderr kept apart)."""
+    from indexer.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
