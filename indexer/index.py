@@ -9,8 +9,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -25,8 +27,9 @@ from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import scan, split_sample_path
 
+PR_SET_PDEATHSIG = 1
 KEYS_PER_TASK = 256
-TASKS_PER_COMMIT = 16
+KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little work
 
 SAMPLE_COLUMNS = ("image", "json", "width", "height", "size_from", "status", "error", "warning",
                   "meta")
@@ -72,6 +75,7 @@ def index_root(
     verify_images: bool = False,
     progress: bool = False,
     command: str = "index",
+    keys_per_commit: int = KEYS_PER_COMMIT,
 ) -> dict:
     """Bring the index of `root` up to date and return the run summary (the --json object)."""
     started = time.monotonic()
@@ -84,7 +88,7 @@ def index_root(
             try:
                 summary = update_dataset(
                     conn, dataset, root_path, workers=workers or default_workers(),
-                    verify_images=verify_images, progress=progress,
+                    verify_images=verify_images, progress=progress, keys_per_commit=keys_per_commit,
                 )
             except BaseException as exc:
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -106,6 +110,7 @@ def update_dataset(
     workers: int,
     verify_images: bool = False,
     progress: bool = False,
+    keys_per_commit: int = KEYS_PER_COMMIT,
 ) -> dict:
     """Scan root, re-read every changed key and record the results (library entry point)."""
     scan_start_ns = time.time_ns()
@@ -113,7 +118,8 @@ def update_dataset(
     with bar(progress, desc="scan", unit=" files") as scan_bar:
         scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update)
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
-                           verify_images=verify_images, progress=progress)
+                           verify_images=verify_images, progress=progress,
+                           keys_per_commit=keys_per_commit)
     after = _sample_count(conn, dataset)
     return {
         "dataset": dataset,
@@ -171,6 +177,7 @@ def apply_changes(
     workers: int,
     verify_images: bool,
     progress: bool,
+    keys_per_commit: int = KEYS_PER_COMMIT,
 ) -> Counts:
     """Re-read the keys listed in scan_changes and write them, in key order, batch by batch."""
     counts = Counts()
@@ -178,28 +185,30 @@ def apply_changes(
     if not total:
         return counts
     version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0] + 1
-    tasks = _tasks(conn, dataset)
+    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit))
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
-        pending: list[list[tuple[str, SampleRecord | None, list[FileRecord], int]]] = []
+        pending: list[tuple[str, SampleRecord | None, list[FileRecord], int]] = []
         for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers):
-            pending.append(results)
+            pending.extend(results)
             read_bar.update(len(results))
-            if len(pending) >= TASKS_PER_COMMIT:
-                write_results(conn, dataset, [r for batch in pending for r in batch], version, counts)
-                pending.clear()
+            if len(pending) >= keys_per_commit:
+                write_results(conn, dataset, pending, version, counts)
+                pending = []
         if pending:
-            write_results(conn, dataset, [r for batch in pending for r in batch], version, counts)
+            write_results(conn, dataset, pending, version, counts)
     return counts
 
 
-def _tasks(conn: sqlite3.Connection, dataset: str) -> Iterator[list[tuple[str, list[str]]]]:
+def _tasks(
+    conn: sqlite3.Connection, dataset: str, keys_per_task: int
+) -> Iterator[list[tuple[str, list[str]]]]:
     """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists."""
     cursor = conn.execute("SELECT key, path, op FROM scan_changes ORDER BY key, path")
     changes: dict[str, list[tuple[str, str]]] = {}
-    while rows := cursor.fetchmany(KEYS_PER_TASK * 4):
+    while rows := cursor.fetchmany(keys_per_task * 4):
         for key, path, op in rows:
             changes.setdefault(key, []).append((path, op))
-        if len(changes) > KEYS_PER_TASK:
+        if len(changes) > keys_per_task:
             last = rows[-1][0]  # the last key may continue in the next fetch
             ready = {k: v for k, v in changes.items() if k != last}
             changes = {last: changes[last]}
@@ -240,6 +249,15 @@ def _read_task(
     return out
 
 
+def init_worker() -> None:
+    """Forked readers drop the parent's writer lock and die with the parent (kill -9 included)."""
+    store.release_inherited_locks()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
 def _run_tasks(
     tasks: Iterable[list[tuple[str, list[str]]]],
     root: str,
@@ -253,7 +271,9 @@ def _run_tasks(
             yield _read_task(task, root, scan_start_ns, verify_images)
         return
     context = multiprocessing.get_context("fork")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=init_worker
+    ) as pool:
         in_flight: collections.deque[cf.Future] = collections.deque()
         for task in tasks:
             in_flight.append(pool.submit(_read_task, task, root, scan_start_ns, verify_images))

@@ -148,6 +148,18 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
         conn.execute("COMMIT")
 
 
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def release_inherited_locks() -> None:
+    """Call first thing in a forked worker: flock belongs to the open file, which fork shares, so a
+    worker that outlived a killed parent would otherwise keep the database locked."""
+    for fd in list(_HELD_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCK_FDS.clear()
+
+
 @contextlib.contextmanager
 def writer_lock(db_path: str | os.PathLike[str], command: str, wait: bool = False) -> Iterator[None]:
     """One indexing writer per database at a time (index, watch, extract).
@@ -169,8 +181,10 @@ def writer_lock(db_path: str | os.PathLike[str], command: str, wait: bool = Fals
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"`indexer {command}` (pid {os.getpid()})".encode(), 0)
+        _HELD_LOCK_FDS.add(fd)
         yield
     finally:
+        _HELD_LOCK_FDS.discard(fd)
         os.close(fd)
 
 

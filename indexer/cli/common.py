@@ -9,12 +9,12 @@ from typing import Any
 import click
 import orjson
 
-from indexer.store import DEFAULT_DB
+from indexer.store import default_db_path
 
 
 def db_option(func: Callable) -> Callable:
     return click.option(
-        "--db", metavar="PATH", envvar="INDEXER_DB", default=None,
+        "--db", metavar="PATH", default=None,
         help="SQLite database (default: ./indexer.sqlite; env INDEXER_DB overrides).",
     )(func)
 
@@ -33,7 +33,7 @@ def json_option(func: Callable) -> Callable:
 
 
 def resolve_db(db: str | None) -> str:
-    """--db on the command, else --db on `indexer`, else the default."""
+    """--db on the command, else --db on `indexer`, else env INDEXER_DB, else the default."""
     if db:
         return db
     ctx = click.get_current_context(silent=True)
@@ -41,7 +41,7 @@ def resolve_db(db: str | None) -> str:
         if isinstance(ctx.obj, dict) and ctx.obj.get("db"):
             return ctx.obj["db"]
         ctx = ctx.parent
-    return DEFAULT_DB
+    return default_db_path()
 
 
 def print_json(value: Any) -> None:

@@ -1,0 +1,44 @@
+"""Helpers for index tests: write samples by hand and read the database back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+SAMPLE_COLUMNS = ("dataset", "key", "image", "json", "width", "height", "size_from", "status",
+                  "error", "warning", "meta")
+
+
+def write_pair(root: Path, key: str, gen, *, ext: str = "png", size=(1024, 768), record=None,
+               json_text: str | None = None, image: bool = True, json_file: bool = True) -> None:
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    if json_file:
+        if json_text is None:
+            record = record if record is not None else {
+                "image_name": f"{key.rsplit('/', 1)[-1]}.{ext}", "width": size[0], "height": size[1],
+                "short_caption": f"caption of {key}", "source": "test",
+            }
+            json_text = json.dumps(record)
+        (root / f"{key}.json").write_text(json_text, encoding="utf-8")
+    if image:
+        writer = gen.IMAGE_WRITERS[ext.lower()]
+        (root / f"{key}.{ext}").write_bytes(writer(*size))
+
+
+def samples(db: Path) -> dict[str, dict]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples ORDER BY dataset, key")
+    out = {row["key"]: dict(row) for row in rows}
+    conn.close()
+    return out
+
+
+def files(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    rows = conn.execute(
+        "SELECT dataset, path, size, mtime_ns, ctime_ns, inode FROM files ORDER BY dataset, path"
+    ).fetchall()
+    conn.close()
+    return rows

@@ -1,0 +1,398 @@
+"""The incremental index: pairing, statuses, sizes, change detection, crash and concurrency safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers_index import files, samples, write_pair
+
+from indexer import scan, store
+from indexer.errors import IndexerError
+from indexer.index import index_root
+
+
+@pytest.fixture
+def no_racy(monkeypatch):
+    """Files written by the test before a scan count as settled (the real window is 3 s)."""
+    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+
+
+def run(db, root, **kwargs):
+    kwargs.setdefault("workers", 1)
+    return index_root(db, root, **kwargs)
+
+
+def test_pairs_and_every_status(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "ok1", gen)
+    write_pair(data_root, "jpgpair", gen, ext="jpg", size=(1792, 1024))
+    write_pair(data_root, "nojson", gen, json_file=False, size=(640, 480))
+    write_pair(data_root, "noimage", gen, image=False)
+    write_pair(data_root, "truncated", gen, json_text='{"short_caption": "cut')
+    write_pair(data_root, "empty", gen, json_text="")
+    write_pair(data_root, "array", gen, json_text="[1, 2]")
+    (data_root / "latin1.json").write_bytes('{"short_caption": "caf\xe9"}'.encode("latin-1"))
+    (data_root / "latin1.png").write_bytes(gen.png_bytes(8, 8))
+    write_pair(data_root, "badimage", gen, record={"short_caption": "no size"}, image=False)
+    (data_root / "badimage.png").write_bytes(b"this is not an image at all")
+    write_pair(data_root, "zeroimage", gen, record={"short_caption": "no size"}, image=False)
+    (data_root / "zeroimage.jpg").write_bytes(b"")
+    (data_root / "notes.txt").write_text("not a sample")
+    (data_root / "readme").write_text("no extension")
+
+    summary = run(db_path, data_root)
+    rows = samples(db_path)
+    status = {key: row["status"] for key, row in rows.items()}
+    assert status == {
+        "ok1": "ok", "jpgpair": "ok", "nojson": "missing_json", "noimage": "missing_image",
+        "truncated": "bad_json", "empty": "bad_json", "array": "bad_json", "latin1": "bad_json",
+        "badimage": "bad_image", "zeroimage": "bad_image",
+    }
+    assert summary["added"] == 10
+    assert summary["problems"] == {"bad_image": 2, "bad_json": 4, "missing_image": 1, "missing_json": 1}
+    assert rows["jpgpair"]["image"] == "jpgpair.jpg" and rows["jpgpair"]["json"] == "jpgpair.json"
+    assert rows["noimage"]["image"] is None
+    assert rows["nojson"]["json"] is None and (rows["nojson"]["width"], rows["nojson"]["height"]) == (640, 480)
+    for key, row in rows.items():
+        if row["status"] != "ok":
+            assert row["error"] and (f"{key}." in row["error"]), row
+    assert "empty" in rows["empty"]["error"]
+    assert "UTF-8" in rows["latin1"]["error"]
+    assert "object" in rows["array"]["error"]
+    assert "0 bytes" in rows["zeroimage"]["error"]
+
+
+def test_meta_keeps_every_field_and_typed_columns(data_root, db_path, gen, no_racy):
+    record = gen.sample_json(__import__("random").Random(1), "k", "png", (1024, 1024))
+    record["extra_field"] = {"nested": [1, "ü"]}
+    write_pair(data_root, "k", gen, record=record, size=(1024, 1024))
+    run(db_path, data_root)
+    row = samples(db_path)["k"]
+    assert json.loads(row["meta"]) == record
+    conn = sqlite3.connect(db_path)
+    typed = conn.execute(
+        "SELECT short_caption, long_caption, source, md5_file_hash, md5_pil_hash,"
+        " meta ->> '$.extra_field.nested[1]' FROM samples"
+    ).fetchone()
+    assert typed == (record["short_caption"], record["long_caption"], record["source"],
+                     record["md5_file_hash"], record["md5_pil_hash"], "ü")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected", "size_from"),
+    [
+        (1024, 768, (1024, 768), "json"),
+        ("1024", " 768 ", (1024, 768), "json"),
+        (1024.0, 768.0, (1024, 768), "json"),
+        (None, None, (320, 200), "image"),
+        ("wide", "tall", (320, 200), "image"),
+        (0, 768, (320, 200), "image"),
+        (-5, 768, (320, 200), "image"),
+        (True, True, (320, 200), "image"),
+        (1024, None, (320, 200), "image"),
+    ],
+)
+def test_size_from_json_or_header(data_root, db_path, gen, no_racy, width, height, expected, size_from):
+    record = {"short_caption": "x"}
+    if width is not None:
+        record["width"] = width
+    if height is not None:
+        record["height"] = height
+    write_pair(data_root, "s", gen, record=record, size=(320, 200))
+    run(db_path, data_root)
+    row = samples(db_path)["s"]
+    assert (row["width"], row["height"], row["size_from"], row["status"]) == (*expected, size_from, "ok")
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "jpeg", "webp", "PNG", "Jpg"])
+def test_header_sizes_by_format(data_root, db_path, gen, no_racy, ext):
+    write_pair(data_root, "h", gen, ext=ext, size=(1792, 1024), record={"short_caption": "x"})
+    run(db_path, data_root)
+    row = samples(db_path)["h"]
+    assert (row["width"], row["height"], row["size_from"]) == (1792, 1024, "image")
+    assert row["image"] == f"h.{ext}"
+
+
+def test_verify_images_prefers_header_and_warns(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "v", gen, size=(512, 512),
+               record={"short_caption": "x", "width": 1024, "height": 1024})
+    run(db_path, data_root)
+    assert samples(db_path)["v"]["width"] == 1024  # default: the JSON is trusted
+    (data_root / "v.png").write_bytes(gen.png_bytes(512, 512))  # touch: re-read with verification
+    run(db_path, data_root, verify_images=True)
+    row = samples(db_path)["v"]
+    assert (row["width"], row["size_from"]) == (512, "image")
+    assert "1024x1024" in row["warning"] and "512x512" in row["warning"]
+
+
+def test_subfolders_and_keys(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "a/b/deep", gen)
+    write_pair(data_root, "a/shallow", gen, ext="jpeg")
+    write_pair(data_root, "top", gen)
+    run(db_path, data_root)
+    rows = samples(db_path)
+    assert set(rows) == {"a/b/deep", "a/shallow", "top"}
+    assert rows["a/shallow"]["image"] == "a/shallow.jpeg"
+    assert {row["dataset"] for row in rows.values()} == {"data"}
+
+
+def test_symlinked_folder_not_followed_and_loop_terminates(data_root, db_path, gen, no_racy, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_pair(outside, "elsewhere", gen)
+    write_pair(data_root, "inside", gen)
+    (data_root / "link_out").symlink_to(outside, target_is_directory=True)
+    (data_root / "loop").symlink_to(data_root, target_is_directory=True)
+    run(db_path, data_root)
+    assert set(samples(db_path)) == {"inside"}
+
+
+def test_hostile_image_name_is_only_data(data_root, db_path, gen, no_racy, tmp_path):
+    write_pair(data_root, "evil", gen, record={"image_name": "../../outside.png", "short_caption": "x"})
+    run(db_path, data_root)
+    row = samples(db_path)["evil"]
+    assert row["image"] == "evil.png" and row["status"] == "ok"
+    assert "../../outside.png" in row["warning"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "index.sqlite", "index.sqlite.lock"]
+
+
+def test_rerun_reads_nothing_when_unchanged(data_root, db_path, gen, no_racy):
+    gen.make_dataset(data_root, 60, faults=0.3, seed=3)
+    first = run(db_path, data_root)
+    again = run(db_path, data_root)
+    assert first["added"] == first["samples"] == 60
+    assert (again["added"], again["changed"], again["removed"], again["files_read"]) == (0, 0, 0, 0)
+    assert again["unchanged"] == 60
+
+
+def test_changes_deletions_renames(data_root, db_path, gen, no_racy):
+    for i in range(6):
+        write_pair(data_root, f"k{i}", gen)
+    run(db_path, data_root)
+    before = samples(db_path)
+    # change a caption, delete a whole pair, delete one half, rename a pair, add one
+    write_pair(data_root, "k0", gen, record={"short_caption": "new caption", "width": 10, "height": 20},
+               image=False)
+    (data_root / "k1.json").unlink()
+    (data_root / "k1.png").unlink()
+    (data_root / "k2.png").unlink()
+    (data_root / "k3.json").rename(data_root / "r3.json")
+    (data_root / "k3.png").rename(data_root / "r3.png")
+    write_pair(data_root, "k9", gen)
+    summary = run(db_path, data_root)
+    rows = samples(db_path)
+    assert set(rows) == {"k0", "k2", "r3", "k4", "k5", "k9"}
+    assert rows["k0"]["meta"] != before["k0"]["meta"] and rows["k0"]["width"] == 10
+    assert rows["k2"]["status"] == "missing_image"
+    assert rows["k4"] == before["k4"]
+    assert (summary["added"], summary["changed"], summary["removed"]) == (2, 2, 2)
+    assert summary["unchanged"] == 2
+    assert {p for _d, p, *_ in files(db_path)} == {
+        "k0.json", "k0.png", "k2.json", "r3.json", "r3.png", "k4.json", "k4.png", "k5.json",
+        "k5.png", "k9.json", "k9.png"}
+
+
+def test_same_size_rewrite_with_restored_mtime_is_detected(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "same", gen, record={"short_caption": "AAAA"})
+    run(db_path, data_root)
+    path = data_root / "same.json"
+    st = path.stat()
+    text = path.read_text().replace("AAAA", "BBBB")
+    with open(path, "r+b") as handle:  # same inode, same size, then the old mtime restored
+        handle.write(text.encode())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    summary = run(db_path, data_root)
+    assert summary["changed"] == 1
+    assert samples(db_path)["same"]["meta"].count("BBBB") == 1
+
+
+def test_reread_identical_file_counts_unchanged(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "t", gen)
+    run(db_path, data_root)
+    os.utime(data_root / "t.json")  # new mtime, same content
+    summary = run(db_path, data_root)
+    assert (summary["changed"], summary["unchanged"], summary["files_read"]) == (0, 1, 1)
+
+
+def test_racy_files_are_rechecked_next_run(data_root, db_path, gen):
+    write_pair(data_root, "young", gen)
+    run(db_path, data_root)  # the files are seconds old: recorded as racy
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT min(racy) FROM files").fetchone()[0] == 1
+    again = run(db_path, data_root)
+    assert again["files_read"] == 1 and again["changed"] == 0  # re-checked, found identical
+    old = time.time() - 60
+    for path in data_root.iterdir():
+        os.utime(path, (old, old))
+    # ctime is still young (utime just changed it), so the files stay racy until 3 s have passed
+    assert conn.execute("SELECT min(racy) FROM files").fetchone()[0] == 1
+    conn.close()
+
+
+def test_unreadable_json_is_reported_not_fatal(data_root, db_path, gen, no_racy, monkeypatch):
+    from indexer import read
+
+    write_pair(data_root, "locked", gen)
+    write_pair(data_root, "fine", gen)
+    real_open = open
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("locked.json"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(read, "open", deny, raising=False)
+    summary = run(db_path, data_root)
+    rows = samples(db_path)
+    assert rows["locked"]["status"] == "bad_json"
+    assert "Permission denied" in rows["locked"]["error"] and "locked.json" in rows["locked"]["error"]
+    assert rows["fine"]["status"] == "ok" and summary["added"] == 2
+
+
+def test_unlistable_folder_keeps_its_samples(data_root, db_path, gen, no_racy, monkeypatch):
+    write_pair(data_root, "sub/x", gen)
+    write_pair(data_root, "y", gen)
+    run(db_path, data_root)
+    real_open = os.open
+
+    def deny(path, flags, *args, **kwargs):
+        if str(path).rstrip("/").endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(scan.os, "open", deny)
+    summary = run(db_path, data_root)
+    assert set(samples(db_path)) == {"sub/x", "y"}
+    assert summary["removed"] == 0
+    assert summary["unreadable"] == ["sub/: cannot open folder: Permission denied"]
+
+
+def test_several_datasets_in_one_database(tmp_path, db_path, gen, no_racy):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        write_pair(root, "same_key", gen)
+    run(db_path, a)
+    run(db_path, b, dataset_id="bee")
+    run(db_path, a)  # the same root keeps its id
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT dataset, key FROM samples ORDER BY dataset").fetchall() == [
+        ("a", "same_key"), ("bee", "same_key")]
+    with pytest.raises(IndexerError, match="already indexed as dataset 'a'"):
+        run(db_path, a, dataset_id="other")
+
+
+def test_missing_root_and_unusable_db_fail_clearly(tmp_path, cli, gen):
+    result = cli("index", tmp_path / "nope", "--db", tmp_path / "x.sqlite")
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "d").mkdir()
+    result = cli("index", tmp_path / "d", "--db", bad)
+    assert result.exit_code == 1 and "unusable" in result.stderr
+
+
+def test_cli_json_summary(data_root, db_path, cli, gen, no_racy):
+    gen.make_dataset(data_root, 20, faults=0.0, seed=2)
+    result = cli("index", data_root, "--db", db_path, "--json", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for field in ("added", "changed", "removed", "unchanged", "problems", "seconds"):
+        assert field in summary
+    assert summary["added"] == 20 and summary["problems"] == {}
+    runs = sqlite3.connect(db_path).execute("SELECT status, added FROM runs").fetchall()
+    assert runs == [("done", 20)]
+
+
+def test_env_db_and_group_db(data_root, tmp_path, cli, gen, monkeypatch, no_racy):
+    write_pair(data_root, "e", gen)
+    monkeypatch.setenv("INDEXER_DB", str(tmp_path / "env.sqlite"))
+    assert cli("index", data_root, "-q").exit_code == 0
+    assert "e" in samples(tmp_path / "env.sqlite")
+    assert cli("--db", tmp_path / "group.sqlite", "index", data_root, "-q").exit_code == 0
+    assert "e" in samples(tmp_path / "group.sqlite")
+
+
+def test_second_writer_stops_with_clear_message(data_root, db_path, cli, gen):
+    write_pair(data_root, "w", gen)
+    with store.writer_lock(db_path, "index"):
+        result = cli("index", data_root, "--db", db_path)
+    assert result.exit_code == 75
+    assert "being written by `indexer index`" in result.stderr
+
+
+def test_parallel_workers_match_single(tmp_path, gen, no_racy):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 300, faults=0.2, seed=5, subfolders=3)
+    run(tmp_path / "one.sqlite", root, workers=1)
+    index_root(tmp_path / "two.sqlite", root, workers=2)
+    assert samples(tmp_path / "one.sqlite") == samples(tmp_path / "two.sqlite")
+
+
+def _index_in_subprocess(db: Path, root: Path) -> subprocess.Popen:
+    code = (
+        "import sys; from indexer.index import index_root;"
+        f"index_root({str(db)!r}, {str(root)!r}, workers=2, keys_per_commit=25)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _count(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        return conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_run_then_clean_rerun_matches_uninterrupted(tmp_path, gen):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 1500, faults=0.05, seed=7)
+    reference = tmp_path / "reference.sqlite"
+    index_root(reference, root, workers=2)
+    killed_midway = 0
+    for attempt in range(6):
+        db = tmp_path / f"killed{attempt}.sqlite"
+        proc = _index_in_subprocess(db, root)
+        deadline = time.monotonic() + 30
+        while _count(db) < 100 * (attempt + 1) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        if 0 < _count(db) < 1500:
+            killed_midway += 1
+        index_root(db, root, workers=2)
+        assert samples(db) == samples(reference)
+        assert files(db) == files(reference)
+        statuses = sqlite3.connect(db).execute("SELECT status FROM runs ORDER BY id").fetchall()
+        assert statuses[-1] == ("done",)
+        if killed_midway >= 2:
+            break
+    assert killed_midway >= 1
+
+
+def test_readers_are_never_blocked_during_an_index(tmp_path, gen):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 1500, faults=0.0, seed=8)
+    db = tmp_path / "busy.sqlite"
+    store.connect(db).close()  # schema exists before the reader starts
+    proc = _index_in_subprocess(db, root)
+    reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+    seen = []
+    try:
+        while proc.poll() is None:
+            seen.append(reader.execute("SELECT count(*) FROM samples").fetchone()[0])
+            time.sleep(0.002)
+    finally:
+        proc.wait()
+    seen.append(reader.execute("SELECT count(*) FROM samples").fetchone()[0])
+    assert proc.returncode == 0
+    assert seen == sorted(seen) and seen[-1] == 1500
+    assert len(set(seen)) > 2  # the reader saw the index grow, batch by batch
