@@ -58,7 +58,8 @@ def test_pairs_and_every_status(data_root, db_path, gen, no_racy):
     assert summary["problems"] == {"bad_image": 2, "bad_json": 4, "missing_image": 1, "missing_json": 1}
     assert rows["jpgpair"]["image"] == "jpgpair.jpg" and rows["jpgpair"]["json"] == "jpgpair.json"
     assert rows["noimage"]["image"] is None
-    assert rows["nojson"]["json"] is None and (rows["nojson"]["width"], rows["nojson"]["height"]) == (640, 480)
+    assert rows["nojson"]["json"] is None
+    assert (rows["nojson"]["width"], rows["nojson"]["height"]) == (640, 480)
     for key, row in rows.items():
         if row["status"] != "ok":
             assert row["error"] and (f"{key}." in row["error"]), row
