@@ -1,0 +1,126 @@
+"""`export parquet`: the samples SimpleTuner's parquet metadata backend reads, streamed from SQLite.
+
+Rows go from the snapshot cursor to Arrow in batches and out as ~128k-row zstd row groups, so
+memory stays flat in the row count. The file is written beside OUT and renamed over it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexer.export.record import (
+    atomic_file,
+    is_up_to_date,
+    output_path,
+    previous_export,
+    record_export,
+)
+from indexer.export.select import (
+    DEFAULT_CAPTIONS,
+    Selection,
+    Snapshot,
+    column_sql,
+    excluded_summary,
+    make_selection,
+    open_snapshot,
+    options_json,
+    select_rows,
+)
+from indexer.progress import bar
+
+ROW_GROUP_ROWS = 131_072
+BASE_SCHEMA = [("width", pa.int64()), ("height", pa.int64()), ("caption", pa.string()),
+               ("filename", pa.string())]
+
+
+def export_parquet(
+    db_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    dataset_id: str | None = None,
+    captions: Sequence[str] = DEFAULT_CAPTIONS,
+    where: str | None = None,
+    columns: Sequence[str] = (),
+    progress: bool = False,
+) -> dict:
+    """Write OUT unless the last export there already holds the same rows; return the summary."""
+    started = time.monotonic()
+    path = output_path(out, "parquet")
+    selection = make_selection(captions, where, columns)
+    options = options_json(selection.options())
+    with open_snapshot(db_path, dataset_id) as snapshot:
+        previous = previous_export(snapshot.conn, snapshot.dataset, "parquet", path)
+        if is_up_to_date(previous, options, snapshot.data_version, path):
+            assert previous is not None
+            return _summary(snapshot, path, previous["rows"], previous["summary"].get("excluded", {}),
+                            True, started)
+        with atomic_file(path) as temp:
+            rows = write_parquet(snapshot, selection, temp, progress)
+    summary = _summary(snapshot, path, rows, excluded_summary(snapshot.excluded), False, started)
+    record_export(db_path, snapshot.dataset, "parquet", path, options=options,
+                  data_version=snapshot.data_version, rows=rows, summary=summary, file_path=path)
+    return summary
+
+
+def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
+    params: dict = {}
+    fields = list(BASE_SCHEMA)
+    extra_sql = []
+    for number, name in enumerate(selection.columns):
+        sql, arrow_type = column_sql(name, number, params)
+        fields.append((name, arrow_type))
+        extra_sql.append(sql)
+    return pa.schema(fields), extra_sql, params
+
+
+def write_parquet(snapshot: Snapshot, selection: Selection, temp: Path, progress: bool) -> int:
+    schema, extra_sql, params = parquet_schema(snapshot, selection)
+    total = _sample_count(snapshot) if progress else None
+    written = 0
+    pending: list[tuple] = []
+    with pq.ParquetWriter(temp, schema, compression="zstd") as writer, \
+            bar(progress, desc="parquet", unit=" rows", total=total) as progress_bar:
+        for batch in select_rows(snapshot, selection, extra_sql, params):
+            pending.extend(batch)
+            progress_bar.update(len(batch))
+            if len(pending) >= ROW_GROUP_ROWS:
+                written += _write_group(writer, schema, pending)
+                pending = []
+        if pending:
+            written += _write_group(writer, schema, pending)
+    return written
+
+
+def _write_group(writer: pq.ParquetWriter, schema: pa.Schema, rows: list[tuple]) -> int:
+    """One row group: (key, image, width, height, caption, *extra) -> the file's column order."""
+    columns = list(zip(*rows, strict=True))
+    ordered = [columns[2], columns[3], columns[4], columns[1], *columns[5:]]
+    arrays = [pa.array(values, type=field.type) for values, field in zip(ordered, schema, strict=True)]
+    writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=len(rows))
+    return len(rows)
+
+
+def _sample_count(snapshot: Snapshot) -> int:
+    return snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
+                                 (snapshot.dataset,)).fetchone()[0]
+
+
+def _summary(snapshot: Snapshot, path: Path, rows: int, excluded: dict, up_to_date: bool,
+             started: float) -> dict:
+    return {
+        "kind": "parquet",
+        "dataset": snapshot.dataset,
+        "path": str(path),
+        "rows": rows,
+        "up_to_date": up_to_date,
+        "excluded": excluded,
+        "data_version": snapshot.data_version,
+        "bytes": os.path.getsize(path),
+        "seconds": round(time.monotonic() - started, 3),
+    }

@@ -1,0 +1,252 @@
+"""Which samples an export writes, and with what caption: shared by every export kind.
+
+Selection happens in one read transaction (a snapshot), so the rows and the data_version recorded
+with the export agree even while `index` or `watch` writes to the same database. The snapshot
+connection is `query_only`, and a user's `--where` is checked before it runs, so an export never
+writes through it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+
+from indexer import store
+from indexer.errors import IndexerError
+
+DEFAULT_CAPTIONS = ("short_caption",)
+BATCH_ROWS = 20_000
+# Characters stripped from both ends of a caption: a trailing newline would otherwise become an
+# empty extra caption in a SimpleTuner .txt file.
+TRIM = "char(32, 9, 10, 13)"
+FIELD_NAME = re.compile(r"^[^\"\\\x00-\x1f]+$")
+DEFAULT_COLUMNS = ("width", "height", "caption", "filename")
+# Output columns read straight from a samples column, with their Arrow type.
+SAMPLE_COLUMNS: dict[str, pa.DataType] = {
+    "id": pa.int64(), "key": pa.string(), "image": pa.string(), "json": pa.string(),
+    "size_from": pa.string(), "warning": pa.string(), "data_version": pa.int64(),
+}
+WHERE_EXAMPLE = "--where \"width >= 1024 AND source != 'twitter'\""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The options that decide which rows an export holds and what their caption is."""
+
+    captions: tuple[str, ...] = DEFAULT_CAPTIONS
+    where: str | None = None
+    columns: tuple[str, ...] = ()
+
+    def options(self) -> dict:
+        return {"captions": list(self.captions), "where": self.where, "columns": list(self.columns)}
+
+
+@dataclass
+class Snapshot:
+    """A read transaction over one dataset."""
+
+    conn: sqlite3.Connection
+    dataset: str
+    root: Path
+    data_version: int
+    excluded: collections.Counter = field(default_factory=collections.Counter)
+
+
+def make_selection(captions: Sequence[str] | None, where: str | None,
+                   columns: Sequence[str] = ()) -> Selection:
+    """Validate the user's options once, before any file is touched."""
+    captions = tuple(captions or DEFAULT_CAPTIONS)
+    for name in captions:
+        json_path(name, "--caption")
+    seen: set[str] = set()
+    for name in columns:
+        json_path(name, "--column")
+        if name in DEFAULT_COLUMNS:
+            raise IndexerError(f"--column {name}: the Parquet always has a {name!r} column; drop it")
+        if name in seen:
+            raise IndexerError(f"--column {name} is given twice; give each column once")
+        seen.add(name)
+    where = where.strip() if where and where.strip() else None
+    if where is not None:
+        check_where_text(where)
+    return Selection(captions, where, tuple(columns))
+
+
+def json_path(name: str, option: str) -> str:
+    """A SQLite JSON path for a top-level field; the name is quoted, so dots are literal."""
+    if not name or not FIELD_NAME.match(name):
+        raise IndexerError(
+            f"{option} {name!r} is not a usable JSON field name (empty, or holds a quote, backslash "
+            "or control character); give the field's name as it appears in the sample JSON"
+        )
+    return f'$."{name}"'
+
+
+def check_where_text(where: str) -> None:
+    """Refuse what could make --where more than one boolean expression over samples."""
+    depth = 0
+    quote: str | None = None
+    previous = ""
+    for char in where:
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"`[":
+            quote = "]" if char == "[" else char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif char == ";" or previous + char in ("--", "/*"):
+            depth = -1
+            break
+        previous = "" if quote else char
+    if depth != 0 or quote:
+        raise IndexerError(
+            f"--where {where!r} is not one boolean expression (unbalanced parenthesis or quote, a ';' or "
+            f"a comment); write a condition over samples columns, e.g. {WHERE_EXAMPLE}"
+        )
+
+
+def caption_sql(captions: Sequence[str], params: dict) -> str:
+    """First non-empty caption among the fields; a list field gives its first non-empty item."""
+    parts = []
+    for number, name in enumerate(captions):
+        param = f"caption{number}"
+        params[param] = json_path(name, "--caption")
+        parts.append(
+            f"CASE json_type(samples.meta, :{param})"
+            f" WHEN 'text' THEN nullif(trim(samples.meta ->> :{param}, {TRIM}), '')"
+            f" WHEN 'array' THEN (SELECT trim(item.value, {TRIM}) FROM json_each(samples.meta, :{param})"
+            f" AS item WHERE item.type = 'text' AND trim(item.value, {TRIM}) != '' LIMIT 1) END"
+        )
+    return parts[0] if len(parts) == 1 else "coalesce(" + ", ".join(parts) + ")"
+
+
+def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
+    """SQL and Arrow type of an extra output column: a samples column or any JSON field as text."""
+    if name in SAMPLE_COLUMNS:
+        return f"samples.{name}", SAMPLE_COLUMNS[name]
+    if name == "aspect_ratio":
+        return "round(CAST(samples.width AS REAL) / samples.height, 4)", pa.float64()
+    param = f"column{number}"
+    params[param] = json_path(name, "--column")
+    # Strings as they are, numbers and lists as their JSON text, so a column never mixes types.
+    sql = (f"CASE json_type(samples.meta, :{param}) WHEN 'text' THEN samples.meta ->> :{param}"
+           f" WHEN 'null' THEN NULL ELSE samples.meta -> :{param} END")
+    return sql, pa.string()
+
+
+@contextlib.contextmanager
+def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[Snapshot]:
+    """A query-only connection holding one read transaction for the whole selection."""
+    if not os.path.exists(db_path):
+        raise IndexerError(
+            f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
+        )
+    conn = store.connect(db_path)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        dataset, root = store.resolve_dataset(conn, dataset_id)
+        conn.execute("BEGIN")
+        version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
+        yield Snapshot(conn, dataset, root, int(version))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _authorize(action: int, table: str | None, *_args: object) -> int:
+    """Reading only. SQLite itself reports an UPDATE of sqlite_master while it sets up json_each."""
+    allowed = (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
+    if action in allowed or (action == sqlite3.SQLITE_UPDATE and table == "sqlite_master"):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def run_query(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
+    """Prepare under an authorizer that allows reading only; SQL errors name the --where."""
+    conn.set_authorizer(_authorize)
+    try:
+        return conn.execute(sql, params)
+    except sqlite3.Error as exc:
+        raise where_error(where, exc) from exc
+    finally:
+        conn.set_authorizer(None)
+
+
+def where_error(where: str | None, exc: Exception) -> IndexerError:
+    if where is None:
+        return IndexerError(f"reading the samples failed: {exc}; check the database with `indexer index`")
+    return IndexerError(
+        f"--where {where!r} cannot be evaluated over samples ({exc}); use samples columns such as width, "
+        f"height, status, source, short_caption, key or meta ->> '$.field', e.g. {WHERE_EXAMPLE}"
+    )
+
+
+def select_rows(
+    snapshot: Snapshot, selection: Selection, extra_sql: Sequence[str] = (), extra_params: dict | None = None,
+) -> Iterator[list[tuple]]:
+    """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
+
+    Excluded samples are counted into snapshot.excluded by the first reason that applies.
+    """
+    params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
+    keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
+    sql = (
+        f"SELECT samples.status, {keep}, {caption_sql(selection.captions, params)}, samples.key,"
+        " samples.image, samples.width, samples.height"
+        + "".join(f", {expr}" for expr in extra_sql)
+        + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
+    )
+    cursor = run_query(snapshot.conn, sql, params, selection.where)
+    excluded = snapshot.excluded
+    while True:
+        try:
+            rows = cursor.fetchmany(BATCH_ROWS)
+        except sqlite3.Error as exc:
+            raise where_error(selection.where, exc) from exc
+        if not rows:
+            return
+        batch = []
+        for status, kept, caption, key, image, width, height, *extra in rows:
+            if status != "ok":
+                excluded[status] += 1
+            elif not width or not height:
+                excluded["no_size"] += 1
+            elif not kept:
+                excluded["where"] += 1
+            elif caption is None:
+                excluded["no_caption"] += 1
+            elif not safe_relative(image):
+                excluded["unsafe_path"] += 1
+            else:
+                batch.append((key, image, width, height, caption, *extra))
+        if batch:
+            yield batch
+
+
+def safe_relative(path: str | None) -> bool:
+    """A root-relative, '/'-separated path that cannot climb out of the root."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return ".." not in path or ".." not in path.split("/")
+
+
+def options_json(options: dict) -> str:
+    return orjson.dumps(options, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def excluded_summary(excluded: collections.Counter) -> dict[str, int]:
+    return dict(sorted(excluded.items()))
