@@ -1,0 +1,279 @@
+"""`export captions`: a `<stem>.txt` beside each exported image, written only where it changed.
+
+`caption_files` remembers every .txt this tool wrote or adopted, with its size and mtime as
+written. A .txt without such a record, or one whose size/mtime moved since, belongs to the user:
+it is adopted when it already holds the caption, else left alone (unless --overwrite). The .txt
+path is the sample's key (its image path minus the extension) from the index, never anything a
+JSON says, and its folder must resolve inside the dataset root.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from indexer import store
+from indexer.errors import IndexerError
+from indexer.export.record import record_export
+from indexer.export.select import (
+    DEFAULT_CAPTIONS,
+    Selection,
+    Snapshot,
+    caption_sql,
+    excluded_summary,
+    make_selection,
+    open_snapshot,
+    options_json,
+    run_query,
+    select_rows,
+)
+from indexer.progress import bar
+
+RECORDS_PER_COMMIT = 5_000
+MAX_REPORTED_ERRORS = 10
+TEMP_SUFFIX = ".indexer-tmp"
+# The caption_files record of a sample's .txt, folded into one value per row.
+RECORD_SQL = (
+    "(SELECT c.caption_hash || ' ' || c.size || ' ' || c.mtime_ns FROM caption_files AS c"
+    " WHERE c.dataset = samples.dataset AND c.path = samples.key || '.txt')"
+)
+COUNT_NAMES = ("written", "unchanged", "adopted", "overwritten", "removed", "left_alone", "failed")
+
+
+def caption_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class RecordWriter:
+    """Batches caption_files changes into short write transactions on their own connection."""
+
+    def __init__(self, db_path: str | os.PathLike[str], dataset: str) -> None:
+        self.conn = store.connect(db_path)
+        self.dataset = dataset
+        self.upserts: list[tuple] = []
+        self.deletes: list[tuple] = []
+
+    def upsert(self, path: str, key: str, digest: str, size: int, mtime_ns: int) -> None:
+        self.upserts.append((self.dataset, path, key, digest, size, mtime_ns))
+        self._maybe_flush()
+
+    def delete(self, path: str) -> None:
+        self.deletes.append((self.dataset, path))
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self.upserts) + len(self.deletes) >= RECORDS_PER_COMMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.upserts and not self.deletes:
+            return
+        with store.transaction(self.conn):
+            self.conn.executemany("DELETE FROM caption_files WHERE dataset = ? AND path = ?", self.deletes)
+            self.conn.executemany(
+                "INSERT INTO caption_files (dataset, path, sample_key, caption_hash, size, mtime_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset, path) DO UPDATE SET"
+                " sample_key = excluded.sample_key, caption_hash = excluded.caption_hash,"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns",
+                self.upserts,
+            )
+        self.upserts.clear()
+        self.deletes.clear()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class CaptionRun:
+    """State of one export: where to write, what was done, what failed."""
+
+    root: str
+    overwrite: bool
+    records: RecordWriter
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    errors: list[str] = field(default_factory=list)
+    safe_dirs: dict[str, bool] = field(default_factory=dict)
+
+    def inside_root(self, rel_path: str) -> bool:
+        """The .txt's folder resolves inside the root (a symlinked folder could lead elsewhere)."""
+        folder = rel_path.rpartition("/")[0]
+        known = self.safe_dirs.get(folder)
+        if known is None:
+            real = os.path.realpath(os.path.join(self.root, folder))
+            known = real == self.root or real.startswith(self.root + os.sep)
+            self.safe_dirs[folder] = known
+        return known
+
+    def fail(self, rel_path: str, exc: OSError) -> None:
+        self.counts["failed"] += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(f"{rel_path}: {exc.strerror or exc}")
+
+
+def export_captions(
+    db_path: str | os.PathLike[str],
+    *,
+    dataset_id: str | None = None,
+    captions: Sequence[str] = DEFAULT_CAPTIONS,
+    where: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Bring the .txt files under the dataset root in line with the selection; return the counts."""
+    started = time.monotonic()
+    selection = make_selection(captions, where)
+    with open_snapshot(db_path, dataset_id) as snapshot:
+        root = os.path.realpath(snapshot.root)
+        if not os.path.isdir(root):
+            raise IndexerError(f"dataset root {snapshot.root} is missing: mount or restore it, then rerun")
+        run = CaptionRun(root, overwrite, RecordWriter(db_path, snapshot.dataset))
+        try:
+            exported = _write_selected(snapshot, selection, run, progress)
+            _remove_stale(snapshot, selection, run)
+            run.records.flush()
+        finally:
+            run.records.close()
+    summary = {
+        "kind": "captions",
+        "dataset": snapshot.dataset,
+        "root": str(snapshot.root),
+        "rows": exported,
+        **{name: run.counts[name] for name in COUNT_NAMES},
+        "excluded": excluded_summary(snapshot.excluded),
+        "errors": run.errors,
+        "data_version": snapshot.data_version,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    record_export(db_path, snapshot.dataset, "captions", snapshot.root,
+                  options=options_json({"captions": list(selection.captions), "where": selection.where}),
+                  data_version=snapshot.data_version, rows=exported, summary=summary)
+    return summary
+
+
+def _write_selected(snapshot: Snapshot, selection: Selection, run: CaptionRun, progress: bool) -> int:
+    total = None
+    if progress:
+        total = snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
+                                      (snapshot.dataset,)).fetchone()[0]
+    exported = 0
+    with bar(progress, desc="captions", unit=" samples", total=total) as progress_bar:
+        for batch in select_rows(snapshot, selection, [RECORD_SQL]):
+            for key, _image, _width, _height, caption, record in batch:
+                rel_path = key + ".txt"
+                if not run.inside_root(rel_path):
+                    snapshot.excluded["unsafe_path"] += 1
+                    continue
+                exported += 1
+                _sync_caption(run, key, rel_path, caption.encode("utf-8"), record)
+            progress_bar.update(len(batch))
+    return exported
+
+
+def _sync_caption(run: CaptionRun, key: str, rel_path: str, data: bytes, record: str | None) -> None:
+    """Decide, for one exported sample, whether its .txt is written, kept, adopted or left alone."""
+    digest = caption_hash(data)
+    full = os.path.join(run.root, rel_path)
+    try:
+        st: os.stat_result | None = os.lstat(full)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        run.fail(rel_path, exc)
+        return
+    if record is not None:
+        old_digest, old_size, old_mtime = record.split(" ")
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == int(old_size) \
+                and st.st_mtime_ns == int(old_mtime):
+            if old_digest == digest:
+                run.counts["unchanged"] += 1
+            else:
+                _write(run, key, rel_path, full, data, digest, "written")
+            return
+        if st is not None:  # edited or replaced since we wrote it: it is the user's file now
+            run.records.delete(rel_path)
+    if st is None:
+        _write(run, key, rel_path, full, data, digest, "written")
+    elif stat.S_ISREG(st.st_mode) and st.st_size == len(data) and _holds(full, data):
+        run.records.upsert(rel_path, key, digest, st.st_size, st.st_mtime_ns)
+        run.counts["adopted"] += 1
+    elif run.overwrite and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        _write(run, key, rel_path, full, data, digest, "overwritten")
+    else:
+        run.counts["left_alone"] += 1
+
+
+def _holds(full: str, data: bytes) -> bool:
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
+
+
+def _write(run: CaptionRun, key: str, rel_path: str, full: str, data: bytes, digest: str,
+           counter: str) -> None:
+    """Write beside the target and rename over it: readers never see half a caption, and a
+    symlink in the .txt's place is replaced, never followed."""
+    temp = full + TEMP_SUFFIX
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, full)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise IndexerError(f"disk full while writing {full}: free space and rerun") from exc
+        run.fail(rel_path, exc)
+        return
+    run.records.upsert(rel_path, key, digest, st.st_size, st.st_mtime_ns)
+    run.counts[counter] += 1
+    if counter == "overwritten":
+        run.counts["written"] += 1
+
+
+def _remove_stale(snapshot: Snapshot, selection: Selection, run: CaptionRun) -> None:
+    """Delete the .txt files this tool wrote for samples that are no longer exported."""
+    params: dict = {"dataset": snapshot.dataset}
+    keep = f" AND ({selection.where})" if selection.where else ""
+    sql = (
+        "SELECT c.path, c.size, c.mtime_ns FROM caption_files AS c WHERE c.dataset = :dataset"
+        " AND NOT EXISTS (SELECT 1 FROM samples WHERE samples.dataset = c.dataset"
+        " AND samples.key = c.sample_key AND samples.status = 'ok' AND samples.width AND samples.height"
+        f"{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
+    )
+    for rel_path, size, mtime_ns in run_query(snapshot.conn, sql, params, selection.where):
+        run.records.delete(rel_path)
+        full = os.path.join(run.root, rel_path)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            run.fail(rel_path, exc)
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns) \
+                and run.inside_root(rel_path):
+            try:
+                os.unlink(full)
+            except OSError as exc:
+                run.fail(rel_path, exc)
+                continue
+            run.counts["removed"] += 1
+        else:
+            run.counts["left_alone"] += 1
+
