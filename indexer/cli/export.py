@@ -1,9 +1,170 @@
-"""`indexer export` commands (not implemented yet)."""
+"""`indexer export parquet|captions|config|jsonl`: thin commands over indexer.export."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
+
+from indexer.cli.common import (
+    db_option,
+    id_option,
+    json_option,
+    print_json,
+    quiet_option,
+    resolve_db,
+    show_progress,
+)
+from indexer.export.captions import export_captions
+from indexer.export.config import ConfigOptions, export_config
+from indexer.export.jsonl import export_jsonl
+from indexer.export.parquet import export_parquet
+from indexer.export.select import DEFAULT_CAPTIONS
+
+
+class OptionalFloat(click.ParamType):
+    """A number, or `none` to leave the key out of the config."""
+
+    name = "NUMBER|none"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).lower() == "none":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number (or `none`)", param, ctx)
+
+
+def selection_options(func: Callable) -> Callable:
+    """--id, --caption, --where, --db, --quiet, --json: shared by every export of rows."""
+    for decorator in reversed([
+        id_option(),
+        click.option("--caption", "captions", metavar="FIELD", multiple=True,
+                     help="Caption field; repeat for fallbacks (first non-empty wins; a list field gives "
+                          "its first non-empty item). Default: short_caption."),
+        click.option("--where", metavar="SQL", default=None,
+                     help="Boolean expression over samples columns, e.g. \"width >= 1024 AND "
+                          "source != 'twitter'\" (read-only)."),
+        db_option, quiet_option, json_option,
+    ]):
+        func = decorator(func)
+    return func
+
+
+def excluded_text(excluded: dict[str, int]) -> str:
+    if not excluded:
+        return "  excluded: none"
+    return "  excluded: " + ", ".join(f"{reason} {count:,}" for reason, count in excluded.items())
+
+
+def report(summary: dict, quiet: bool, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        click.echo("\n".join(lines))
+
+
+@click.group("export")
+def export_group() -> None:
+    """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl."""
+
+
+@export_group.command("parquet")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@selection_options
+@click.option("--column", "columns", metavar="NAME", multiple=True,
+              help="Extra column: key, source, long_caption, md5_file_hash, aspect_ratio or any JSON field.")
+def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...], where: str | None,
+                    db: str | None, quiet: bool, as_json: bool, columns: tuple[str, ...]) -> None:
+    """Write OUT: width, height, caption, filename (image path relative to the root) per sample."""
+    summary = export_parquet(resolve_db(db), out, dataset_id=dataset_id,
+                             captions=captions or DEFAULT_CAPTIONS, where=where, columns=columns,
+                             progress=show_progress(quiet, as_json))
+    if summary["up_to_date"]:
+        head = f"{summary['path']} is up to date ({summary['rows']:,} rows); nothing written"
+    else:
+        head = f"wrote {summary['rows']:,} rows to {summary['path']} in {summary['seconds']:.1f} s"
+    report(summary, quiet, as_json, [head, excluded_text(summary["excluded"])])
+
+
+@export_group.command("captions")
+@selection_options
+@click.option("--overwrite", is_flag=True, help="Also replace .txt files this tool did not write.")
+def captions_command(dataset_id: str | None, captions: tuple[str, ...], where: str | None, db: str | None,
+                     quiet: bool, as_json: bool, overwrite: bool) -> None:
+    """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
+    summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
+                              where=where, overwrite=overwrite, progress=show_progress(quiet, as_json))
+    lines = [
+        f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s",
+        f"  written {summary['written']:,} (overwritten {summary['overwritten']:,})  unchanged "
+        f"{summary['unchanged']:,}  adopted {summary['adopted']:,}  removed {summary['removed']:,}",
+        excluded_text(summary["excluded"]),
+    ]
+    if summary["left_alone"]:
+        lines.append(f"  left alone {summary['left_alone']:,} .txt files this tool did not write "
+                     "(--overwrite replaces them)")
+    if summary["failed"]:
+        lines.append(f"  failed {summary['failed']:,}: " + "; ".join(summary["errors"]))
+    report(summary, quiet, as_json, lines)
+
+
+@export_group.command("config")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@id_option()
+@db_option
+@quiet_option
+@json_option
+@click.option("--parquet", "parquet", metavar="PATH", default=None,
+              help="Parquet the entry points at (default: the dataset's last `export parquet`).")
+@click.option("--caption-strategy", type=click.Choice(["textfile", "parquet"]), default=None,
+              help="Force it (default: textfile only when every image has its .txt, else parquet).")
+@click.option("--metadata-backend", type=click.Choice(["parquet", "discovery"]), default="parquet",
+              show_default=True)
+@click.option("--resolution", type=float, default=1.0, show_default=True)
+@click.option("--resolution-type", type=click.Choice(["area", "pixel", "pixel_area"]), default="area",
+              show_default=True)
+@click.option("--minimum-image-size", type=OptionalFloat(), default=0.75, show_default=True)
+@click.option("--maximum-image-size", type=OptionalFloat(), default=2.0, show_default=True)
+@click.option("--target-downsample-size", type=OptionalFloat(), default=1.75, show_default=True)
+@click.option("--cache-dir-vae", metavar="DIR", default=None,
+              help="VAE cache folder (default: OUT's folder/cache/vae/ID).")
+@click.option("--text-embeds-cache-dir", metavar="DIR", default=None,
+              help="Text embeds cache folder (default: OUT's folder/cache/text).")
+def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool, as_json: bool,
+                   parquet: str | None, **settings: object) -> None:
+    """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
+    summary = export_config(resolve_db(db), out, dataset_id=dataset_id, parquet=parquet,
+                            options=ConfigOptions(**settings))  # type: ignore[arg-type]
+    action = "replaced" if summary["replaced"] else "added"
+    lines = [
+        f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
+        f"  caption_strategy {summary['caption_strategy']}: {summary['reason']}",
+    ]
+    report(summary, quiet, as_json, lines)
+    if not as_json:
+        for warning in summary["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
+
+
+@export_group.command("jsonl")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@selection_options
+def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], where: str | None,
+                  db: str | None, quiet: bool, as_json: bool) -> None:
+    """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
+    summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
+                           where=where, progress=show_progress(quiet, as_json))
+    if summary["up_to_date"]:
+        head = f"{summary['path']} is up to date ({summary['rows']:,} rows); nothing written"
+    else:
+        head = f"wrote {summary['rows']:,} rows to {summary['path']} in {summary['seconds']:.1f} s"
+    report(summary, quiet, as_json, [head, excluded_text(summary["excluded"])])
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the main group."""
+    group.add_command(export_group)
