@@ -1,0 +1,359 @@
+"""`indexer watch`: a real watcher in a subprocess on a temp folder, plus in-thread checks of the
+fallbacks (polling, overflow rescan, periodic rescan), the export hooks and the debouncer rules."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexer import store
+from indexer.errors import DatabaseLocked
+from indexer.watch import Debouncer, EventInbox, inotify_limit_message, watch_root
+
+POLL = 0.1
+
+
+def wait_for(predicate, what: str, timeout: float = 10.0):
+    """Poll until predicate() is truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(POLL)
+
+
+def statuses(db: Path) -> dict[str, str]:
+    """key -> status, read the way another process would (read-only, short transaction)."""
+    if not db.exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(conn.execute("SELECT key, status FROM samples").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # the watcher has not created the schema yet
+        return {}
+
+
+def write_pair(gen, root: Path, key: str, *, image: bool = True, json_text: bool = True) -> None:
+    rng = random.Random(key)
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    if json_text:
+        record = gen.sample_json(rng, key, "png", (512, 512))
+        (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
+    if image:
+        (root / f"{key}.png").write_bytes(gen.png_bytes(512, 512))
+
+
+def has(db: Path, expected: dict[str, str]):
+    def check() -> bool:
+        now = statuses(db)
+        return all(now.get(k) == v for k, v in expected.items())
+    return check
+
+
+def lacks(db: Path, *keys: str):
+    return lambda: not set(keys) & set(statuses(db))
+
+
+# -- the real thing: a watcher process following a folder ------------------------------------
+
+
+def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_root, db_path, cli):
+    write_pair(gen, data_root, "a0")
+    write_pair(gen, data_root, "a1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "indexer", "watch", str(data_root), "--db", str(db_path), "--json",
+         "--settle", "0.5", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(has(db_path, {"a0": "ok", "a1": "ok"}), "the catch-up index")
+
+        # a second writer is told who holds the database
+        locked = cli("index", data_root, "--db", db_path)
+        assert locked.exit_code == 75 and "indexer watch" in locked.stderr
+
+        for i in range(5):  # pairs copied in
+            write_pair(gen, data_root, f"b{i}")
+
+        # a JSON written in pieces over ~1.5 s is never recorded as bad_json
+        write_pair(gen, data_root, "slow", json_text=False)
+        text = json.dumps(gen.sample_json(random.Random(1), "slow", "png", (512, 512)))
+        pieces = [text[i * len(text) // 4:(i + 1) * len(text) // 4] for i in range(4)]
+        with open(data_root / "slow.json", "w", encoding="utf-8") as handle:
+            for piece in pieces:
+                handle.write(piece)
+                handle.flush()
+                deadline = time.monotonic() + 0.4
+                while time.monotonic() < deadline:
+                    assert statuses(db_path).get("slow") != "bad_json", "half-written JSON recorded"
+                    time.sleep(0.05)
+        wait_for(has(db_path, {f"b{i}": "ok" for i in range(5)} | {"slow": "ok"}), "copied pairs")
+
+        # the image arrives after its JSON has been indexed: the sample completes
+        write_pair(gen, data_root, "late", image=False)
+        wait_for(has(db_path, {"late": "missing_image"}), "the lone JSON")
+        write_pair(gen, data_root, "late", json_text=False)
+        # a JSON that is complete but broken is recorded as such once it settles
+        (data_root / "broken.json").write_text('{"short_caption": "cut', encoding="utf-8")
+        wait_for(has(db_path, {"late": "ok", "broken": "bad_json"}), "late image and broken JSON")
+
+        # deletion and rename (delete + add)
+        (data_root / "b0.json").unlink()
+        (data_root / "b0.png").unlink()
+        for ext in ("json", "png"):
+            os.rename(data_root / f"b1.{ext}", data_root / f"renamed.{ext}")
+        wait_for(lacks(db_path, "b0", "b1"), "deleted and renamed-away samples to go")
+        wait_for(has(db_path, {"renamed": "ok"}), "the renamed sample")
+
+        # a whole folder renamed into place, then renamed out again
+        stage = tmp_path / "stage" / "shard"
+        for i in range(3):
+            write_pair(gen, stage, f"k{i}")
+        write_pair(gen, stage / "inner", "deep")
+        os.rename(stage, data_root / "shard")
+        moved_in = {f"shard/k{i}": "ok" for i in range(3)} | {"shard/inner/deep": "ok"}
+        wait_for(has(db_path, moved_in), "the moved-in folder's samples")
+        os.rename(data_root / "shard", tmp_path / "gone")
+        wait_for(lacks(db_path, *moved_in), "the moved-out folder's samples to go")
+
+        # other processes keep reading while the watcher runs
+        reader = store.connect(db_path, readonly=True)
+        assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == len(statuses(db_path))
+        reader.close()
+
+        write_pair(gen, data_root, "last")
+        wait_for(has(db_path, {"last": "ok"}), "the last pair")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["event"] == "rescan" and events[0]["reason"] == "catch-up"
+    assert events[0]["added"] == 2
+    assert any(e["event"] == "batch" for e in events)
+    final = events[-1]
+    assert final["event"] == "stopped" and final["status"] == "done"
+    expected = {"a0", "a1", "b2", "b3", "b4", "slow", "late", "broken", "renamed", "last"}
+    assert set(statuses(db_path)) == expected
+    assert final["added"] - final["removed"] == len(expected)
+    conn = sqlite3.connect(db_path)
+    run = conn.execute("SELECT command, status, finished_at FROM runs ORDER BY id DESC").fetchone()
+    conn.close()
+    assert run[0] == "watch" and run[1] == "done" and run[2]
+
+
+# -- in-thread sessions: fallbacks, rescans and export hooks ---------------------------------
+
+
+class SilentObserver:
+    """An observer that never reports anything: only rescans can find changes."""
+
+    def schedule(self, *args, **kwargs) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def session(db: Path, root: Path, **options):
+    """Run watch_root in a thread; yields the list of events it reports."""
+    events: list[dict] = []
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["summary"] = watch_root(db, root, on_batch=events.append, stop_event=stop,
+                                            workers=1, **options)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any(e.get("reason") == "catch-up" for e in events) or "error" in outcome,
+                 "the catch-up scan")
+        yield events
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+    events.append(outcome["summary"])
+
+
+def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, tmp_path):
+    calls: list[tuple[str, dict]] = []
+
+    def fake_parquet(db, **options):
+        calls.append(("parquet", options))
+        return {"rows": len(statuses(Path(db)))}
+
+    def failing_captions(db, **options):
+        calls.append(("captions", options))
+        raise RuntimeError("disk full")
+
+    out = tmp_path / "out.parquet"
+    with session(db_path, data_root, settle=0.2, export_parquet=str(out), export_captions=True,
+                 captions=("long_caption", "short_caption"), where="width >= 512",
+                 exporters={"parquet": fake_parquet, "captions": failing_captions}) as events:
+        wait_for(lambda: len(calls) == 2, "the exports at start")
+        write_pair(gen, data_root, "x")
+        wait_for(lambda: len(calls) == 4, "the exports after a batch")
+        assert calls[2] == ("parquet", {"out": str(out), "dataset_id": "data",
+                                        "captions": ("long_caption", "short_caption"),
+                                        "where": "width >= 512", "progress": False})
+        assert calls[3][1]["overwrite"] is False
+        os.utime(data_root / "x.json")  # touched, same content: re-read, nothing changed
+        wait_for(lambda: sum(e["event"] == "batch" for e in events) == 2, "the touch batch")
+        time.sleep(0.3)
+        assert len(calls) == 4
+    exported = [e for e in events if e["event"] == "export"]
+    assert [e["result"] for e in exported] == [{"rows": 0}, {"rows": 1}]
+    assert sum("export captions failed: disk full" in e.get("message", "") for e in events) == 2
+    assert events[-1]["exports"] == 2
+
+
+def test_inotify_limit_falls_back_to_polling_with_advice(gen, data_root, db_path):
+    def exhausted():
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    with session(db_path, data_root, settle=0.1, observer_factory=exhausted) as events:
+        warning = next(e["message"] for e in events if e["event"] == "warning")
+        assert "fs.inotify.max_user_watches" in warning and "polling" in warning
+        write_pair(gen, data_root, "polled")
+        wait_for(has(db_path, {"polled": "ok"}), "the polled pair")
+
+
+def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
+    with session(db_path, data_root, settle=0.1, observer_factory=SilentObserver) as events:
+        write_pair(gen, data_root, "unseen")
+        time.sleep(0.3)
+        assert "unseen" not in statuses(db_path)  # no events, no periodic scan yet
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        wait_for(has(db_path, {"unseen": "ok"}), "the overflow rescan")
+    assert [e["reason"] for e in events if e["event"] == "rescan"][:2] == ["catch-up", "overflow"]
+
+
+def test_periodic_rescan_catches_what_events_missed(gen, data_root, db_path):
+    with session(db_path, data_root, settle=0.1, rescan_every=0.3,
+                 observer_factory=SilentObserver) as events:
+        write_pair(gen, data_root, "missed")
+        wait_for(has(db_path, {"missed": "ok"}), "the periodic rescan")
+    assert "periodic" in [e.get("reason") for e in events]
+
+
+def test_a_second_writer_cannot_start_a_watch(data_root, db_path):
+    store.connect(db_path).close()
+    with store.writer_lock(db_path, "index"), pytest.raises(DatabaseLocked, match="indexer index"):
+        watch_root(db_path, data_root, settle=0.1)
+
+
+# -- the rules, without a filesystem ---------------------------------------------------------
+
+
+class FakeFiles:
+    def __init__(self) -> None:
+        self.looks: dict[str, tuple | None] = {}
+
+    def look(self, path: str):
+        return self.looks.get(path)
+
+
+def test_debouncer_waits_for_quiet_and_stable_stat():
+    files = FakeFiles()
+    debouncer = Debouncer(1.0, files.look)
+    files.looks["a.json"] = (10, 1, 1, 1)
+    debouncer.touch("a.json", 0.0)
+    assert debouncer.pop_ready(0.4) == []  # not quiet long enough to look
+    assert debouncer.pop_ready(0.6) == []  # first look
+    files.looks["a.json"] = (20, 2, 2, 1)  # grew without an event reaching us
+    assert debouncer.pop_ready(1.1) == []  # the second look disagrees
+    assert debouncer.pop_ready(1.3) == ["a.json"]
+    assert len(debouncer) == 0
+
+
+def test_debouncer_releases_a_key_only_when_all_its_files_are_ready():
+    files = FakeFiles()
+    debouncer = Debouncer(1.0, files.look)
+    debouncer.touch("k.json", 0.0)
+    debouncer.touch("k.png", 0.9)
+    debouncer.touch("other.png", 0.0)  # a missing file settles too (a deletion)
+    assert debouncer.pop_ready(0.6) == []
+    assert debouncer.pop_ready(1.2) == ["other.png"]
+    assert debouncer.pop_ready(1.5) == []
+    assert sorted(debouncer.pop_ready(2.0)) == ["k.json", "k.png"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 5), st.booleans()), min_size=1, max_size=30),
+       st.floats(0.1, 2.0))
+def test_debouncer_never_releases_before_settle(steps, settle):
+    """Whatever the event times and stat changes, a path comes out only after `settle` of quiet
+    and with its last two looks equal."""
+    files = FakeFiles()
+    debouncer = Debouncer(settle, files.look)
+    now, last_event, size = 0.0, None, 0
+    for gap, is_event in steps:
+        now += gap
+        if is_event:
+            size += 1
+            files.looks["p.json"] = (size, size, size, 1)
+            debouncer.touch("p.json", now)
+            last_event = now
+        released = debouncer.pop_ready(now)
+        if released:
+            assert last_event is not None and now - last_event >= settle
+            last_event = None
+
+
+def test_inbox_keeps_sample_paths_and_folders_only(tmp_path):
+    from watchdog.events import DirMovedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent
+
+    root = tmp_path / "root"
+    inbox = EventInbox(root)
+    inbox.on_any_event(FileCreatedEvent(f"{root}/a.json"))
+    inbox.on_any_event(FileModifiedEvent(f"{root}/a.txt"))  # caption export output: not a sample
+    inbox.on_any_event(FileCreatedEvent(f"{root}/.indexer-tmp/x.json"))  # extract's staging
+    inbox.on_any_event(FileCreatedEvent(f"{tmp_path}/elsewhere/y.json"))
+    inbox.on_any_event(FileMovedEvent(f"{root}/b.png", f"{root}/sub/c.PNG"))
+    inbox.on_any_event(DirMovedEvent(f"{root}/.indexer-stage/s1", f"{root}/s1"))
+    files, added, removed = inbox.drain()
+    assert sorted(files) == ["a.json", "b.png", "sub/c.PNG"]
+    assert list(added) == ["s1"] and removed == {}
+    assert inbox.drain() == ({}, {}, {})
+
+
+def test_inotify_limit_message_names_the_setting():
+    assert "fs.inotify.max_user_watches" in inotify_limit_message(OSError(errno.ENOSPC, "limit"))
+    assert "fs.inotify.max_user_instances" in inotify_limit_message(OSError(errno.EMFILE, "limit"))
