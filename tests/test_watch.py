@@ -357,3 +357,21 @@ def test_inbox_keeps_sample_paths_and_folders_only(tmp_path):
 def test_inotify_limit_message_names_the_setting():
     assert "fs.inotify.max_user_watches" in inotify_limit_message(OSError(errno.ENOSPC, "limit"))
     assert "fs.inotify.max_user_instances" in inotify_limit_message(OSError(errno.EMFILE, "limit"))
+
+
+def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "dataset.parquet"
+    write_pair(gen, data_root, "first")
+    with session(db_path, data_root, settle=0.2, export_parquet=str(out), export_captions=True):
+        wait_for(lambda: out.exists() and (data_root / "first.txt").exists(), "the first exports")
+        write_pair(gen, data_root, "second")
+
+        def exported_both() -> bool:
+            table = pq.read_table(out) if out.exists() else None
+            return table is not None and sorted(table.column("filename").to_pylist()) == [
+                "first.png", "second.png"] and (data_root / "second.txt").exists()
+        wait_for(exported_both, "the exports after the second pair")
+    caption = json.loads((data_root / "second.json").read_text(encoding="utf-8"))["short_caption"]
+    assert (data_root / "second.txt").read_text(encoding="utf-8") == caption
