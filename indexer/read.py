@@ -2,27 +2,29 @@
 
 Runs in worker processes, so it takes plain arguments and returns plain tuples. Nothing here
 derives a path from file contents: `image_name` is compared as a string, never opened.
+This is the hot loop of a first index (a million calls), hence the flat code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass
+import stat
+from typing import NamedTuple
 
 import imagesize
 import orjson
 
-from indexer.scan import IMAGE_EXTENSIONS, JSON_EXTENSION, is_racy, split_sample_path
+from indexer import scan
+from indexer.scan import IMAGE_EXTENSIONS, JSON_EXTENSION
 
 MAX_DIMENSION = 1 << 20
 RERUN = "then run `indexer index` again"
+IMAGE_RANK = {ext: rank for rank, ext in enumerate(IMAGE_EXTENSIONS)}
 
 FileRecord = tuple[str, int, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode, racy
 
 
-@dataclass(slots=True)
-class SampleRecord:
+class SampleRecord(NamedTuple):
     """What the samples table stores for a key (meta is compact JSON text or None)."""
 
     image: str | None
@@ -36,42 +38,43 @@ class SampleRecord:
     meta: str | None
 
     def as_row(self) -> tuple:
-        return (self.image, self.json, self.width, self.height, self.size_from, self.status,
-                self.error, self.warning, self.meta)
+        return tuple(self)
 
 
 def parse_dimension(value: object) -> int | None:
     """A usable width/height: a positive integer, an integral float, or a numeric string."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+    if type(value) is int:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
     else:
-        return None
+        return None  # bool, None, lists, words, NaN...
     return number if 0 < number <= MAX_DIMENSION else None
 
 
 def parse_json_bytes(data: bytes) -> tuple[dict | None, str | None]:
     """(object, None) or (None, reason) for the raw bytes of a sidecar JSON."""
-    if not data.strip():
-        return None, "empty file" if not data else "file holds only whitespace"
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as decode_exc:
-            return None, f"not UTF-8 text (byte {decode_exc.start}); re-save it as UTF-8"
-        return None, f"invalid JSON ({exc}); the file is truncated or corrupt"
-    if not isinstance(value, dict):
+        if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is harmless: drop it
+            return parse_json_bytes(data[3:])
+        return None, _json_error(data, exc)
+    if type(value) is not dict:
         return None, f"top level is a JSON {type(value).__name__}, expected an object"
     return value, None
+
+
+def _json_error(data: bytes, exc: Exception) -> str:
+    if not data.strip():
+        return "empty file" if not data else "file holds only whitespace"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as decode_exc:
+        return f"not UTF-8 text (byte {decode_exc.start}); re-save it as UTF-8"
+    return f"invalid JSON ({exc}); the file is truncated or corrupt"
 
 
 def image_header_size(path: str, size: int) -> tuple[int, int] | str:
@@ -91,47 +94,55 @@ def image_header_size(path: str, size: int) -> tuple[int, int] | str:
 
 def choose_image(images: list[str], image_name: object) -> str:
     """Prefer the image whose file name equals image_name (string compare), then png>jpg>jpeg>webp."""
+    if len(images) == 1:
+        return images[0]
     if isinstance(image_name, str):
         for image in images:
             if image.rsplit("/", 1)[-1] == image_name:
                 return image
-    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
-    return min(images, key=lambda p: (rank[p.rsplit(".", 1)[1].lower()], p))
+    return min(images, key=lambda p: (IMAGE_RANK[p.rsplit(".", 1)[1].lower()], p))
 
 
 def _stat_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:
+    racy_cut = scan_start_ns - scan.RACY_WINDOW_NS
     return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-            int(is_racy(st.st_mtime_ns, st.st_ctime_ns, scan_start_ns)))
+            1 if st.st_mtime_ns >= racy_cut or st.st_ctime_ns >= racy_cut else 0)
 
 
 def read_sample(
-    root: str, key: str, paths: list[str], scan_start_ns: int, verify_images: bool = False
+    root: str, key: str, paths: list[str], scan_start_ns: int, verify_images: bool = False,
+    json_bytes: dict[str, bytes] | None = None,
 ) -> tuple[SampleRecord | None, list[FileRecord], int]:
-    """Read one key's files. Returns (sample or None if no file is left, file records, files read)."""
+    """Read one key's files. Returns (sample or None if no file is left, file records, files read).
+
+    json_bytes maps a JSON path to the bytes its file holds (extract has them from the tar stream):
+    such a file is only stat-ed, not read again, and does not count as read.
+    """
     files: list[FileRecord] = []
-    json_paths: list[str] = []
+    json_path: str | None = None
+    extra_json: list[str] = []
     image_paths: list[str] = []
     image_sizes: dict[str, int] = {}
     json_data: bytes | None = None
     json_read_error: str | None = None
     files_read = 0
+    cut = len(key) + 1
+    prefix = root + "/"
     for path in sorted(paths):
-        kind = split_sample_path(path)
-        if kind is None:
-            continue
-        full = os.path.join(root, path)
-        if kind[1] == JSON_EXTENSION:
-            if json_paths:  # a second spelling (x.json and x.JSON): record it, parse the first
-                with contextlib.suppress(OSError):
-                    files.append(_stat_record(path, os.stat(full), scan_start_ns))
-                continue
+        extension = path[cut:].lower()
+        full = prefix + path
+        if extension == JSON_EXTENSION and json_path is None:
+            preloaded = json_bytes.get(path) if json_bytes else None
             try:
-                with open(full, "rb", buffering=0) as handle:
-                    st = os.fstat(handle.fileno())
-                    if not _is_regular(st):
-                        continue
-                    json_data = handle.read()
-                    files_read += 1
+                if preloaded is not None:
+                    st = os.stat(full)
+                    json_data = preloaded
+                else:
+                    with open(full, "rb", buffering=0) as handle:
+                        st = os.fstat(handle.fileno())
+                        if stat.S_ISREG(st.st_mode):
+                            json_data = handle.read()
+                            files_read += 1
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -140,86 +151,88 @@ def read_sample(
                 except OSError:
                     continue
                 json_read_error = f"cannot read ({exc.strerror}); fix its permissions, {RERUN}"
-            json_paths.append(path)
-            files.append(_stat_record(path, st, scan_start_ns))
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            json_path = path
         else:
             try:
                 st = os.stat(full)
             except OSError:
                 continue
-            if not _is_regular(st):
+            if not stat.S_ISREG(st.st_mode):
                 continue
-            image_paths.append(path)
-            image_sizes[path] = st.st_size
-            files.append(_stat_record(path, st, scan_start_ns))
+            if extension == JSON_EXTENSION:  # a second spelling (x.json and x.JSON): recorded only
+                extra_json.append(path)
+            else:
+                image_paths.append(path)
+                image_sizes[path] = st.st_size
+        files.append(_stat_record(path, st, scan_start_ns))
     if not files:
         return None, [], files_read
     sample, header_reads = _build_sample(
-        root, key, json_paths, image_paths, image_sizes, json_data, json_read_error, verify_images
+        root, key, json_path, extra_json, image_paths, image_sizes, json_data, json_read_error,
+        verify_images,
     )
     return sample, files, files_read + header_reads
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISREG(st.st_mode)
 
 
 def _build_sample(
     root: str,
     key: str,
-    json_paths: list[str],
+    json_path: str | None,
+    extra_json: list[str],
     image_paths: list[str],
     image_sizes: dict[str, int],
     json_data: bytes | None,
     json_read_error: str | None,
     verify_images: bool,
 ) -> tuple[SampleRecord, int]:
-    json_path = json_paths[0] if json_paths else None
     warnings: list[str] = []
-    if len(json_paths) > 1:
+    if extra_json:
         warnings.append(f"several JSON files for {key}: using {json_path}")
     obj: dict | None = None
     json_error = json_read_error
-    if json_path and json_error is None:
+    if json_path is not None and json_error is None:
         obj, json_error = parse_json_bytes(json_data or b"")
-    image = choose_image(image_paths, obj.get("image_name") if obj else None) if image_paths else None
-    if len(image_paths) > 1:
-        others = ", ".join(p for p in image_paths if p != image)
-        warnings.append(f"several images for {key}: using {image}, ignoring {others}")
-    if obj is not None and image is not None:
+    image = None
+    if image_paths:
+        image = choose_image(image_paths, obj.get("image_name") if obj else None)
+        if len(image_paths) > 1:
+            others = ", ".join(p for p in image_paths if p != image)
+            warnings.append(f"several images for {key}: using {image}, ignoring {others}")
+    meta = None
+    json_size = None
+    if obj is not None:
+        meta = orjson.dumps(obj).decode()
         name = obj.get("image_name")
-        if isinstance(name, str) and name and name != image.rsplit("/", 1)[-1]:
+        file_name = image[image.rfind("/") + 1 :] if image is not None else None
+        if file_name is not None and isinstance(name, str) and name and name != file_name:
             warnings.append(f"image_name says {name!r} but the image file is {image}")
+        json_width = parse_dimension(obj.get("width"))
+        json_height = parse_dimension(obj.get("height"))
+        if json_width and json_height:
+            json_size = (json_width, json_height)
 
-    meta = orjson.dumps(obj).decode() if obj is not None else None
-    json_width = parse_dimension(obj.get("width")) if obj else None
-    json_height = parse_dimension(obj.get("height")) if obj else None
-    json_size = (json_width, json_height) if json_width and json_height else None
-
-    def record(status: str, error: str | None, size: tuple[int, int] | None, size_from: str | None):
+    def record(status: str, error: str | None, size: tuple[int, int] | None, size_from: str):
         return SampleRecord(
             image, json_path, size[0] if size else None, size[1] if size else None,
             size_from if size else None, status, error, "; ".join(warnings) or None, meta,
         )
 
     if json_path is None:
-        header = image_header_size(os.path.join(root, image), image_sizes[image])  # type: ignore[arg-type]
+        header = image_header_size(f"{root}/{image}", image_sizes[image])  # type: ignore[index]
         error = f"{image}: image without JSON ({key}.json is missing); add it or remove the image"
-        if isinstance(header, str):
-            return record("missing_json", error, None, None), 1
-        return record("missing_json", error, header, "image"), 1
+        return record("missing_json", error, None if isinstance(header, str) else header, "image"), 1
     if json_error is not None:
         return record("bad_json", f"{json_path}: {json_error}; fix or replace it, {RERUN}", None,
-                      None), 0
+                      "json"), 0
     if image is None:
         error = (f"{json_path}: JSON without image (no {key}.png/.jpg/.jpeg/.webp); "
                  "add the image or remove the JSON")
         return record("missing_image", error, json_size, "json"), 0
     if json_size and not verify_images:
         return record("ok", None, json_size, "json"), 0
-    header = image_header_size(os.path.join(root, image), image_sizes[image])
+    header = image_header_size(f"{root}/{image}", image_sizes[image])
     if isinstance(header, str):
         why = "its JSON has no usable width/height and " if not json_size else ""
         error = f"{image}: {why}{header}; replace the image, {RERUN}"

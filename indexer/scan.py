@@ -166,23 +166,13 @@ def scan(
         for fd, prefix, names in walk(root, result.unreadable):
             paths = [prefix + name for name in names]
             known, index = snapshot.lookup(paths)
-            for position, path in enumerate(paths):
-                if not known[position]:
-                    result.new += 1
-                    pending.append((split_sample_path(path)[0], path, "U"))  # type: ignore[index]
-                    continue
-                slot = int(index[position])
-                snapshot.found[slot] = True
-                try:
-                    st = os.stat(names[position], dir_fd=fd)
-                except OSError:
-                    continue  # vanished since listing: the deletion pass decides
-                if not stat_module.S_ISREG(st.st_mode):
-                    continue
-                signature = stat_signature(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                if signature != snapshot.signatures[slot]:
-                    result.modified += 1
-                    pending.append((split_sample_path(path)[0], path, "U"))  # type: ignore[index]
+            if not known.all():
+                for position in np.flatnonzero(~known).tolist():
+                    path = paths[position]
+                    pending.append((path[: path.rfind(".")], path, "U"))
+                result.new += int(len(paths) - known.sum())
+            if known.any():
+                result.modified += _stat_known(fd, names, paths, known, index, snapshot, pending)
             result.files_seen += len(paths)
             if len(pending) >= 10000:
                 flush()
@@ -196,6 +186,38 @@ def scan(
         conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _stat_known(
+    fd: int,
+    names: list[str],
+    paths: list[str],
+    known: np.ndarray,
+    index: np.ndarray,
+    snapshot: Snapshot,
+    pending: list[tuple[str, str, str]],
+) -> int:
+    """Stat the files that have a stored record; queue those whose signature differs."""
+    positions = np.flatnonzero(known)
+    slots = index[positions]
+    snapshot.found[slots] = True
+    signatures = np.empty(len(positions), dtype=np.int64)
+    stat = os.stat
+    for j, position in enumerate(positions.tolist()):
+        try:
+            st = stat(names[position], dir_fd=fd)
+        except OSError:
+            signatures[j] = NEVER_MATCHES  # vanished since listing: re-read decides
+            continue
+        signatures[j] = (
+            hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+            if stat_module.S_ISREG(st.st_mode) else NEVER_MATCHES
+        )
+    modified = np.flatnonzero(signatures != snapshot.signatures[slots])
+    for j in modified.tolist():
+        path = paths[int(positions[j])]
+        pending.append((path[: path.rfind(".")], path, "U"))
+    return len(modified)
 
 
 def _find_deleted(
