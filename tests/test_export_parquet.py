@@ -1,0 +1,259 @@
+"""export parquet: types and values, caption choice, --where, atomic replace, up to date, round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import imagesize
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexer import store
+from indexer.errors import IndexerError
+from indexer.export import parquet as parquet_module
+from indexer.export.parquet import export_parquet
+from indexer.export.select import caption_sql, make_selection
+from indexer.index import index_root
+
+SIMPLETUNER_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
+
+
+def put(root: Path, key: str, gen, record: dict | None, ext: str = "png", size=(1024, 768)) -> None:
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    if record is not None:
+        (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
+    (root / f"{key}.{ext}").write_bytes(gen.IMAGE_WRITERS[ext](*size))
+
+
+def reindex(db_path: Path, root: Path) -> dict:
+    return index_root(db_path, root, workers=1)
+
+
+@pytest.fixture
+def indexed(gen, data_root: Path, db_path: Path) -> Path:
+    gen.make_dataset(data_root, 150, faults=0.15, seed=3, subfolders=3)
+    reindex(db_path, data_root)
+    return data_root
+
+
+def json_on_disk(root: Path) -> dict[str, dict]:
+    found = {}
+    for path in root.rglob("*.json"):
+        try:
+            found[path.relative_to(root).with_suffix("").as_posix()] = json.loads(path.read_text("utf-8"))
+        except ValueError:
+            continue
+    return found
+
+
+def test_default_columns_types_and_values(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    summary = export_parquet(db_path, out)
+    table = pq.read_table(out)
+    assert table.schema.names == ["width", "height", "caption", "filename"]
+    assert [str(t) for t in table.schema.types] == ["int64", "int64", "string", "string"]
+    assert summary["rows"] == table.num_rows > 100
+    assert sum(summary["excluded"].values()) > 0  # the faults are excluded, and counted
+    records = json_on_disk(indexed)
+    for row in table.to_pylist():
+        key = row["filename"].rsplit(".", 1)[0]
+        assert (indexed / row["filename"]).is_file()
+        assert row["caption"] == records[key]["short_caption"].strip()
+        if "width" in records[key]:
+            expected = (int(records[key]["width"]), int(records[key]["height"]))
+        else:  # no size in the JSON: the index read the image header
+            expected = imagesize.get(indexed / row["filename"])
+        assert (row["width"], row["height"]) == expected
+    assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_round_trip_matches_files_the_way_simpletuner_does(indexed: Path, db_path: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "dalle3.parquet"
+    export_parquet(db_path, out, columns=("key", "source", "aspect_ratio"))
+    frame = pd.read_parquet(out, engine="pyarrow")
+    assert frame["filename"].map(type).eq(str).all()
+    by_name = frame.drop_duplicates("filename").set_index("filename")
+    assert len(by_name) == len(frame)  # one row per image
+    discovered = [
+        p.relative_to(indexed).as_posix() for p in indexed.rglob("*")
+        if p.is_file() and p.suffix[1:] in SIMPLETUNER_EXTENSIONS
+    ]
+    matched = [name for name in discovered if name in by_name.index]
+    assert set(matched) == set(by_name.index)  # every row names a discovered image
+    conn = sqlite3.connect(db_path)
+    ok = {row[0] for row in conn.execute("SELECT image FROM samples WHERE status = 'ok'")}
+    assert ok == set(matched)  # and every good sample has its row
+    for name, row in by_name.iterrows():
+        assert int(row["width"]) > 0 and int(row["height"]) > 0 and row["caption"].strip()
+        assert row["key"] == name.rsplit(".", 1)[0]
+        assert row["aspect_ratio"] == pytest.approx(row["width"] / row["height"], abs=1e-4)
+
+
+def test_caption_fallback_and_list_fields(gen, data_root: Path, db_path: Path, tmp_path: Path) -> None:
+    base = {"width": 1024, "height": 768}
+    put(data_root, "a", gen, {**base, "short_caption": "", "short_caption2": ["", "  ", "from list"]})
+    put(data_root, "b", gen, {**base, "short_caption": " own \n", "long_caption": "long b"})
+    put(data_root, "c", gen, {**base, "short_caption": None, "short_caption2": [], "long_caption": "long c"})
+    put(data_root, "d", gen, {**base, "short_caption": 7, "short_caption2": "  "})
+    reindex(db_path, data_root)
+    out = tmp_path / "c.parquet"
+    summary = export_parquet(db_path, out, captions=("short_caption", "short_caption2", "long_caption"))
+    columns = pq.read_table(out, columns=["filename", "caption"]).to_pydict()
+    captions = dict(zip(columns["filename"], columns["caption"], strict=True))
+    assert captions == {"a.png": "from list", "b.png": "own", "c.png": "long c"}
+    assert summary["excluded"] == {"no_caption": 1}
+
+
+# NUL is left out: SQLite's text functions stop at it (a caption holding NUL is not a caption).
+TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=5) | st.sampled_from([" ", "\n", "\t x"])
+FIELD_VALUES = st.one_of(st.none(), st.integers(), TEXT, st.lists(st.one_of(TEXT, st.integers()), max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["f1", "f2", "f3"]), FIELD_VALUES))
+def test_caption_choice_is_the_first_non_empty_text(meta: dict) -> None:
+    def expected() -> str | None:
+        for name in ("f1", "f2", "f3"):
+            value = meta.get(name)
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, str) and item.strip(" \t\r\n"):
+                    return item.strip(" \t\r\n")
+        return None
+
+    params: dict = {}
+    sql = caption_sql(("f1", "f2", "f3"), params)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE samples (meta TEXT)")
+    conn.execute("INSERT INTO samples VALUES (?)", (json.dumps(meta),))
+    assert conn.execute(f"SELECT {sql} FROM samples", params).fetchone()[0] == expected()
+
+
+def test_where_filters_and_counts(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w.parquet"
+    everything = export_parquet(db_path, tmp_path / "all.parquet", columns=("source",))
+    summary = export_parquet(db_path, out, where="width >= 1024 AND source != 'twitter'", columns=("source",))
+    rows = pq.read_table(out).to_pylist()
+    assert rows and all(r["width"] >= 1024 and r["source"] != "twitter" for r in rows)
+    assert summary["excluded"]["where"] == everything["rows"] - summary["rows"] > 0
+
+
+@pytest.mark.parametrize("where", [
+    "no_such_column > 1", "width >=", "1); DROP TABLE samples; --", "width > 1 -- comment",
+    "1) OR (1", "'unclosed", "width > (SELECT 1",
+])
+def test_bad_where_is_refused_and_changes_nothing(indexed: Path, db_path: Path, tmp_path: Path,
+                                                 where: str) -> None:
+    out = tmp_path / "keep.parquet"
+    export_parquet(db_path, out)
+    before = out.read_bytes()
+    with pytest.raises(IndexerError, match="--where"):
+        export_parquet(db_path, out, where=where)
+    assert out.read_bytes() == before
+    assert sqlite3.connect(db_path).execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+
+
+def test_where_cannot_write(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexerError, match="--where"):
+        export_parquet(db_path, tmp_path / "x.parquet",
+                       where="(SELECT count(*) FROM pragma_user_version) AND load_extension('x')")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_failure_leaves_previous_file_intact(indexed: Path, db_path: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "atomic.parquet"
+    export_parquet(db_path, out)
+    before = out.read_bytes()
+
+    def broken(*_args: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parquet_module, "_write_group", broken)
+    with pytest.raises(IndexerError, match="unchanged"):
+        export_parquet(db_path, out, columns=("key",))
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_path: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "u.parquet"
+    assert export_parquet(db_path, out)["up_to_date"] is False
+    mtime = out.stat().st_mtime_ns
+    again = export_parquet(db_path, out)
+    assert again["up_to_date"] is True and out.stat().st_mtime_ns == mtime
+    assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is False  # other options
+    assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is True
+    put(indexed, "new_sample", gen, {"width": 640, "height": 480, "short_caption": "new"})
+    reindex(db_path, indexed)
+    changed = export_parquet(db_path, out, columns=("key",))
+    assert changed["up_to_date"] is False and changed["rows"] == again["rows"] + 1
+    out.write_bytes(b"not parquet")  # replaced by someone: never "up to date"
+    assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is False
+    assert pq.read_table(out).num_rows == changed["rows"]
+
+
+def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    """Reads never wait for the writer; the one short bookkeeping write waits for its commit."""
+    conn = store.connect(db_path)
+    started = threading.Event()
+
+    def writer() -> None:
+        with store.transaction(conn):
+            conn.execute("UPDATE samples SET warning = 'x' WHERE id = 1")
+            started.set()
+            time.sleep(0.5)
+
+    with store.writer_lock(db_path, "index"):
+        thread = threading.Thread(target=writer)
+        thread.start()
+        started.wait()
+        summary = export_parquet(db_path, tmp_path / "live.parquet")
+        thread.join()
+    conn.close()
+    assert summary["rows"] == pq.read_table(tmp_path / "live.parquet").num_rows > 0
+
+
+def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cols.parquet"
+    export_parquet(db_path, out, columns=("md5_file_hash", "short_caption2", "resolution", "nothing"))
+    table = pq.read_table(out)
+    assert table.schema.field("md5_file_hash").type == pa.string()
+    listed = [v for v in table.column("short_caption2").to_pylist() if v]
+    assert listed and all(isinstance(json.loads(v), list) for v in listed)
+    assert set(table.column("nothing").to_pylist()) == {None}
+    for bad in (("width",), ("key", "key"), ('a"b',)):
+        with pytest.raises(IndexerError, match="--column"):
+            make_selection(None, None, bad)
+
+
+def test_empty_selection_still_writes_a_valid_file(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "empty.parquet"
+    assert export_parquet(db_path, out, where="0")["rows"] == 0
+    assert pq.read_table(out).schema.names == ["width", "height", "caption", "filename"]
+
+
+def test_cli_json_and_errors(cli, indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.parquet"
+    result = cli("export", "parquet", out, "--db", db_path, "--json", "--column", "key")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == pq.read_table(out).num_rows and summary["up_to_date"] is False
+    again = cli("--db", db_path, "export", "parquet", out, "--column", "key")
+    assert "up to date" in again.stdout
+    bad = cli("export", "parquet", out, "--db", db_path, "--where", "nope")
+    assert bad.exit_code == 1 and "--where" in bad.stderr
+    missing = cli("export", "parquet", tmp_path / "no" / "x.parquet", "--db", db_path)
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    assert not os.path.exists(tmp_path / "no")
