@@ -16,10 +16,11 @@ import os
 import signal
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -244,7 +245,6 @@ class Totals:
     batches: int = 0
     rescans: int = 0
     exports: int = 0
-    problems: dict[str, int] = field(default_factory=dict)
 
 
 class Watcher:
@@ -363,11 +363,14 @@ class Watcher:
                 observer.join(timeout=5)
 
     def _summary(self, started: float) -> dict:
+        """The session totals; `problems` and `samples` describe the whole dataset at the end."""
+        assert self.conn is not None
         t = self.totals
         return {
             "dataset": self.dataset, "root": str(self.root), "added": t.added, "changed": t.changed,
             "removed": t.removed, "batches": t.batches, "rescans": t.rescans, "exports": t.exports,
-            "problems": dict(t.problems), "pending": len(self.debouncer),
+            "samples": self._sample_count(), "problems": index.problem_counts(self.conn, self.dataset),
+            "pending": len(self.debouncer),
             "seconds": round(time.monotonic() - started, 3),
         }
 
@@ -442,7 +445,7 @@ class Watcher:
         workers = self.workers if len(paths) >= PARALLEL_MIN_PATHS else 1
         counts = index.update_paths(self.conn, self.dataset, self.root, paths, workers=workers)
         problems = self._problems_among(paths)
-        self._count(counts.added, counts.changed, counts.removed, problems)
+        self._count(counts.added, counts.changed, counts.removed)
         self.emit({
             "event": "batch", "dataset": self.dataset, "paths": len(paths), "added": counts.added,
             "changed": counts.changed, "removed": counts.removed, "problems": problems,
@@ -450,14 +453,12 @@ class Watcher:
             "at": store.now_iso(),
         })
 
-    def _count(self, added: int, changed: int, removed: int, problems: dict[str, int]) -> None:
+    def _count(self, added: int, changed: int, removed: int) -> None:
         t = self.totals
         t.added += added
         t.changed += changed
         t.removed += removed
         t.batches += 1
-        for status, count in problems.items():
-            t.problems[status] = t.problems.get(status, 0) + count
         if added or changed or removed:
             self.export_due = self.exports.wanted
 
@@ -521,6 +522,11 @@ class Watcher:
             began = time.monotonic()
             try:
                 result = exporter(self.db_path, **options)
+            except IndexerError:
+                if not self.totals.exports:  # e.g. a bad --where: say so at once, not on every batch
+                    raise
+                self.emit({"event": "warning", "message": f"export {kind} failed: {sys.exc_info()[1]}"})
+                continue
             except Exception as exc:  # an export problem must not stop the index from following
                 self.emit({"event": "warning", "message": f"export {kind} failed: {exc}"})
                 continue

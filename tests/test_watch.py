@@ -375,3 +375,16 @@ def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
         wait_for(exported_both, "the exports after the second pair")
     caption = json.loads((data_root / "second.json").read_text(encoding="utf-8"))["short_caption"]
     assert (data_root / "second.txt").read_text(encoding="utf-8") == caption
+
+
+def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tmp_path):
+    from indexer.errors import IndexerError
+
+    write_pair(gen, data_root, "a")
+    with pytest.raises(IndexerError):
+        watch_root(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
+                   export_parquet=str(tmp_path / "out.parquet"), observer_factory=SilentObserver)
+    assert statuses(db_path) == {"a": "ok"}  # the catch-up was committed before the export failed
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT status FROM runs").fetchone() == ("failed",)
+    conn.close()
