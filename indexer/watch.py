@@ -85,6 +85,7 @@ def stat_look(path: str) -> StatLook:
 
 @dataclass(slots=True)
 class Pending:
+    key: str
     last_event: float
     look: StatLook = None
     looked_at: float | None = None  # None: no look since the last event
@@ -109,7 +110,7 @@ class Debouncer:
     def touch(self, path: str, when: float) -> None:
         entry = self.paths.get(path)
         if entry is None:
-            self.paths[path] = Pending(when)
+            self.paths[path] = Pending(split_sample_path(path)[0], when)  # type: ignore[index]
         elif when >= entry.last_event:
             entry.last_event = when
             entry.looked_at = None
@@ -117,10 +118,9 @@ class Debouncer:
     def pop_ready(self, now: float) -> list[str]:
         settled: dict[str, bool] = {}  # key -> all of its touched paths ready
         for path, entry in self.paths.items():
-            key = split_sample_path(path)[0]  # type: ignore[index]  # only sample paths get in
             ready = self._is_settled(path, entry, now)
-            settled[key] = settled.get(key, True) and ready
-        out = [p for p in self.paths if settled[split_sample_path(p)[0]]]  # type: ignore[index]
+            settled[entry.key] = settled.get(entry.key, True) and ready
+        out = [path for path, entry in self.paths.items() if settled[entry.key]]
         for path in out:
             del self.paths[path]
         return out
