@@ -1,0 +1,152 @@
+"""export captions: only changes written, users' .txt respected, own stale files removed, root kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from indexer.export.captions import export_captions
+from indexer.index import index_root
+
+
+def put(root: Path, key: str, gen, caption: str, ext: str = "png", **extra: object) -> None:
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    record = {"width": 1024, "height": 768, "short_caption": caption,
+              "image_name": f"{key.rsplit('/', 1)[-1]}.{ext}", **extra}
+    (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
+    (root / f"{key}.{ext}").write_bytes(gen.IMAGE_WRITERS[ext](1024, 768))
+
+
+@pytest.fixture
+def small(gen, data_root: Path, db_path: Path) -> Path:
+    for number in range(6):
+        put(data_root, f"sub/s{number}", gen, f"caption {number} café")
+    put(data_root, "top", gen, "top caption", ext="jpg")
+    index_root(db_path, data_root, workers=1)
+    return data_root
+
+
+def txt_files(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text("utf-8") for p in folder.rglob("*.txt")}
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.rglob("*.txt")}
+
+
+def test_first_run_writes_every_caption_and_rerun_writes_nothing(small: Path, db_path: Path) -> None:
+    first = export_captions(db_path)
+    assert (first["written"], first["unchanged"]) == (7, 0)
+    assert txt_files(small) == {**{f"sub/s{n}.txt": f"caption {n} café" for n in range(6)},
+                                "top.txt": "top caption"}
+    before = mtimes(small)
+    second = export_captions(db_path)
+    assert (second["written"], second["unchanged"], second["adopted"]) == (0, 7, 0)
+    assert mtimes(small) == before
+    assert not [p for p in small.rglob("*") if p.name.endswith(".indexer-tmp")]
+
+
+def test_only_changed_captions_are_rewritten(gen, small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    before = mtimes(small)
+    put(small, "sub/s2", gen, "a new caption")
+    index_root(db_path, small, workers=1)
+    summary = export_captions(db_path)
+    assert (summary["written"], summary["unchanged"]) == (1, 6)
+    assert (small / "sub/s2.txt").read_text("utf-8") == "a new caption"
+    after = mtimes(small)
+    assert [name for name in after if after[name] != before[name]] == ["s2.txt"]
+
+
+def test_users_own_txt_is_left_alone_unless_overwrite(small: Path, db_path: Path) -> None:
+    (small / "top.txt").write_text("my own words", encoding="utf-8")
+    summary = export_captions(db_path)
+    assert summary["left_alone"] == 1 and summary["written"] == 6
+    assert (small / "top.txt").read_text("utf-8") == "my own words"
+    forced = export_captions(db_path, overwrite=True)
+    assert (forced["overwritten"], forced["left_alone"]) == (1, 0)
+    assert (small / "top.txt").read_text("utf-8") == "top caption"
+
+
+def test_a_txt_edited_after_export_becomes_the_users(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    (small / "sub/s1.txt").write_text("edited by hand, longer", encoding="utf-8")
+    assert export_captions(db_path)["left_alone"] == 1
+    removed = export_captions(db_path, where="key != 'sub/s1'")
+    assert removed["removed"] == 0  # not ours any more: never deleted
+    assert (small / "sub/s1.txt").read_text("utf-8") == "edited by hand, longer"
+
+
+def test_identical_txt_is_adopted_after_the_database_is_rebuilt(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    before = mtimes(small)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    index_root(db_path, small, workers=1)
+    summary = export_captions(db_path)
+    assert (summary["adopted"], summary["written"], summary["left_alone"]) == (7, 0, 0)
+    assert mtimes(small) == before
+    assert export_captions(db_path)["unchanged"] == 7  # adopted files are ours from now on
+
+
+def test_removes_only_its_own_files_for_samples_no_longer_exported(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    (small / "stray.txt").write_text("not a sample's caption", encoding="utf-8")
+    summary = export_captions(db_path, where="key LIKE 'sub/%' AND key != 'sub/s0'")
+    assert summary["removed"] == 2 and summary["excluded"]["where"] == 2
+    assert set(txt_files(small)) == {f"sub/s{n}.txt" for n in range(1, 6)} | {"stray.txt"}
+    rows = sqlite3.connect(db_path).execute("SELECT count(*) FROM caption_files").fetchone()[0]
+    assert rows == 5
+
+
+def test_removed_sample_loses_its_caption(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    (small / "sub/s3.json").unlink()
+    (small / "sub/s3.png").unlink()
+    index_root(db_path, small, workers=1)
+    summary = export_captions(db_path)
+    assert summary["removed"] == 1 and not (small / "sub/s3.txt").exists()
+
+
+def test_hostile_image_name_never_leads_outside_the_root(gen, data_root: Path, db_path: Path,
+                                                         tmp_path: Path) -> None:
+    put(data_root, "evil", gen, "evil caption", image_name="../../outside.png")
+    put(data_root, "abs", gen, "abs caption", image_name=str(tmp_path / "abs.png"))
+    index_root(db_path, data_root, workers=1)
+    summary = export_captions(db_path)
+    assert summary["written"] == 2
+    assert txt_files(data_root) == {"evil.txt": "evil caption", "abs.txt": "abs caption"}
+    outside = [p for p in tmp_path.rglob("*.txt") if data_root not in p.parents]
+    assert outside == []
+
+
+def test_symlinked_txt_is_not_followed(small: Path, db_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("do not touch", encoding="utf-8")
+    os.symlink(target, small / "top.txt")
+    assert export_captions(db_path)["left_alone"] == 1
+    assert export_captions(db_path, overwrite=True)["overwritten"] == 1
+    assert target.read_text("utf-8") == "do not touch"
+    assert not (small / "top.txt").is_symlink()
+    assert (small / "top.txt").read_text("utf-8") == "top caption"
+
+
+def test_caption_option_and_exclusions(gen, small: Path, db_path: Path) -> None:
+    put(small, "nocap", gen, "", long_caption="the long one")
+    index_root(db_path, small, workers=1)
+    assert export_captions(db_path)["excluded"] == {"no_caption": 1}
+    summary = export_captions(db_path, captions=("short_caption", "long_caption"))
+    assert summary["excluded"] == {} and (small / "nocap.txt").read_text("utf-8") == "the long one"
+
+
+def test_cli_reports_counts(cli, small: Path, db_path: Path) -> None:
+    (small / "top.txt").write_text("mine", encoding="utf-8")
+    result = cli("export", "captions", "--db", db_path)
+    assert result.exit_code == 0
+    assert "written 6" in result.stdout and "left alone 1" in result.stdout
+    summary = json.loads(cli("export", "captions", "--db", db_path, "--json").stdout)
+    assert (summary["unchanged"], summary["left_alone"]) == (6, 1)

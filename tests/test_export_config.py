@@ -1,0 +1,142 @@
+"""export config: SimpleTuner's rules, caption_strategy choice, merge into an existing file; jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from indexer.errors import IndexerError
+from indexer.export.captions import export_captions
+from indexer.export.config import ConfigOptions, export_config
+from indexer.export.jsonl import export_jsonl
+from indexer.export.parquet import export_parquet
+from indexer.index import index_root
+
+
+@pytest.fixture
+def clean(gen, data_root: Path, db_path: Path, tmp_path: Path) -> Path:
+    gen.make_dataset(data_root, 40, faults=0, seed=5, subfolders=2)
+    index_root(db_path, data_root, workers=1)
+    export_parquet(db_path, tmp_path / "d.parquet")
+    return data_root
+
+
+def entries(path: Path) -> list[dict]:
+    return json.loads(path.read_text("utf-8"))
+
+
+def test_default_entry_matches_the_seed_and_the_parquet(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "multidatabackend.json"
+    summary = export_config(db_path, out)
+    image, text = entries(out)
+    assert image["id"] == "data" and image["type"] == "local"
+    assert image["instance_data_dir"] == str(clean.resolve())
+    assert (image["resolution"], image["resolution_type"], image["minimum_image_size"],
+            image["maximum_image_size"], image["target_downsample_size"]) == (1.0, "area", 0.75, 2.0, 1.75)
+    assert image["metadata_backend"] == "parquet"
+    block = image["parquet"]
+    assert block["path"] == str(tmp_path / "d.parquet") and block["identifier_includes_extension"] is True
+    names = pq.read_schema(block["path"]).names
+    for column in ("filename_column", "caption_column", "width_column", "height_column"):
+        assert block[column] in names
+    assert image["caption_strategy"] == summary["caption_strategy"] == "parquet"
+    assert "no caption files" in summary["reason"]
+    assert text["dataset_type"] == "text_embeds" and text["default"] is True
+
+
+def test_textfile_once_every_image_has_its_txt(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    export_captions(db_path)
+    summary = export_config(db_path, tmp_path / "c.json")
+    assert summary["caption_strategy"] == "textfile"
+    (clean / "part000" / "zz_lonely.png").write_bytes(b"\x89PNG")  # an image SimpleTuner finds
+    summary = export_config(db_path, tmp_path / "c.json")
+    assert summary["caption_strategy"] == "parquet" and "zz_lonely" in summary["reason"]
+    with pytest.raises(IndexerError, match=r"textfile refused.*part000/zz_lonely\.png"):
+        export_config(db_path, tmp_path / "c.json", options=ConfigOptions(caption_strategy="textfile"))
+
+
+@pytest.mark.parametrize(("options", "rule"), [
+    (ConfigOptions(target_downsample_size=None), "without target_downsample_size"),
+    (ConfigOptions(maximum_image_size=20.0), "must be < 20"),
+    (ConfigOptions(resolution_type="pixel", maximum_image_size=1024, target_downsample_size=256),
+     "must be >= 512"),
+    (ConfigOptions(metadata_backend="discovery", caption_strategy="parquet"),
+     "needs metadata_backend parquet"),
+])
+def test_configs_simpletuner_rejects_are_refused(clean: Path, db_path: Path, tmp_path: Path,
+                                                 options: ConfigOptions, rule: str) -> None:
+    out = tmp_path / "r.json"
+    with pytest.raises(IndexerError, match=rule):
+        export_config(db_path, out, options=options)
+    assert not out.exists()
+
+
+def test_missing_parquet_is_refused(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexerError, match="does not exist"):
+        export_config(db_path, tmp_path / "r.json", parquet=tmp_path / "nope.parquet")
+    (tmp_path / "d.parquet").unlink()
+    with pytest.raises(IndexerError, match="does not exist"):
+        export_config(db_path, tmp_path / "r.json")
+
+
+def test_pixel_sizes_are_accepted(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    options = ConfigOptions(resolution=1024, resolution_type="pixel", minimum_image_size=768,
+                            maximum_image_size=2048, target_downsample_size=1536)
+    summary = export_config(db_path, tmp_path / "p.json", options=options)
+    assert summary["entry"]["resolution_type"] == "pixel"
+    assert any("minimum_image_size 768" in w for w in summary["warnings"])  # 640x480 samples
+
+
+def test_merge_replaces_same_id_and_keeps_the_rest(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    other = {"id": "other", "type": "local", "instance_data_dir": "/x", "crop": True}
+    embeds = {"id": "my-embeds", "dataset_type": "text_embeds", "default": True, "type": "local",
+              "cache_dir": "/c"}
+    out.write_text(json.dumps([other, {"id": "data", "stale": 1}, embeds]), encoding="utf-8")
+    summary = export_config(db_path, out)
+    merged = entries(out)
+    assert summary["replaced"] is True
+    assert merged[0] == other and merged[2] == embeds and merged[1]["id"] == "data"
+    assert "stale" not in merged[1]
+    assert sum(1 for e in merged if e.get("default") is True) == 1
+
+
+def test_invalid_existing_file_is_left_alone(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seed.json"
+    seed = '[{"id": "dalle3", "type": "local"},]'
+    out.write_text(seed, encoding="utf-8")
+    with pytest.raises(IndexerError, match="not valid JSON"):
+        export_config(db_path, out)
+    assert out.read_text("utf-8") == seed
+
+
+def test_upper_case_extension_warning(gen, clean: Path, db_path: Path, tmp_path: Path) -> None:
+    (clean / "SHOUT.PNG").write_bytes(gen.png_bytes(1024, 1024))
+    (clean / "SHOUT.json").write_text('{"width": 1024, "height": 1024, "short_caption": "x"}')
+    index_root(db_path, clean, workers=1)
+    summary = export_config(db_path, tmp_path / "u.json", parquet=tmp_path / "d.parquet")
+    assert any("upper-case" in w and "SHOUT.PNG" in w for w in summary["warnings"])
+
+
+def test_cli_config_and_bad_value(cli, clean: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.json"
+    result = cli("export", "config", out, "--db", db_path, "--maximum-image-size", "none",
+                 "--target-downsample-size", "none")
+    assert result.exit_code == 0 and "caption_strategy parquet" in result.stdout
+    assert "maximum_image_size" not in entries(out)[0]
+    refused = cli("export", "config", out, "--db", db_path, "--maximum-image-size", "25")
+    assert refused.exit_code == 1 and "< 20" in refused.stderr
+
+
+def test_jsonl_is_imagefolder_metadata(clean: Path, db_path: Path, tmp_path: Path) -> None:
+    out = clean / "metadata.jsonl"
+    summary = export_jsonl(db_path, out, where="width >= 1024")
+    lines = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert len(lines) == summary["rows"] > 0
+    for line in lines:
+        assert set(line) == {"file_name", "text"} and (clean / line["file_name"]).is_file() and line["text"]
+    assert export_jsonl(db_path, out, where="width >= 1024")["up_to_date"] is True
+    assert export_jsonl(db_path, out)["up_to_date"] is False
