@@ -6,6 +6,7 @@ themselves on `main` through `register(group)`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -13,9 +14,32 @@ import click
 from indexer import __version__
 from indexer.errors import IndexerError
 
+# Command name -> module in indexer.cli that registers it. Modules load on first use, so
+# `indexer index` does not pay for pyarrow or watchdog imports (they cost ~0.3 s a start).
+COMMAND_MODULES = {
+    "index": "index",
+    "export": "export",
+    "watch": "watch",
+    "query": "query",
+    "stats": "query",
+    "problems": "query",
+    "search": "query",
+    "report": "query",
+    "extract": "extract",
+}
+
 
 class IndexerGroup(click.Group):
-    """Turns IndexerError into one clear line on stderr and its documented exit code."""
+    """Loads command modules lazily; turns IndexerError into one clear line and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"indexer.cli.{COMMAND_MODULES[cmd_name]}")
+            module.register(self)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -33,13 +57,3 @@ class IndexerGroup(click.Group):
 def main(ctx: click.Context, group_db: str | None) -> None:
     """Index image+caption samples into SQLite and export what trainers consume."""
     ctx.obj = {"db": group_db}
-
-
-def _register_all() -> None:
-    from indexer.cli import export, extract, index, query, watch
-
-    for module in (index, export, watch, query, extract):
-        module.register(main)
-
-
-_register_all()
