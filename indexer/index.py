@@ -26,6 +26,7 @@ from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import scan, split_sample_path
+from indexer.search import sync_search_index
 
 PR_SET_PDEATHSIG = 1
 KEYS_PER_TASK = 256
@@ -120,6 +121,7 @@ def update_dataset(
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=progress,
                            keys_per_commit=keys_per_commit)
+    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk (issue 5)
     after = _sample_count(conn, dataset)
     return {
         "dataset": dataset,
@@ -164,8 +166,10 @@ def update_paths(
     with store.transaction(conn, "DEFERRED"):
         conn.execute("DELETE FROM scan_changes")
         conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", rows)
-    return apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
-                         verify_images=verify_images, progress=False)
+    counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
+                           verify_images=verify_images, progress=False)
+    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk (issue 5)
+    return counts
 
 
 def apply_changes(
@@ -305,9 +309,9 @@ def write_results(
     file_rows = []
     for key, sample, files, files_read in results:
         counts.files_read += files_read
-        file_rows.extend(
-            (dataset, key, record[0][len(key) + 1 :], *record[1:]) for record in files
-        )
+        cut = len(key) + 1
+        file_rows += [(dataset, key, path[cut:], size, mtime_ns, ctime_ns, inode, racy)
+                      for path, size, mtime_ns, ctime_ns, inode, racy in files]
         previous = old.get(key)
         if sample is None:
             if previous is not None:

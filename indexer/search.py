@@ -1,0 +1,151 @@
+"""`indexer search TEXT`: ranked full-text search over the captions, and keeping that index current.
+
+The FTS5 table (schema/003_query.sql) is external-content over `samples`, so caption text lives only
+in `meta`. New rows are queued in `search_pending` by a cheap trigger and added here in bulk at the
+end of every index/watch/extract update (row-by-row FTS inserts in a trigger cost a first index run
+~70% more); deletes and caption edits leave the FTS in their own trigger.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+from indexer import store
+from indexer.errors import IndexerError
+
+SYNC_CHUNK = 20_000  # ids per transaction: a killed sync keeps what it finished
+DEFAULT_LIMIT = 20
+SHORT_WEIGHT, LONG_WEIGHT = 2.0, 1.0  # a word in the short summary says more about the picture
+TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61's idea of a token: letters and digits
+PHRASE_OR_WORD = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def sync_search_index(conn: sqlite3.Connection, chunk: int = SYNC_CHUNK) -> int:
+    """Add the captions of every queued sample to the FTS; returns how many rows were added."""
+    added = 0
+    while True:
+        with store.transaction(conn):
+            upper = conn.execute(
+                "SELECT max(id) FROM (SELECT id FROM search_pending ORDER BY id LIMIT ?)", (chunk,)
+            ).fetchone()[0]
+            if upper is None:
+                return added
+            cursor = conn.execute(
+                "INSERT INTO samples_fts (rowid, short_caption, long_caption)"
+                " SELECT s.id, s.short_caption, s.long_caption FROM search_pending AS p"
+                " JOIN samples AS s ON s.id = p.id WHERE p.id <= ? ORDER BY s.id", (upper,))
+            added += max(cursor.rowcount, 0)
+            conn.execute("DELETE FROM search_pending WHERE id <= ?", (upper,))
+
+
+def pending_count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM search_pending").fetchone()[0]
+
+
+def build_match(text: str) -> tuple[str, list[str]]:
+    """User text -> (FTS5 query, phrases to check in the text).
+
+    Words are ANDed; `word*` is a prefix; "quoted phrases" need their words (the FTS has no
+    positions, detail=column) and then the phrase itself in a caption. FTS5 operators in the user's
+    text are quoted away, so any text is a valid search.
+    """
+    terms: list[str] = []
+    phrases: list[str] = []
+    for phrase, word in PHRASE_OR_WORD.findall(text):
+        if phrase:
+            tokens = TOKEN.findall(phrase)
+            terms.extend(f'"{t}"' for t in tokens)
+            if len(tokens) > 1:
+                phrases.append(phrase.strip())
+            continue
+        prefix = word.endswith("*")
+        tokens = TOKEN.findall(word)
+        terms.extend(f'"{t}"' for t in tokens)
+        if prefix and tokens:
+            terms[-1] += "*"
+    if not terms:
+        raise IndexerError(f"search text {text!r} has no words to look for: give at least one word")
+    return " AND ".join(dict.fromkeys(terms)), phrases
+
+
+def _where(text: str, raw: bool) -> tuple[str, dict]:
+    if raw:
+        match, phrases = text, []
+    else:
+        match, phrases = build_match(text)
+    clauses = ["samples_fts MATCH :match", "s.dataset = :dataset"]
+    params: dict = {"match": match}
+    for i, phrase in enumerate(phrases):
+        escaped = phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params[f"p{i}"] = f"%{escaped}%"
+        clauses.append(f"(s.short_caption LIKE :p{i} ESCAPE '\\' OR s.long_caption LIKE :p{i} ESCAPE '\\')")
+    return " AND ".join(clauses), params
+
+
+def search(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
+           limit: int = DEFAULT_LIMIT, raw: bool = False) -> list[dict]:
+    """The best `limit` samples for text, best first, each with its image path."""
+    conn = _connect(db_path)
+    try:
+        dataset, root = store.resolve_dataset(conn, dataset_id)
+        where, params = _where(text, raw)
+        params.update(dataset=dataset, limit=limit)
+        rows = _run(conn, text, raw, f"""
+            SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption,
+                   bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT}) AS score
+            FROM samples_fts JOIN samples AS s ON s.id = samples_fts.rowid
+            WHERE {where} ORDER BY score LIMIT :limit""", params)
+        return [_hit(root, row) for row in rows]
+    finally:
+        conn.close()
+
+
+def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
+                  raw: bool = False) -> int:
+    conn = _connect(db_path)
+    try:
+        dataset, _root = store.resolve_dataset(conn, dataset_id)
+        where, params = _where(text, raw)
+        params["dataset"] = dataset
+        return _run(conn, text, raw, f"SELECT count(*) FROM samples_fts JOIN samples AS s"
+                    f" ON s.id = samples_fts.rowid WHERE {where}", params)[0][0]
+    finally:
+        conn.close()
+
+
+def search_status(db_path: str | os.PathLike[str]) -> int:
+    """Samples not searchable yet (an index run is going on, or one was killed before its end)."""
+    conn = _connect(db_path)
+    try:
+        return pending_count(conn)
+    finally:
+        conn.close()
+
+
+def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
+    conn = store.connect(db_path, readonly=True)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _run(conn: sqlite3.Connection, text: str, raw: bool, sql: str, params: dict) -> list[tuple]:
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if raw:
+            raise IndexerError(
+                f"{text!r} is not a valid FTS5 query ({exc}); see https://sqlite.org/fts5.html#"
+                "full_text_query_syntax, or drop --raw to search for the words as typed") from exc
+        raise IndexerError(f"search failed: {exc}") from exc
+
+
+def _hit(root: Path, row: tuple) -> dict:
+    sample_id, key, image, json_path, status, short_caption, score = row
+    return {
+        "id": sample_id, "key": key, "score": round(-score, 4), "status": status,
+        "image": image, "path": str(root / image) if image else None, "json": json_path,
+        "short_caption": short_caption,
+    }
