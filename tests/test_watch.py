@@ -137,10 +137,13 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         os.rename(data_root / "shard", tmp_path / "gone")
         wait_for(lacks(db_path, *moved_in), "the moved-out folder's samples to go")
 
-        # other processes keep reading while the watcher runs
+        # other processes keep reading and exporting while the watcher runs
         reader = store.connect(db_path, readonly=True)
         assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == len(statuses(db_path))
         reader.close()
+        exported = cli("export", "captions", "--db", db_path, "--json")
+        assert exported.exit_code == 0, exported.stderr
+        assert (data_root / "a0.txt").is_file()  # a .txt beside a sample is not a sample: no batch
 
         write_pair(gen, data_root, "last")
         wait_for(has(db_path, {"last": "ok"}), "the last pair")
@@ -335,6 +338,9 @@ def test_debouncer_never_releases_before_settle(steps, settle):
         if released:
             assert last_event is not None and now - last_event >= settle
             last_event = None
+    if last_event is not None:  # once the writes stop, the path comes out within two looks
+        first = debouncer.pop_ready(now + settle)
+        assert first + debouncer.pop_ready(now + settle + 0.01) == ["p.json"]
 
 
 def test_inbox_keeps_sample_paths_and_folders_only(tmp_path):
