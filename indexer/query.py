@@ -37,12 +37,20 @@ READ_ACTIONS = {
     sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
 }
 
-ACTION_NAMES = {
-    value: name.removeprefix("SQLITE_").lower().replace("_", " ")
-    for name, value in vars(sqlite3).items()
-    if name.startswith("SQLITE_") and isinstance(value, int) and name not in {
-        "SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE"} and 0 < value < 40
-}
+AUTHORIZER_ACTIONS = (
+    "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
+    "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE", "DROP_INDEX", "DROP_TABLE",
+    "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER",
+    "DROP_VIEW", "INSERT", "PRAGMA", "READ", "SELECT", "TRANSACTION", "UPDATE", "ATTACH", "DETACH",
+    "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE", "DROP_VTABLE", "FUNCTION", "SAVEPOINT",
+    "RECURSIVE",
+)
+ACTION_NAMES = {getattr(sqlite3, f"SQLITE_{name}"): name.lower().replace("_", " ")
+                for name in AUTHORIZER_ACTIONS if hasattr(sqlite3, f"SQLITE_{name}")}
+
+
+SCHEMA_TABLES = ("sqlite_master", "sqlite_temp_master", "sqlite_schema", "sqlite_temp_schema")
+SCHEMA_WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
 
 
 class ReadOnlyGuard:
@@ -59,9 +67,14 @@ class ReadOnlyGuard:
             return sqlite3.SQLITE_OK
         if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
             return sqlite3.SQLITE_OK  # BEGIN/COMMIT of a read-only connection change nothing
+        if action in SCHEMA_WRITES and arg1 in SCHEMA_TABLES:
+            # Bookkeeping of a CREATE/DROP (refused below under its own name), or SQLite connecting
+            # a table-valued pragma (pragma_table_info(...)), which writes nothing. A real schema
+            # write is still stopped by mode=ro + query_only.
+            return sqlite3.SQLITE_OK
         what = ACTION_NAMES.get(action, f"action {action}")
         target = " ".join(part for part in (arg1, arg2) if part)
-        self.refused = f"{what} {target}".strip()
+        self.refused = self.refused or f"{what} {target}".strip()
         return sqlite3.SQLITE_DENY
 
     @staticmethod
@@ -95,6 +108,7 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
 def execute_readonly(conn: sqlite3.Connection, guard: ReadOnlyGuard, sql: str,
                      params: dict[str, str] | Sequence[Any] = ()) -> sqlite3.Cursor:
     """Run one statement under the guard; a refused or invalid statement becomes an IndexerError."""
+    guard.refused = None
     try:
         return conn.execute(sql, params)
     except sqlite3.ProgrammingError as exc:

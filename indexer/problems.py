@@ -1,0 +1,38 @@
+"""`indexer problems`: every sample that is not ok, with the file to look at and what to do.
+
+The `error` column already names the file, the problem and the fix (written by `index`); this adds
+the absolute path, so the list can be acted on from any folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from indexer import store
+from indexer.errors import IndexerError
+
+PROBLEM_STATUSES = ("missing_image", "missing_json", "bad_json", "bad_image")
+FETCH_ROWS = 1000
+
+
+def list_problems(db_path: str | os.PathLike[str], dataset_id: str | None = None,
+                  statuses: Sequence[str] = ()) -> Iterator[dict]:
+    """Stream the problem samples of one dataset, in key order (the `problems` view)."""
+    unknown = sorted(set(statuses) - set(PROBLEM_STATUSES))
+    if unknown:
+        raise IndexerError(f"unknown --status {', '.join(unknown)}: use {', '.join(PROBLEM_STATUSES)}")
+    conn = store.connect(db_path, readonly=True)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        dataset, root = store.resolve_dataset(conn, dataset_id)
+        wanted = list(statuses or PROBLEM_STATUSES)
+        cursor = conn.execute(
+            "SELECT key, status, file, error, warning FROM problems WHERE dataset = ?"
+            f" AND status IN ({', '.join('?' * len(wanted))}) ORDER BY key", (dataset, *wanted))
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            for key, status, file, error, warning in rows:
+                yield {"key": key, "status": status, "file": file,
+                       "path": str(root / file) if file else None, "error": error, "warning": warning}
+    finally:
+        conn.close()
