@@ -1,0 +1,380 @@
+"""`indexer extract`: safe against hostile tars, resumable, and indexed in the same pass."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from indexer import extract as extract_module
+from indexer.extract import Refused, extract_shards, member_parts, staging_name
+from indexer.index import index_root
+from indexer.scan import STAGING_PREFIX
+
+SAMPLE_COLUMNS = "key, image, json, width, height, size_from, status, error, warning, meta"
+
+
+def tar_of(shard: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
+    """A tar (mode 'w', 'w:gz'...) holding regular files with the given names and contents."""
+    with tarfile.open(shard, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return shard
+
+
+def files_of(folder: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every file in a flat sample folder, pairs adjacent as in webdataset."""
+    return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
+
+
+def tree(folder: Path) -> dict[str, bytes | str]:
+    """Every path under folder with its content (files) or a marker (folders, symlinks)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            found[rel] = "symlink -> " + os.readlink(path)
+        elif path.is_dir():
+            found[rel] = "dir"
+        else:
+            found[rel] = path.read_bytes()
+    return found
+
+
+def samples(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT {SAMPLE_COLUMNS} FROM samples ORDER BY key").fetchall()
+    finally:
+        conn.close()
+
+
+def shard_rows(db: Path) -> dict[str, tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT path, status, members, refused, staging FROM shards").fetchall()
+    finally:
+        conn.close()
+    return {Path(row[0]).name: row[1:] for row in rows}
+
+
+@pytest.fixture
+def sample_shards(tmp_path: Path, gen) -> tuple[list[Path], Path]:
+    """Three shards (.tar, .tar.gz, .tgz) of a faulty sample set, one pair split across two shards."""
+    src = tmp_path / "src"
+    gen.make_dataset(src, 90, faults=0.15, seed=3)
+    members = files_of(src)
+    split_key = next(name for name, _ in members if name.endswith(".json"))[: -len(".json")]
+    split = [m for m in members if m[0].startswith(split_key + ".")]
+    rest = [m for m in members if m not in split]
+    third = len(rest) // 3
+    shards_dir = tmp_path / "shards"
+    shards_dir.mkdir()
+    shards = [
+        tar_of(shards_dir / "a.tar", rest[:third] + split[:1]),
+        tar_of(shards_dir / "b.tar.gz", rest[third : 2 * third] + split[1:], "w:gz"),
+        tar_of(shards_dir / "c.tgz", rest[2 * third :], "w:gz"),
+    ]
+    assert len(split) == 2  # the split key really has its JSON in a.tar and its image in b.tar.gz
+    return shards, src
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_index_after_extract_reads_nothing_and_matches_a_separate_index(
+    tmp_path: Path, sample_shards, workers: int
+) -> None:
+    shards, src = sample_shards
+    data = tmp_path / "out" / "data"
+    db = tmp_path / "extract.sqlite"
+    summary = extract_shards(db, shards, data, workers=workers)
+    assert summary["dataset"] == "data"
+    assert (summary["shards_done"], summary["shards_skipped"], summary["refused"]) == (3, 0, 0)
+    assert summary["added"] == summary["samples"] == 90
+    assert tree(data) == tree(src)
+    assert not [p for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+    rerun = index_root(db, data)
+    assert (rerun["added"], rerun["changed"], rerun["removed"], rerun["files_read"]) == (0, 0, 0, 0)
+
+    separate = tmp_path / "separate.sqlite"
+    index_root(separate, data)
+    assert samples(db) == samples(separate)
+    assert {row[6] for row in samples(db)} > {"ok"}  # the faults really are in there
+
+
+def test_second_run_skips_finished_shards_and_redoes_a_replaced_one(tmp_path: Path, sample_shards) -> None:
+    shards, _src = sample_shards
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    extract_shards(db, shards, data, workers=1)
+    again = extract_shards(db, shards, data, workers=1)
+    assert (again["shards_done"], again["shards_skipped"], again["members"]) == (0, 3, 0)
+    assert (again["added"], again["changed"]) == (0, 0)
+
+    os.utime(shards[1], ns=(time.time_ns(), time.time_ns()))  # a re-downloaded shard
+    third = extract_shards(db, shards, data, workers=1)
+    assert (third["shards_done"], third["shards_skipped"]) == (1, 2)
+    assert third["members"] > 0
+    assert (third["added"], third["changed"]) == (0, 0)
+    assert {row[0] for row in shard_rows(db).values()} == {"finished"}
+
+
+def hostile_tar(path: Path) -> Path:
+    """Good pairs mixed with every kind of escape the issue lists, and a few more."""
+    good = [("good.json", b'{"width": 2, "height": 3, "short_caption": "ok"}'), ("good.png", b"png")]
+    with tarfile.open(path, "w") as tar:
+
+        def add(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        for name, data in good:
+            add(name, data)
+        add("../escape.json", b"{}")
+        add("sub/../../escape2.json", b"{}")
+        add("/tmp/absolute-escape.json", b"{}")
+        add("link.json", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add("uplink", kind=tarfile.SYMTYPE, link="..")
+        add("uplink/through-link.json", b"{}")
+        add("hard.json", kind=tarfile.LNKTYPE, link="/etc/passwd")
+        add("hard2.json", kind=tarfile.LNKTYPE, link="../outside.txt")
+        add("fifo.json", kind=tarfile.FIFOTYPE)
+        add("null.png", kind=tarfile.CHRTYPE)
+        add("disk.png", kind=tarfile.BLKTYPE)
+        add("..\\..\\windows.json", b"{}")
+        add("C:evil.json", b"{}")
+        add(f"{STAGING_PREFIX}extract-x/hidden.json", b"{}")
+        add("victim.json", b'{"short_caption": "replaced the symlink, not its target"}')
+        add("planted/inside.json", b"{}")
+        add("./nested/deeper/fine.json", b'{"width": 5, "height": 5}')
+    return path
+
+
+@pytest.mark.parametrize("pep706_filter", [True, False])
+def test_hostile_tar_extracts_its_good_members_and_nothing_outside(
+    tmp_path: Path, cli, monkeypatch, pep706_filter: bool
+) -> None:
+    if not pep706_filter:  # our own checks alone must hold too
+        monkeypatch.setattr(extract_module.tarfile, "data_filter", lambda member, dest: member)
+    box = tmp_path / "box"
+    data = box / "data"
+    data.mkdir(parents=True)
+    outside = box / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_bytes(b"secret")
+    (box / "outside.txt").write_bytes(b"outside")
+    os.symlink(outside / "secret.json", data / "victim.json")  # a planted symlink to a file outside
+    os.symlink(outside, data / "planted")  # and one to a folder outside
+    shard = hostile_tar(tmp_path / "hostile.tar")
+    before = tree(box)
+
+    result = cli("extract", shard, "--to", data, "--db", tmp_path / "db.sqlite", "--json", "--workers", "1")
+    assert result.exit_code == 3
+    summary = orjson.loads(result.stdout)
+    refused = {r["member"]: r["reason"] for r in summary["refusals"]}
+    assert {r["shard"] for r in summary["refusals"]} == {str(shard.resolve())}
+    assert set(refused) == {
+        "../escape.json", "sub/../../escape2.json", "/tmp/absolute-escape.json", "link.json", "uplink",
+        "uplink/through-link.json", "hard.json", "hard2.json", "fifo.json", "null.png", "disk.png",
+        "..\\..\\windows.json", "C:evil.json", f"{STAGING_PREFIX}extract-x/hidden.json",
+        "planted/inside.json", *(["victim.json"] if pep706_filter else []),
+    } - {"uplink/through-link.json"}  # the refused link is no folder: that file lands in data/uplink/
+    assert "symbolic link" in refused["link.json"] and "hard link" in refused["hard.json"]
+    assert "device" in refused["null.png"] and "FIFO" in refused["fifo.json"]
+    assert "absolute" in refused["/tmp/absolute-escape.json"] and ".." in refused["../escape.json"]
+
+    after = tree(box)
+    outside_before = {k: v for k, v in before.items() if not k.startswith("data/")}
+    outside_after = {k: v for k, v in after.items() if not k.startswith("data/")}
+    assert outside_after == outside_before  # not a byte outside DIR changed
+    assert not Path("/tmp/absolute-escape.json").exists()
+    assert {k for k in after if k.startswith("data/")} == {
+        "data/good.json", "data/good.png", "data/victim.json", "data/planted", "data/nested",
+        "data/nested/deeper", "data/nested/deeper/fine.json", "data/uplink",
+        "data/uplink/through-link.json",
+    }
+    if pep706_filter:  # the filter resolves symlinks on disk and refuses to write through them
+        assert (data / "victim.json").is_symlink()
+        assert "outside the destination" in refused["victim.json"]
+        assert "outside the destination" in refused["planted/inside.json"]
+        assert summary["samples"] == 3  # good, nested/deeper/fine, uplink/through-link
+    else:  # rename(2) replaces the planted symlink itself; O_NOFOLLOW refuses the planted folder
+        assert not (data / "victim.json").is_symlink()
+        assert (data / "victim.json").read_bytes().startswith(b'{"short_caption": "replaced')
+        assert "is a symlink or a file, not a folder" in refused["planted/inside.json"]
+        assert summary["samples"] == 4  # and victim
+    assert summary["shards_done"] == 1
+
+
+NAME_PIECES = st.sampled_from([*"ab./\\:\x00-_ ", "..", "../", "/..", ".indexer-", "C:", "é"])
+
+
+@given(st.lists(NAME_PIECES, max_size=12).map("".join))
+def test_accepted_names_always_stay_inside_the_root(name: str) -> None:
+    info = tarfile.TarInfo(name)
+    root = "/srv/root"
+    try:
+        parts = member_parts(info, root)
+    except Refused:
+        return
+    assert all(part not in ("", ".", "..") and "/" not in part and "\\" not in part for part in parts)
+    assert all("\x00" not in part and not part.startswith(STAGING_PREFIX) for part in parts)
+    target = os.path.normpath(os.path.join(root, *parts))
+    assert target.startswith(root + "/") and target == os.path.join(root, *parts)
+
+
+def test_database_inside_the_root_is_never_overwritten(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "index.sqlite"
+    shard = tar_of(tmp_path / "s.tar", [("index.sqlite", b"not a database"), ("a.json", b"{}")])
+    summary = extract_shards(db, [shard], data, workers=1)
+    assert [r["member"] for r in summary["refusals"]] == ["index.sqlite"]
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone() == (1,)
+
+
+def test_shard_interrupted_while_moving_into_place_is_redone(
+    tmp_path: Path, sample_shards, monkeypatch
+) -> None:
+    shards, src = sample_shards
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    extract_shards(db, shards[:1], data, workers=1)
+    real_rename = os.rename
+    calls = []
+
+    def rename_then_die(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 10:
+            raise KeyboardInterrupt  # as if killed half-way through moving shard b into place
+        return real_rename(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module.os, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract_shards(db, shards, data, workers=1)
+    monkeypatch.setattr(extract_module.os, "rename", real_rename)
+    rows = shard_rows(db)
+    assert rows["a.tar"][0] == "finished" and rows["b.tar.gz"][0] == "extracting"
+    assert (data / rows["b.tar.gz"][3]).is_dir()  # half a shard left in staging
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone() == ("interrupted",)
+    conn.close()
+
+    summary = extract_shards(db, shards, data, workers=1)
+    assert (summary["shards_done"], summary["shards_skipped"]) == (2, 1)
+    assert not [p for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert tree(data) == tree(src)
+    assert {row[0] for row in shard_rows(db).values()} == {"finished"}
+    rerun = index_root(db, data)
+    assert (rerun["added"], rerun["changed"], rerun["removed"], rerun["files_read"]) == (0, 0, 0, 0)
+    assert summary["samples"] == 90
+
+
+def test_leftover_staging_of_a_shard_not_given_again_is_cleaned(tmp_path: Path) -> None:
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    first = tar_of(tmp_path / "first.tar", [("a.json", b"{}")])
+    second = tar_of(tmp_path / "second.tar", [("b.json", b"{}")])
+    extract_shards(db, [first], data, workers=1)
+    leftover = data / staging_name(second.resolve())
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "00000001").write_bytes(b"half")
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "INSERT INTO shards (dataset, path, size, mtime_ns, status, staging, started_at)"
+        " VALUES ('data', ?, 1, 1, 'extracting', ?, 'then')", (str(second.resolve()), leftover.name))
+    conn.commit()
+    conn.close()
+    extract_shards(db, [first], data, workers=1)
+    assert not leftover.exists()
+    summary = extract_shards(db, [second], data, workers=1)
+    assert summary["shards_done"] == 1 and summary["samples"] == 2
+
+
+def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_path: Path, gen) -> None:
+    src = tmp_path / "src"
+    gen.make_dataset(src, 1500, faults=0.0, seed=1)
+    shard = tar_of(tmp_path / "big.tar", files_of(src))
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    staging = data / staging_name(shard.resolve())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "indexer", "extract", str(shard), "--to", str(data), "--db", str(db), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not (staging.is_dir() and any(staging.iterdir())) and time.monotonic() < deadline:
+        assert process.poll() is None, "the extraction finished before it could be killed"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert staging.is_dir()
+    assert shard_rows(db)["big.tar"][0] == "extracting"
+
+    summary = extract_shards(db, [shard], data, workers=1)
+    assert summary["shards_done"] == 1 and summary["samples"] == 1500
+    assert not staging.exists()
+    assert tree(data) == tree(src)
+    rerun = index_root(db, data)
+    assert (rerun["added"], rerun["changed"], rerun["files_read"]) == (0, 0, 0)
+
+
+def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path, cli, gen) -> None:
+    src = tmp_path / "src"
+    gen.make_dataset(src, 40, faults=0.0, seed=2)
+    members = files_of(src)
+    whole = tar_of(tmp_path / "whole.tar", members[:40])
+    cut = tar_of(tmp_path / "cut.tar", members[40:])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    not_tar = tmp_path / "junk.tgz"
+    not_tar.write_bytes(b"this is not a tar archive at all" * 50)
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+
+    result = cli("extract", whole, cut, not_tar, "--to", data, "--db", db, "--workers", "2")
+    assert result.exit_code == 1
+    assert "damaged or not a tar archive" in result.stderr and str(not_tar.resolve()) in result.stderr
+    rows = shard_rows(db)
+    assert (rows["whole.tar"][0], rows["cut.tar"][0], rows["junk.tgz"][0]) == ("finished", "failed", "failed")
+    assert 0 < rows["cut.tar"][1] < len(members) - 40
+    names = {p.name for p in data.iterdir()}
+    assert {name for name, _ in members[:40]} <= names
+    assert not [n for n in names if n.startswith(STAGING_PREFIX)]
+    rerun = index_root(db, data)
+    assert (rerun["added"], rerun["changed"], rerun["files_read"]) == (0, 0, 0)
+
+
+def test_partner_already_in_the_folder_completes_the_pair(tmp_path: Path, gen) -> None:
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    data.mkdir()
+    (data / "k.png").write_bytes(gen.png_bytes(4, 3))  # on disk before, never indexed
+    shard = tar_of(tmp_path / "s.tar", [("k.json", b'{"short_caption": "x"}')])
+    summary = extract_shards(db, [shard], data, workers=1)
+    assert summary["problems"] == {} and summary["files_read"] >= 1
+    assert samples(db)[0][1:6] == ("k.png", "k.json", 4, 3, "image")
+    rerun = index_root(db, data)  # k.png was written just now by someone else: racy, so re-read
+    assert (rerun["added"], rerun["changed"], rerun["removed"]) == (0, 0, 0)
+
+
+def test_cli_summary_and_clean_exit(tmp_path: Path, cli, sample_shards) -> None:
+    shards, _src = sample_shards
+    data = tmp_path / "target"
+    result = cli("extract", *shards, "--to", data, "--db", tmp_path / "db.sqlite")
+    assert result.exit_code == 0, result.stderr
+    assert "dataset target" in result.stdout and "3 extracted, 0 skipped" in result.stdout
+    again = cli("extract", *shards, "--to", data, "--db", tmp_path / "db.sqlite", "--json")
+    assert again.exit_code == 0 and orjson.loads(again.stdout)["shards_skipped"] == 3
+    missing = cli("extract", tmp_path / "nope.tar", "--to", data, "--db", tmp_path / "db.sqlite")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
