@@ -1,0 +1,137 @@
+"""`indexer search`: the FTS follows index changes and deletions, ranking, phrases, errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from indexer import search, store
+from indexer.errors import IndexerError
+from indexer.index import index_root
+
+
+def write_sample(root, key: str, short: str, long: str = "plain words") -> None:
+    (root / f"{key}.json").write_text(json.dumps(
+        {"short_caption": short, "long_caption": long, "width": 64, "height": 64}), encoding="utf-8")
+    (root / f"{key}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+
+
+def fts_keys(db, text: str) -> list[str]:
+    return [hit["key"] for hit in search.search(db, text, limit=100)]
+
+
+def assert_fts_in_sync(db) -> None:
+    """FTS5's own check that the index matches the external content, and nothing left pending."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("INSERT INTO samples_fts (samples_fts, rank) VALUES ('integrity-check', 1)")
+        assert conn.execute("SELECT count(*) FROM search_pending").fetchone()[0] == 0
+        assert (conn.execute("SELECT count(*) FROM samples_fts_docsize").fetchone()[0]
+                == conn.execute("SELECT count(*) FROM samples").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_fts_follows_additions_edits_and_deletions(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    write_sample(root, "one", "a red dragon over the castle")
+    write_sample(root, "two", "a blue whale", "the dragon sleeps in the deep")
+    write_sample(root, "three", "café in Tōkyō at night")
+    (root / "broken.json").write_text("{", encoding="utf-8")
+    index_root(db, root, workers=1)
+    assert_fts_in_sync(db)
+    assert sorted(fts_keys(db, "dragon")) == ["one", "two"]
+    assert fts_keys(db, "cafe tokyo") == ["three"]  # diacritics folded
+    assert fts_keys(db, "dragon")[0] == "one"  # the short caption weighs more
+
+    write_sample(root, "one", "a green meadow")  # edit: dragon gone from "one"
+    (root / "two.json").unlink()  # json gone: "two" keeps its image only
+    (root / "two.png").unlink()   # ... and then the whole sample
+    write_sample(root, "four", "dragon boat festival")
+    index_root(db, root, workers=1)
+    assert_fts_in_sync(db)
+    assert fts_keys(db, "dragon") == ["four"]
+    assert fts_keys(db, "meadow") == ["one"]
+    assert fts_keys(db, "whale") == []
+
+
+def test_caption_unchanged_edit_and_reindex_keep_sync(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    for i in range(30):
+        write_sample(root, f"k{i:02d}", f"sample number{i} lighthouse")
+    index_root(db, root, workers=1)
+    (root / "k05.json").write_text(json.dumps(
+        {"short_caption": "sample number5 lighthouse", "long_caption": "plain words", "width": 32,
+         "height": 64}), encoding="utf-8")  # meta changes, captions do not
+    index_root(db, root, workers=1)
+    assert_fts_in_sync(db)
+    assert len(fts_keys(db, "lighthouse")) == 30
+    assert fts_keys(db, "number5") == ["k05"]
+
+
+def test_rows_written_without_a_sync_wait_in_pending_until_the_next_run(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    write_sample(root, "a", "an owl")
+    index_root(db, root, workers=1)
+    conn = store.connect(db)
+    with store.transaction(conn):  # as a run killed after writing, before its sync
+        conn.execute("INSERT INTO samples (dataset, key, json_ext, status, meta) VALUES"
+                     " ('data', 'b', 'json', 'missing_image', '{\"short_caption\": \"another owl\"}')")
+        conn.execute("INSERT INTO samples (dataset, key, json_ext, status, meta) VALUES"
+                     " ('data', 'c', 'json', 'missing_image', '{\"short_caption\": \"gone owl\"}')")
+        conn.execute("DELETE FROM samples WHERE key = 'c'")  # deleted before it was ever synced
+    conn.close()
+    assert search.search_status(db) == 1
+    assert fts_keys(db, "owl") == ["a"]
+    conn = store.connect(db)
+    assert search.sync_search_index(conn, chunk=1) == 1
+    conn.close()
+    assert_fts_in_sync(db)
+    assert sorted(fts_keys(db, "owl")) == ["a", "b"]
+
+
+def test_phrases_prefixes_raw_queries_and_hits(tmp_path, cli):
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    write_sample(root, "p1", "neon city at night")
+    write_sample(root, "p2", "a city of neon signs")
+    write_sample(root, "p3", "neonatal ward")
+    index_root(db, root, workers=1)
+    assert fts_keys(db, '"neon city"') == ["p1"]
+    assert sorted(fts_keys(db, "neon city")) == ["p1", "p2"]
+    assert sorted(fts_keys(db, "neon*")) == ["p1", "p2", "p3"]
+    assert fts_keys(db, 'neon AND NOT "city') == []  # operators are words here: "and", "not"
+    assert sorted(h["key"] for h in search.search(db, "signs OR ward", raw=True)) == ["p2", "p3"]
+    with pytest.raises(IndexerError, match="not a valid FTS5 query"):
+        search.search(db, '"unbalanced', raw=True)
+    with pytest.raises(IndexerError, match="no words"):
+        search.search(db, "*** ---")
+    result = cli("search", "neon", "--db", db, "--json", "-n", "1")
+    hit = json.loads(result.stdout)
+    assert hit["path"] == str(root.resolve() / f"{hit['key']}.png")
+    assert hit["image"] == f"{hit['key']}.png"
+    text = cli("search", "neon city", "--db", db)
+    assert str(root.resolve() / "p1.png") in text.stdout
+    assert "no sample matches" in cli("search", "zebra", "--db", db).stderr
+    assert search.count_matches(db, "neon") == 2
+
+
+def test_search_is_per_dataset(tmp_path):
+    db = tmp_path / "s.sqlite"
+    for name in ("left", "right"):
+        root = tmp_path / name
+        root.mkdir()
+        write_sample(root, f"{name}_key", f"shared word {name}")
+        index_root(db, root, workers=1)
+    with pytest.raises(IndexerError, match="--id"):
+        search.search(db, "shared")
+    assert [h["key"] for h in search.search(db, "shared", dataset_id="right")] == ["right_key"]
