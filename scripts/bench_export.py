@@ -94,13 +94,16 @@ s = export_captions(sys.argv[1])
 print("written", s["written"], "unchanged", s["unchanged"], "adopted", s["adopted"], file=sys.stderr)
 """
 
+# Peak RSS is VmHWM (per address space, so fresh after exec); ru_maxrss would keep the parent's.
 TIMED = """
-import resource, runpy, sys, time
+import sys, time
 code = sys.argv[1]
 sys.argv = ["step", *sys.argv[2:]]
 started = time.perf_counter()
 exec(compile(code, "step", "exec"), {"__name__": "__main__"})
-print(f"{time.perf_counter() - started:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+seconds = time.perf_counter() - started
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(f"{seconds:.3f} {hwm}")
 """
 
 
