@@ -13,11 +13,12 @@ import tempfile
 from pathlib import Path
 
 from indexer import stats
+from indexer.errors import IndexerError
 
 ROW_HEIGHT = 22
-LABEL_WIDTH = 190
-BAR_WIDTH = 420
-VALUE_WIDTH = 120
+LABEL_WIDTH = 170
+BAR_WIDTH = 300
+VALUE_WIDTH = 130
 COLORS = {"ok": "#3a7d44", "missing_image": "#c0392b", "missing_json": "#d35400", "bad_json": "#8e44ad",
           "bad_image": "#7f8c8d"}
 DEFAULT_COLOR = "#2e6da4"
@@ -25,7 +26,7 @@ DEFAULT_COLOR = "#2e6da4"
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 1180px; color: #222; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
-.meta { color: #666; } .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr));
+.meta { color: #666; } .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr));
   gap: 8px 24px; }
 figure { margin: 0 0 12px; } figcaption { font-weight: 600; margin-bottom: 4px; }
 svg text { font: 12px system-ui, sans-serif; fill: #222; } svg .value { fill: #555; }
@@ -41,8 +42,6 @@ def write_report(db_path: str | os.PathLike[str], out: str | os.PathLike[str],
     figures = stats.dataset_stats(db_path, dataset_id)
     target = Path(out)
     if not target.parent.is_dir():
-        from indexer.errors import IndexerError
-
         raise IndexerError(f"cannot write {target}: folder {target.parent} does not exist")
     page = render_report(figures)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -81,12 +80,13 @@ def bar_chart(name: str, title: str, counts: dict[str, int], total: int | None =
         )
     empty = "" if counts else f'<text x="{LABEL_WIDTH}" y="16">nothing to show</text>'
     return (f'<figure data-chart="{name}"><figcaption>{html.escape(title)}</figcaption>'
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
-            f' viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">'
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}"'
+            f' style="width: 100%; max-width: {width}px; height: auto" role="img"'
+            f' aria-label="{html.escape(title)}">'
             f'{"".join(rows)}{empty}</svg></figure>')
 
 
-def _clip(text: str, limit: int = 28) -> str:
+def _clip(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
