@@ -23,7 +23,7 @@ def format_event(event: dict) -> str:
     if kind == "stopped":
         return (f"stopped ({event['status']}): added {event['added']:,}, changed {event['changed']:,},"
                 f" removed {event['removed']:,} in {event['batches']:,} batches"
-                f" and {event['rescans']:,} scans")
+                f" and {event['rescans']:,} scans; {event['samples']:,} samples in the database")
     return str(event)
 
 
