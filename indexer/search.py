@@ -71,18 +71,29 @@ def build_match(text: str) -> tuple[str, list[str]]:
     return " AND ".join(dict.fromkeys(terms)), phrases
 
 
-def _where(text: str, raw: bool) -> tuple[str, dict]:
-    if raw:
-        match, phrases = text, []
-    else:
-        match, phrases = build_match(text)
-    clauses = ["samples_fts MATCH :match", "s.dataset = :dataset"]
+def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str) -> tuple[str, dict]:
+    """SQL yielding (id, score) of every match, reading sample rows only when it must.
+
+    Ranking touches every match, so the row is joined only to tell datasets apart (when the
+    database holds several) or to check a quoted phrase; the caption columns of the hits are read
+    after the LIMIT, for the few rows shown.
+    """
+    match, phrases = (text, []) if raw else build_match(text)
     params: dict = {"match": match}
+    score = f"bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT})"
+    several = conn.execute("SELECT count(*) > 1 FROM datasets").fetchone()[0]
+    if not phrases and not several:
+        return f"SELECT rowid AS id, {score} AS score FROM samples_fts WHERE samples_fts MATCH :match", params
+    clauses = ["samples_fts MATCH :match"]
+    if several:
+        clauses.append("s.dataset = :dataset")
+        params["dataset"] = dataset
     for i, phrase in enumerate(phrases):
         escaped = phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         params[f"p{i}"] = f"%{escaped}%"
         clauses.append(f"(s.short_caption LIKE :p{i} ESCAPE '\\' OR s.long_caption LIKE :p{i} ESCAPE '\\')")
-    return " AND ".join(clauses), params
+    return (f"SELECT samples_fts.rowid AS id, {score} AS score FROM samples_fts"
+            f" JOIN samples AS s ON s.id = samples_fts.rowid WHERE {' AND '.join(clauses)}", params)
 
 
 def search(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
@@ -91,13 +102,12 @@ def search(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None
     conn = _connect(db_path)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
-        where, params = _where(text, raw)
-        params.update(dataset=dataset, limit=limit)
+        candidates, params = _candidates(conn, text, raw, dataset)
+        params["limit"] = limit
         rows = _run(conn, text, raw, f"""
-            SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption,
-                   bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT}) AS score
-            FROM samples_fts JOIN samples AS s ON s.id = samples_fts.rowid
-            WHERE {where} ORDER BY score LIMIT :limit""", params)
+            SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption, top.score
+            FROM ({candidates} ORDER BY score LIMIT :limit) AS top
+            JOIN samples AS s ON s.id = top.id ORDER BY top.score""", params)
         return [_hit(root, row) for row in rows]
     finally:
         conn.close()
@@ -108,10 +118,8 @@ def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str
     conn = _connect(db_path)
     try:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
-        where, params = _where(text, raw)
-        params["dataset"] = dataset
-        return _run(conn, text, raw, f"SELECT count(*) FROM samples_fts JOIN samples AS s"
-                    f" ON s.id = samples_fts.rowid WHERE {where}", params)[0][0]
+        candidates, params = _candidates(conn, text, raw, dataset)
+        return _run(conn, text, raw, f"SELECT count(*) FROM ({candidates})", params)[0][0]
     finally:
         conn.close()
 
@@ -145,7 +153,7 @@ def _run(conn: sqlite3.Connection, text: str, raw: bool, sql: str, params: dict)
 def _hit(root: Path, row: tuple) -> dict:
     sample_id, key, image, json_path, status, short_caption, score = row
     return {
-        "id": sample_id, "key": key, "score": round(-score, 4), "status": status,
+        "id": sample_id, "key": key, "score": -score, "status": status,
         "image": image, "path": str(root / image) if image else None, "json": json_path,
         "short_caption": short_caption,
     }
