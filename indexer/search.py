@@ -26,6 +26,8 @@ PHRASE_OR_WORD = re.compile(r'"([^"]*)"|(\S+)')
 def sync_search_index(conn: sqlite3.Connection, chunk: int = SYNC_CHUNK) -> int:
     """Add the captions of every queued sample to the FTS; returns how many rows were added."""
     added = 0
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'search_pending'").fetchone():
+        return added  # a schema without search (the benchmark's baseline)
     while True:
         with store.transaction(conn):
             upper = conn.execute(

@@ -8,7 +8,7 @@
 -- is no positions, so `indexer search` checks quoted phrases against the caption text itself.
 CREATE VIRTUAL TABLE samples_fts USING fts5(
     short_caption, long_caption,
-    content = 'samples', content_rowid = 'id',
+    content="samples", content_rowid = 'id',  -- spelled so sqlite-utils finds it
     detail = column, tokenize = 'unicode61 remove_diacritics 2'
 );
 
