@@ -135,3 +135,17 @@ def test_search_is_per_dataset(tmp_path):
     with pytest.raises(IndexerError, match="--id"):
         search.search(db, "shared")
     assert [h["key"] for h in search.search(db, "shared", dataset_id="right")] == ["right_key"]
+
+
+def test_sqlite_utils_finds_and_uses_the_fts(tmp_path):
+    import sqlite_utils
+
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    write_sample(root, "u1", "a lighthouse in fog")
+    write_sample(root, "u2", "a meadow")
+    index_root(db, root, workers=1)
+    table = sqlite_utils.Database(db)["samples"]
+    assert table.detect_fts() == "samples_fts"
+    assert [row["key"] for row in table.search("lighthouse", columns=["key"])] == ["u1"]
