@@ -150,3 +150,15 @@ def test_cli_reports_counts(cli, small: Path, db_path: Path) -> None:
     assert "written 6" in result.stdout and "left alone 1" in result.stdout
     summary = json.loads(cli("export", "captions", "--db", db_path, "--json").stdout)
     assert (summary["unchanged"], summary["left_alone"]) == (6, 1)
+
+
+def test_a_run_killed_while_creating_files_is_finished_by_the_next(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE caption_files SET size = -1, mtime_ns = -1 WHERE path = 'top.txt'")
+    conn.commit()
+    conn.close()
+    (small / "top.txt").write_text("top ca", encoding="utf-8")  # half written when the run died
+    summary = export_captions(db_path)
+    assert (summary["written"], summary["left_alone"]) == (1, 0)
+    assert (small / "top.txt").read_text("utf-8") == "top caption"

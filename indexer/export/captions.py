@@ -36,6 +36,8 @@ from indexer.export.select import (
 from indexer.progress import bar
 
 RECORDS_PER_COMMIT = 5_000
+NEW_FILES_PER_BATCH = 2_000
+PENDING = "-1"  # size/mtime of a record whose file is being created
 MAX_REPORTED_ERRORS = 10
 TEMP_SUFFIX = ".indexer-tmp"
 # The caption_files record of a sample's .txt, folded into one value per row.
@@ -100,6 +102,7 @@ class CaptionRun:
     counts: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     safe_dirs: dict[str, bool] = field(default_factory=dict)
+    new_files: list[tuple[str, str, str, bytes, str]] = field(default_factory=list)
 
     def inside_root(self, rel_path: str) -> bool:
         """The .txt's folder resolves inside the root (a symlinked folder could lead elsewhere)."""
@@ -173,6 +176,7 @@ def _write_selected(snapshot: Snapshot, selection: Selection, run: CaptionRun, p
                 exported += 1
                 _sync_caption(run, key, rel_path, caption.encode("utf-8"), record)
             progress_bar.update(len(batch))
+    _create_new(run)
     return exported
 
 
@@ -189,6 +193,9 @@ def _sync_caption(run: CaptionRun, key: str, rel_path: str, data: bytes, record:
         return
     if record is not None:
         old_digest, old_size, old_mtime = record.split(" ")
+        if old_size == PENDING and (st is None or stat.S_ISREG(st.st_mode)):
+            _write(run, key, rel_path, full, data, digest, "written")  # a run died while creating it
+            return
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == int(old_size) \
                 and st.st_mtime_ns == int(old_mtime):
             if old_digest == digest:
@@ -199,7 +206,9 @@ def _sync_caption(run: CaptionRun, key: str, rel_path: str, data: bytes, record:
         if st is not None:  # edited or replaced since we wrote it: it is the user's file now
             run.records.delete(rel_path)
     if st is None:
-        _write(run, key, rel_path, full, data, digest, "written")
+        run.new_files.append((key, rel_path, full, data, digest))
+        if len(run.new_files) >= NEW_FILES_PER_BATCH:
+            _create_new(run)
     elif stat.S_ISREG(st.st_mode) and st.st_size == len(data) and _holds(full, data):
         run.records.upsert(rel_path, key, digest, st.st_size, st.st_mtime_ns)
         run.counts["adopted"] += 1
@@ -207,6 +216,44 @@ def _sync_caption(run: CaptionRun, key: str, rel_path: str, data: bytes, record:
         _write(run, key, rel_path, full, data, digest, "overwritten")
     else:
         run.counts["left_alone"] += 1
+
+
+def _create_new(run: CaptionRun) -> None:
+    """Create missing .txt files in place (no temp + rename: half the directory operations).
+
+    Their records are committed first as PENDING, so a run killed mid-write leaves files the next
+    run knows are its own and rewrites, instead of mistaking a half-written one for the user's.
+    """
+    for key, rel_path, _full, _data, digest in run.new_files:
+        run.records.upsert(rel_path, key, digest, int(PENDING), int(PENDING))
+    run.records.flush()
+    for key, rel_path, full, data, digest in run.new_files:
+        try:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except FileExistsError:  # appeared since the check: someone else's file
+            run.records.delete(rel_path)
+            run.counts["left_alone"] += 1
+            continue
+        except OSError as exc:
+            run.records.delete(rel_path)
+            run.fail(rel_path, exc)
+            continue
+        st = _write_all(fd, data, full)
+        run.records.upsert(rel_path, key, digest, st.st_size, st.st_mtime_ns)
+        run.counts["written"] += 1
+    run.new_files.clear()
+
+
+def _write_all(fd: int, data: bytes, full: str) -> os.stat_result:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return os.fstat(fd)
+    except OSError as exc:
+        raise IndexerError(f"cannot write {full}: {exc}; free space or fix permissions and rerun") from exc
+    finally:
+        os.close(fd)
 
 
 def _holds(full: str, data: bytes) -> bool:
