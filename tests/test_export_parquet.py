@@ -179,7 +179,7 @@ def test_failure_leaves_previous_file_intact(indexed: Path, db_path: Path, tmp_p
     def broken(*_args: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(parquet_module, "_write_group", broken)
+    monkeypatch.setattr(parquet_module, "_record_batch", broken)
     with pytest.raises(IndexerError, match="unchanged"):
         export_parquet(db_path, out, columns=("key",))
     assert out.read_bytes() == before

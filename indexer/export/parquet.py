@@ -80,30 +80,34 @@ def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema,
 
 
 def write_parquet(snapshot: Snapshot, selection: Selection, temp: Path, progress: bool) -> int:
+    """Each fetched batch becomes compact Arrow data at once; row groups are cut at ROW_GROUP_ROWS."""
     schema, extra_sql, params = parquet_schema(snapshot, selection)
     total = _sample_count(snapshot) if progress else None
     written = 0
-    pending: list[tuple] = []
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
     with pq.ParquetWriter(temp, schema, compression="zstd") as writer, \
             bar(progress, desc="parquet", unit=" rows", total=total) as progress_bar:
-        for batch in select_rows(snapshot, selection, extra_sql, params):
-            pending.extend(batch)
-            progress_bar.update(len(batch))
-            if len(pending) >= ROW_GROUP_ROWS:
-                written += _write_group(writer, schema, pending)
-                pending = []
+        for rows in select_rows(snapshot, selection, extra_sql, params):
+            pending.append(_record_batch(schema, rows))
+            pending_rows += len(rows)
+            progress_bar.update(len(rows))
+            if pending_rows >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+                written += pending_rows
+                pending, pending_rows = [], 0
         if pending:
-            written += _write_group(writer, schema, pending)
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+            written += pending_rows
     return written
 
 
-def _write_group(writer: pq.ParquetWriter, schema: pa.Schema, rows: list[tuple]) -> int:
-    """One row group: (key, image, width, height, caption, *extra) -> the file's column order."""
+def _record_batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
+    """(key, image, width, height, caption, *extra) rows -> the file's column order."""
     columns = list(zip(*rows, strict=True))
     ordered = [columns[2], columns[3], columns[4], columns[1], *columns[5:]]
     arrays = [pa.array(values, type=field.type) for values, field in zip(ordered, schema, strict=True)]
-    writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=len(rows))
-    return len(rows)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _sample_count(snapshot: Snapshot) -> int:

@@ -25,6 +25,7 @@ from indexer.errors import IndexerError
 
 DEFAULT_CAPTIONS = ("short_caption",)
 BATCH_ROWS = 20_000
+SNAPSHOT_CACHE_KIB = 8192
 # Characters stripped from both ends of a caption: a trailing newline would otherwise become an
 # empty extra caption in a SimpleTuner .txt file.
 TRIM = "char(32, 9, 10, 13)"
@@ -158,6 +159,7 @@ def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> It
     conn = store.connect(db_path)
     try:
         conn.execute("PRAGMA query_only = ON")
+        conn.execute(f"PRAGMA cache_size = -{SNAPSHOT_CACHE_KIB}")  # one pass in key order: no reuse
         dataset, root = store.resolve_dataset(conn, dataset_id)
         conn.execute("BEGIN")
         version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
