@@ -278,7 +278,7 @@ def _stage_members(
     try:
         # "r:*" reads compressed shards through gzip/bz2/lzma file objects, which buffer well;
         # tarfile's "r|*" stream re-copies its whole decompressed buffer on every read.
-        with tarfile.open(fileobj=handle, mode="r:*") as tar:
+        with tarfile.open(fileobj=handle, mode="r:*", tarinfo=_HeaderKeeper) as tar:
             while (member := tar.next()) is not None:
                 tar.members = []  # members are read in order, never looked up: keep memory flat
                 progress.update()
@@ -308,10 +308,22 @@ def _stage_members(
     return staged, preloaded
 
 
+class _HeaderKeeper(tarfile.TarInfo):
+    """TarInfo that keeps the last header block read, so the end of the archive can be checked
+    without seeking back (a backward seek in a gzip stream decompresses it again from the start)."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_obj: tarfile.TarFile) -> tarfile.TarInfo:
+        buf = tarfile_obj.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+        tarfile_obj.last_header = buf  # type: ignore[attr-defined]
+        obj = cls.frombuf(buf, tarfile_obj.encoding, tarfile_obj.errors)
+        obj.offset = tarfile_obj.fileobj.tell() - tarfile.BLOCKSIZE  # type: ignore[union-attr]
+        return obj._proc_member(tarfile_obj)  # type: ignore[attr-defined]
+
+
 def _check_end(tar: tarfile.TarFile) -> None:
     """tarfile ends iteration quietly at a cut or garbled header; a whole archive ends in zeros."""
-    tar.fileobj.seek(tar.offset)  # type: ignore[union-attr]
-    block = tar.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+    block = getattr(tar, "last_header", b"")
     if len(block) < tarfile.BLOCKSIZE:
         raise tarfile.ReadError("no end-of-archive marker: the file is cut short")
     if block != tarfile.NUL * tarfile.BLOCKSIZE:

@@ -339,15 +339,24 @@ def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path
     whole = tar_of(tmp_path / "whole.tar", members[:40])
     cut = tar_of(tmp_path / "cut.tar", members[40:])
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    cut_gz = tar_of(tmp_path / "cut.tgz", members[:40], "w:gz")
+    cut_gz.write_bytes(cut_gz.read_bytes()[: cut_gz.stat().st_size * 2 // 3])
+    garbled = tar_of(tmp_path / "garbled.tar", members[:4])
+    raw = bytearray(garbled.read_bytes())
+    second_header = 512 + (len(members[0][1]) + 511) // 512 * 512
+    raw[second_header : second_header + 512] = b"\x7f" * 512  # a header no tar tool would accept
+    garbled.write_bytes(bytes(raw))
     not_tar = tmp_path / "junk.tgz"
     not_tar.write_bytes(b"this is not a tar archive at all" * 50)
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
 
-    result = cli("extract", whole, cut, not_tar, "--to", data, "--db", db, "--workers", "2")
+    result = cli("extract", whole, cut, cut_gz, garbled, not_tar, "--to", data, "--db", db, "--workers", "2")
     assert result.exit_code == 1
     assert "damaged or not a tar archive" in result.stderr and str(not_tar.resolve()) in result.stderr
     rows = shard_rows(db)
     assert (rows["whole.tar"][0], rows["cut.tar"][0], rows["junk.tgz"][0]) == ("finished", "failed", "failed")
+    assert (rows["cut.tgz"][0], rows["garbled.tar"][0], rows["garbled.tar"][1]) == ("failed", "failed", 1)
+    assert "invalid member header" in result.stderr and "cut short" in result.stderr
     assert 0 < rows["cut.tar"][1] < len(members) - 40
     names = {p.name for p in data.iterdir()}
     assert {name for name, _ in members[:40]} <= names
