@@ -9,10 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import ctypes
-import multiprocessing
 import os
-import signal
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -27,8 +24,8 @@ from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import scan, split_sample_path
 from indexer.search import sync_search_index
+from indexer.workers import init_worker, process_pool  # noqa: F401  (init_worker: extract)
 
-PR_SET_PDEATHSIG = 1
 KEYS_PER_TASK = 256
 KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little work
 
@@ -117,7 +114,7 @@ def update_dataset(
     scan_start_ns = time.time_ns()
     before = _sample_count(conn, dataset)
     with bar(progress, desc="scan", unit=" files") as scan_bar:
-        scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update)
+        scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update, workers=workers)
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=progress,
                            keys_per_commit=keys_per_commit)
@@ -189,22 +186,24 @@ def apply_changes(
     if not total:
         return counts
     version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0] + 1
-    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit))
+    # A dataset with no stored file yet (a first run) has nothing to merge with or replace.
+    fresh = conn.execute("SELECT 1 FROM files WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
+    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
         pending: list[tuple[str, SampleRecord | None, list[FileRecord], int]] = []
         for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers):
             pending.extend(results)
             read_bar.update(len(results))
             if len(pending) >= keys_per_commit:
-                write_results(conn, dataset, pending, version, counts)
+                write_results(conn, dataset, pending, version, counts, fresh=fresh)
                 pending = []
         if pending:
-            write_results(conn, dataset, pending, version, counts)
+            write_results(conn, dataset, pending, version, counts, fresh=fresh)
     return counts
 
 
 def _tasks(
-    conn: sqlite3.Connection, dataset: str, keys_per_task: int
+    conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False
 ) -> Iterator[list[tuple[str, list[str]]]]:
     """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists."""
     cursor = conn.execute("SELECT key, path, op FROM scan_changes ORDER BY key, path")
@@ -216,15 +215,18 @@ def _tasks(
             last = rows[-1][0]  # the last key may continue in the next fetch
             ready = {k: v for k, v in changes.items() if k != last}
             changes = {last: changes[last]}
-            yield _current_paths(conn, dataset, ready)
+            yield _current_paths(conn, dataset, ready, fresh)
     if changes:
-        yield _current_paths(conn, dataset, changes)
+        yield _current_paths(conn, dataset, changes, fresh)
 
 
 def _current_paths(
-    conn: sqlite3.Connection, dataset: str, changes: dict[str, list[tuple[str, str]]]
+    conn: sqlite3.Connection, dataset: str, changes: dict[str, list[tuple[str, str]]],
+    fresh: bool = False,
 ) -> list[tuple[str, list[str]]]:
     """Each key's files now: the stored ones, minus deletions, plus new or modified ones."""
+    if fresh:
+        return [(key, sorted(path for path, _op in ops)) for key, ops in changes.items()]
     stored: dict[str, set[str]] = collections.defaultdict(set)
     for key, path in conn.execute(
         "SELECT key, path FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
@@ -253,15 +255,6 @@ def _read_task(
     return out
 
 
-def init_worker() -> None:
-    """Forked readers drop the parent's writer lock and die with the parent (kill -9 included)."""
-    store.release_inherited_locks()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
 def _run_tasks(
     tasks: Iterable[list[tuple[str, list[str]]]],
     root: str,
@@ -274,10 +267,7 @@ def _run_tasks(
         for task in tasks:
             yield _read_task(task, root, scan_start_ns, verify_images)
         return
-    context = multiprocessing.get_context("fork")
-    with cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=init_worker
-    ) as pool:
+    with process_pool(workers) as pool:
         in_flight: collections.deque[cf.Future] = collections.deque()
         for task in tasks:
             in_flight.append(pool.submit(_read_task, task, root, scan_start_ns, verify_images))
@@ -293,10 +283,14 @@ def write_results(
     results: list[tuple[str, SampleRecord | None, list[FileRecord], int]],
     version: int,
     counts: Counts,
+    fresh: bool = False,
 ) -> None:
-    """Record a batch of keys: file rows and sample rows together, in one transaction."""
+    """Record a batch of keys: file rows and sample rows together, in one transaction.
+
+    fresh: no key of the batch has stored rows yet (a first run), so nothing is looked up or deleted.
+    """
     keys = [key for key, *_ in results]
-    old = {
+    old = {} if fresh else {
         row[0]: tuple(row[1:])
         for row in conn.execute(
             f"SELECT key, {', '.join(SAMPLE_COLUMNS)} FROM samples "
@@ -327,9 +321,10 @@ def write_results(
             counts.changed += 1
         upserts.append((dataset, key, *_stored_row(key, row), version))
     with store.transaction(conn):
-        conn.executemany(
-            "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
-        )
+        if not fresh:
+            conn.executemany(
+                "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
+            )
         conn.executemany(
             "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -7,6 +7,7 @@ Files not in the stored records are not even stat-ed here; the readers stat what
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import stat as stat_module
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.workers import process_pool
+
 JSON_EXTENSION = "json"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # preference order when a key has several images
 SAMPLE_EXTENSIONS = frozenset((JSON_EXTENSION, *IMAGE_EXTENSIONS))
@@ -22,6 +25,7 @@ STAGING_PREFIX = ".indexer-"  # folders that `extract` stages shards in; never p
 RACY_WINDOW_NS = 3_000_000_000
 NEVER_MATCHES = -1  # Python's hash() never returns -1, so a racy record can never look unchanged
 CHUNK = 4096
+PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more than it saves
 
 
 def split_sample_path(path: str) -> tuple[str, str] | None:
@@ -145,10 +149,13 @@ def scan(
     root: str,
     *,
     on_progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> ScanResult:
     """Diff the files under root against the stored records into TEMP table scan_changes.
 
     scan_changes(key, path, op) gets op 'U' for new or modified files and 'D' for deleted ones.
+    With several workers and a large stored snapshot, the stat calls run in worker processes
+    while this process lists folders and looks paths up (stat is most of a no-change rerun).
     """
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
     conn.execute("DELETE FROM scan_changes")
@@ -162,6 +169,8 @@ def scan(
             pending.clear()
 
     conn.execute("BEGIN")  # one temp-table transaction: no fsync per batch
+    pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
+    in_flight: collections.deque = collections.deque()
     try:
         for fd, prefix, names in walk(root, result.unreadable):
             paths = [prefix + name for name in names]
@@ -172,12 +181,26 @@ def scan(
                     pending.append((path[: path.rfind(".")], path, "U"))
                 result.new += int(len(paths) - known.sum())
             if known.any():
-                result.modified += _stat_known(fd, names, paths, known, index, snapshot, pending)
+                positions = np.flatnonzero(known)
+                slots = index[positions]
+                snapshot.found[slots] = True
+                known_names = [names[p] for p in positions.tolist()]
+                if pool is None:
+                    signatures = stat_signatures(fd, known_names)
+                    result.modified += _queue_modified(signatures, paths, positions, slots, snapshot,
+                                                       pending)
+                else:
+                    future = pool.submit(stat_signatures_in, os.path.join(root, prefix), known_names)
+                    in_flight.append((future, paths, positions, slots))
+                    while len(in_flight) > 2 * workers:
+                        result.modified += _collect(in_flight.popleft(), snapshot, pending)
             result.files_seen += len(paths)
             if len(pending) >= 10000:
                 flush()
             if on_progress:
                 on_progress(len(paths))
+        while in_flight:
+            result.modified += _collect(in_flight.popleft(), snapshot, pending)
         flush()
         _find_deleted(conn, dataset, root, snapshot, result, pending)
         flush()
@@ -185,34 +208,52 @@ def scan(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return result
 
 
-def _stat_known(
-    fd: int,
-    names: list[str],
-    paths: list[str],
-    known: np.ndarray,
-    index: np.ndarray,
-    snapshot: Snapshot,
-    pending: list[tuple[str, str, str]],
-) -> int:
-    """Stat the files that have a stored record; queue those whose signature differs."""
-    positions = np.flatnonzero(known)
-    slots = index[positions]
-    snapshot.found[slots] = True
-    signatures = np.empty(len(positions), dtype=np.int64)
+def stat_signatures(fd: int, names: list[str]) -> np.ndarray:
+    """Stat signatures of names in the folder open as fd (NEVER_MATCHES: gone, or not a file)."""
+    signatures = np.empty(len(names), dtype=np.int64)
     stat = os.stat
-    for j, position in enumerate(positions.tolist()):
+    for j, name in enumerate(names):
         try:
-            st = stat(names[position], dir_fd=fd)
+            st = stat(name, dir_fd=fd)
         except OSError:
-            signatures[j] = NEVER_MATCHES  # vanished since listing: re-read decides
+            signatures[j] = NEVER_MATCHES  # vanished since listing: the re-read decides
             continue
         signatures[j] = (
             hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             if stat_module.S_ISREG(st.st_mode) else NEVER_MATCHES
         )
+    return signatures
+
+
+def stat_signatures_in(folder: str, names: list[str]) -> np.ndarray:
+    """stat_signatures for a worker process, which opens the folder itself."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return stat_signatures(fd, names)
+    finally:
+        os.close(fd)
+
+
+def _collect(item: tuple, snapshot: Snapshot, pending: list[tuple[str, str, str]]) -> int:
+    future, paths, positions, slots = item
+    return _queue_modified(future.result(), paths, positions, slots, snapshot, pending)
+
+
+def _queue_modified(
+    signatures: np.ndarray,
+    paths: list[str],
+    positions: np.ndarray,
+    slots: np.ndarray,
+    snapshot: Snapshot,
+    pending: list[tuple[str, str, str]],
+) -> int:
+    """Queue the files whose stat signature differs from the stored one."""
     modified = np.flatnonzero(signatures != snapshot.signatures[slots])
     for j in modified.tolist():
         path = paths[int(positions[j])]

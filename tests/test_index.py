@@ -397,3 +397,22 @@ def test_readers_are_never_blocked_during_an_index(tmp_path, gen):
     assert proc.returncode == 0
     assert seen == sorted(seen) and seen[-1] == 1500
     assert len(set(seen)) > 2  # the reader saw the index grow, batch by batch
+
+
+def test_parallel_stat_scan_detects_the_same_changes(tmp_path, gen, no_racy, monkeypatch):
+    monkeypatch.setattr(scan, "PARALLEL_STAT_MIN", 1)  # stat in worker processes even when small
+    root = tmp_path / "data"
+    gen.make_dataset(root, 200, faults=0.0, seed=11, subfolders=2)
+    db = tmp_path / "p.sqlite"
+    index_root(db, root, workers=2)
+    edited = sorted(root.glob("part000/*.json"))[:5]
+    for path in edited:
+        path.write_text(path.read_text().replace('"short_caption": "', '"short_caption": "edited '))
+    for path in sorted(root.glob("part001/*.json"))[:3]:
+        path.unlink()
+    summary = index_root(db, root, workers=2)
+    # 5 JSONs re-read; the 3 samples that lost their JSON get their size from the image header
+    assert (summary["changed"], summary["files_read"]) == (8, 8)
+    assert sum(1 for row in samples(db).values() if row["status"] == "missing_json") == 3
+    again = index_root(db, root, workers=2)
+    assert (again["changed"], again["files_read"]) == (0, 0)

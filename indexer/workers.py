@@ -1,0 +1,32 @@
+"""Reader processes shared by the stages (scan, index, extract).
+
+Forked, so they start fast and share the parent's imports; they must not keep the parent's writer
+lock alive, and they must not outlive a parent killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import ctypes
+import multiprocessing
+import signal
+
+from indexer import store
+
+PR_SET_PDEATHSIG = 1
+
+
+def init_worker() -> None:
+    """Forked readers drop the parent's writer lock and die with the parent (kill -9 included)."""
+    store.release_inherited_locks()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def process_pool(workers: int) -> cf.ProcessPoolExecutor:
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=init_worker
+    )
