@@ -19,7 +19,9 @@ CREATE VIRTUAL TABLE samples_fts USING fts5(
 CREATE TABLE search_pending (id INTEGER PRIMARY KEY);
 
 CREATE TRIGGER samples_fts_insert AFTER INSERT ON samples BEGIN
-    INSERT OR IGNORE INTO search_pending (id) VALUES (new.id);
+    -- not INSERT OR IGNORE: an UPSERT's own conflict policy overrides the one of a trigger statement
+    INSERT INTO search_pending (id) SELECT new.id
+    WHERE NOT EXISTS (SELECT 1 FROM search_pending WHERE id = new.id);
 END;
 
 -- Deletes and caption changes are rare: they take the old text out of the FTS at once (only the
@@ -38,7 +40,9 @@ WHEN old.short_caption IS NOT new.short_caption OR old.long_caption IS NOT new.l
     INSERT INTO samples_fts (samples_fts, rowid, short_caption, long_caption)
     SELECT 'delete', old.id, old.short_caption, old.long_caption
     WHERE NOT EXISTS (SELECT 1 FROM search_pending WHERE id = old.id);
-    INSERT OR IGNORE INTO search_pending (id) VALUES (new.id);
+    -- not INSERT OR IGNORE: an UPSERT's own conflict policy overrides the one of a trigger statement
+    INSERT INTO search_pending (id) SELECT new.id
+    WHERE NOT EXISTS (SELECT 1 FROM search_pending WHERE id = new.id);
 END;
 
 -- A database indexed before this file existed gets its FTS filled once here.

@@ -416,3 +416,19 @@ def test_parallel_stat_scan_detects_the_same_changes(tmp_path, gen, no_racy, mon
     assert sum(1 for row in samples(db).values() if row["status"] == "missing_json") == 3
     again = index_root(db, root, workers=2)
     assert (again["changed"], again["files_read"]) == (0, 0)
+
+
+def test_caption_change_while_search_sync_is_pending(data_root, db_path, gen, no_racy):
+    """A run killed before its search sync leaves ids queued; the next caption change must not fail."""
+    write_pair(data_root, "p", gen, record={"short_caption": "first"})
+    run(db_path, data_root)
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO search_pending (id) SELECT id FROM samples")
+    conn.commit()
+    conn.close()
+    write_pair(data_root, "p", gen, record={"short_caption": "second caption"}, image=False)
+    summary = run(db_path, data_root)
+    assert summary["changed"] == 1
+    conn = sqlite3.connect(db_path)
+    hits = conn.execute("SELECT rowid FROM samples_fts WHERE samples_fts MATCH 'second'").fetchall()
+    assert hits == conn.execute("SELECT id FROM samples").fetchall()
