@@ -432,3 +432,40 @@ def test_caption_change_while_search_sync_is_pending(data_root, db_path, gen, no
     conn = sqlite3.connect(db_path)
     hits = conn.execute("SELECT rowid FROM samples_fts WHERE samples_fts MATCH 'second'").fetchall()
     assert hits == conn.execute("SELECT id FROM samples").fetchall()
+
+
+def _index_names(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+    conn.close()
+    return names
+
+
+def test_bulk_run_defers_and_rebuilds_secondary_indexes(data_root, db_path, gen, no_racy, monkeypatch):
+    from indexer import index as index_module
+
+    store.connect(db_path).close()
+    expected = _index_names(db_path)
+    assert "samples_file_hash" in expected
+    monkeypatch.setattr(index_module, "BULK_MIN_KEYS", 1)
+    dropped = []
+    real_defer = index_module.defer_secondary_indexes
+
+    def spy(conn):
+        real_defer(conn)
+        dropped.append(expected - _index_names(db_path))
+
+    monkeypatch.setattr(index_module, "defer_secondary_indexes", spy)
+    gen.make_dataset(data_root, 30, faults=0.0, seed=4)
+    run(db_path, data_root)
+    assert dropped and "samples_file_hash" in dropped[0] and "samples_status" not in dropped[0]
+    assert _index_names(db_path) == expected
+    # a bulk run killed before rebuilding: the next run rebuilds first
+    conn = store.connect(db_path)
+    real_defer(conn)
+    conn.close()
+    assert _index_names(db_path) != expected
+    run(db_path, data_root)
+    assert _index_names(db_path) == expected
+    check = sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()
+    assert check == ("ok",)
