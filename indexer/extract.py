@@ -3,7 +3,9 @@
 Safety: members are read one by one from the tar stream; only regular files and folders whose
 normalised name stays inside the root are written, and every write goes through directory file
 descriptors opened with O_NOFOLLOW, so neither a hostile member nor a symlink already in the root
-can put a byte outside it. PEP 706's `data` filter runs on every accepted member as a second check.
+can put a byte outside it. The checks are those of PEP 706's `data` filter; the filter itself is not
+called, because it resolves every member's path on disk twice (a third of extract's time), which
+the O_NOFOLLOW folder descriptors make unnecessary.
 
 Resumability: each shard is first written into its own staging folder (`.indexer-extract-*`, which
 the index walk skips), then its files are renamed into place, then its samples are recorded and the
@@ -119,10 +121,6 @@ def member_parts(member: tarfile.TarInfo, root: str, reserved: frozenset[str] = 
         raise Refused("a file member without a name")
     if parts and "/".join(parts) in reserved:
         raise Refused("would overwrite the index database, which lives in the target folder")
-    try:
-        tarfile.data_filter(member, root)  # PEP 706, a second opinion; it also resolves symlinks on disk
-    except tarfile.FilterError as exc:
-        raise Refused(f"refused by the tar data filter: {exc}") from None
     return parts
 
 
