@@ -325,16 +325,18 @@ def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_
 
 def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path, cli, gen) -> None:
     src = tmp_path / "src"
-    gen.make_dataset(src, 40, faults=0.0, seed=2)
+    gen.make_dataset(src, 42, faults=0.0, seed=2)
     members = files_of(src)
     whole = tar_of(tmp_path / "whole.tar", members[:40])
-    cut = tar_of(tmp_path / "cut.tar", members[40:])
+    # no member path in two shards: shards run in parallel, and the same path extracted by two at
+    # once leaves a stat record that the next `index` re-checks once (see README)
+    cut = tar_of(tmp_path / "cut.tar", members[60:80])
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    cut_gz = tar_of(tmp_path / "cut.tgz", members[:40], "w:gz")
+    cut_gz = tar_of(tmp_path / "cut.tgz", members[40:60], "w:gz")
     cut_gz.write_bytes(cut_gz.read_bytes()[: cut_gz.stat().st_size * 2 // 3])
-    garbled = tar_of(tmp_path / "garbled.tar", members[:4])
+    garbled = tar_of(tmp_path / "garbled.tar", members[80:84])
     raw = bytearray(garbled.read_bytes())
-    second_header = 512 + (len(members[0][1]) + 511) // 512 * 512
+    second_header = 512 + (len(members[80][1]) + 511) // 512 * 512
     raw[second_header : second_header + 512] = b"\x7f" * 512  # a header no tar tool would accept
     garbled.write_bytes(bytes(raw))
     not_tar = tmp_path / "junk.tgz"
@@ -348,7 +350,7 @@ def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path
     assert (rows["whole.tar"][0], rows["cut.tar"][0], rows["junk.tgz"][0]) == ("finished", "failed", "failed")
     assert (rows["cut.tgz"][0], rows["garbled.tar"][0], rows["garbled.tar"][1]) == ("failed", "failed", 1)
     assert "invalid member header" in result.stderr and "cut short" in result.stderr
-    assert 0 < rows["cut.tar"][1] < len(members) - 40
+    assert 0 < rows["cut.tar"][1] < 20
     names = {p.name for p in data.iterdir()}
     assert {name for name, _ in members[:40]} <= names
     assert not [n for n in names if n.startswith(STAGING_PREFIX)]
