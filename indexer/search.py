@@ -18,6 +18,9 @@ from indexer.errors import IndexerError
 
 SYNC_CHUNK = 20_000  # ids per transaction: a killed sync keeps what it finished
 DEFAULT_LIMIT = 20
+# bm25 costs ~10 us a match: a word in nearly every caption ("the") would take 10 s on 1M samples.
+# Past this many matches, the first RANK_CAP (in sample order) are ranked, and the user is told.
+RANK_CAP = 50_000
 SHORT_WEIGHT, LONG_WEIGHT = 2.0, 1.0  # a word in the short summary says more about the picture
 TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61's idea of a token: letters and digits
 PHRASE_OR_WORD = re.compile(r'"([^"]*)"|(\S+)')
@@ -73,7 +76,8 @@ def build_match(text: str) -> tuple[str, list[str]]:
     return " AND ".join(dict.fromkeys(terms)), phrases
 
 
-def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str) -> tuple[str, dict]:
+def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str,
+                scored: bool = True) -> tuple[str, dict]:
     """SQL yielding (id, score) of every match, reading sample rows only when it must.
 
     Ranking touches every match, so the row is joined only to tell datasets apart (when the
@@ -82,7 +86,7 @@ def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str) ->
     """
     match, phrases = (text, []) if raw else build_match(text)
     params: dict = {"match": match}
-    score = f"bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT})"
+    score = f"bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT})" if scored else "NULL"
     several = conn.execute("SELECT count(*) > 1 FROM datasets").fetchone()[0]
     if not phrases and not several:
         return f"SELECT rowid AS id, {score} AS score FROM samples_fts WHERE samples_fts MATCH :match", params
@@ -101,16 +105,30 @@ def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str) ->
 def search(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
            limit: int = DEFAULT_LIMIT, raw: bool = False) -> list[dict]:
     """The best `limit` samples for text, best first, each with its image path."""
+    return search_hits(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw)[0]
+
+
+def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
+                limit: int = DEFAULT_LIMIT, raw: bool = False,
+                rank_cap: int | None = None) -> tuple[list[dict], bool]:
+    """(hits, capped): capped means more than rank_cap samples matched and only the first
+    rank_cap of them were ranked (add words to narrow the search)."""
+    rank_cap = RANK_CAP if rank_cap is None else rank_cap
     conn = _connect(db_path)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
+        unscored, params = _candidates(conn, text, raw, dataset, scored=False)
+        params["cap"] = rank_cap
+        capped = _run(conn, text, raw, f"SELECT count(*) FROM ({unscored} LIMIT :cap + 1)",
+                      params)[0][0] > rank_cap
         candidates, params = _candidates(conn, text, raw, dataset)
-        params["limit"] = limit
+        params.update(limit=limit, cap=rank_cap)
+        first = f"SELECT * FROM ({candidates} LIMIT :cap)" if capped else candidates
         rows = _run(conn, text, raw, f"""
             SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption, top.score
-            FROM ({candidates} ORDER BY score LIMIT :limit) AS top
+            FROM ({first} ORDER BY score LIMIT :limit) AS top
             JOIN samples AS s ON s.id = top.id ORDER BY top.score""", params)
-        return [_hit(root, row) for row in rows]
+        return [_hit(root, row) for row in rows], capped
     finally:
         conn.close()
 

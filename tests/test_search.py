@@ -149,3 +149,29 @@ def test_sqlite_utils_finds_and_uses_the_fts(tmp_path):
     table = sqlite_utils.Database(db)["samples"]
     assert table.detect_fts() == "samples_fts"
     assert [row["key"] for row in table.search("lighthouse", columns=["key"])] == ["u1"]
+
+
+def test_very_common_words_rank_only_the_first_matches(tmp_path, cli, monkeypatch):
+    """Ranking every match of a word in nearly every caption is slow: past the cap, say so."""
+    from indexer import search as search_module
+
+    db, root = tmp_path / "db.sqlite", tmp_path / "data"
+    root.mkdir()
+    for i in range(12):
+        words = "common word " + ("rare rare rare" if i == 9 else "filler")
+        (root / f"c{i:02d}.json").write_text(f'{{"short_caption": "{words}", "width": 8, "height": 8}}')
+        (root / f"c{i:02d}.png").write_bytes(b"")
+    index_root(db, root, workers=1)
+    hits, capped = search_module.search_hits(db, "common", limit=3, rank_cap=5)
+    assert capped and len(hits) == 3
+    assert {h["key"] for h in hits} <= {f"c{i:02d}" for i in range(5)}  # the first five, ranked
+    hits, capped = search_module.search_hits(db, "common", limit=3, rank_cap=50)
+    assert not capped and len(hits) == 3
+    ranked = search_module.search_hits(db, "rare", limit=3, rank_cap=5)
+    assert ranked == (search_module.search(db, "rare", limit=3), False)
+    assert [h["key"] for h in ranked[0]] == ["c09"]
+    uncapped = cli("search", "common", "--db", db)
+    assert uncapped.exit_code == 0 and "more than" not in uncapped.stderr
+    monkeypatch.setattr(search_module, "RANK_CAP", 5)
+    capped_cli = cli("search", "common", "--db", db)
+    assert capped_cli.exit_code == 0 and "more than 5 samples match" in capped_cli.stderr

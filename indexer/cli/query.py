@@ -90,7 +90,7 @@ def search_command(text: str, db: str | None, dataset_id: str | None, limit: int
                    as_json: bool) -> None:
     """Full-text search over the captions, ranked (bm25), with each hit's image path."""
     db_path = resolve_db(db)
-    hits = search.search(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw)
+    hits, capped = search.search_hits(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw)
     with quiet_broken_pipe():
         for rank, hit in enumerate(hits, 1):
             if as_json:
@@ -101,6 +101,9 @@ def search_command(text: str, db: str | None, dataset_id: str | None, limit: int
                 click.echo(f"{rank:>3}. {hit['path'] or hit['json']}\n     {caption}")
     if not hits:
         click.echo(f"no sample matches {text!r}", err=True)
+    if capped:
+        click.echo(f"note: more than {search.RANK_CAP:,} samples match: these are the best of the first"
+                   f" {search.RANK_CAP:,}; add words to narrow the search", err=True)
     pending = search.search_status(db_path)
     if pending:
         click.echo(f"note: {pending:,} samples are not searchable yet (an index run is going on or was"
