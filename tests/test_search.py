@@ -175,3 +175,15 @@ def test_very_common_words_rank_only_the_first_matches(tmp_path, cli, monkeypatc
     monkeypatch.setattr(search_module, "RANK_CAP", 5)
     capped_cli = cli("search", "common", "--db", db)
     assert capped_cli.exit_code == 0 and "more than 5 samples match" in capped_cli.stderr
+
+
+def test_cli_takes_unquoted_words(tmp_path, cli):
+    db, root = tmp_path / "db.sqlite", tmp_path / "data"
+    root.mkdir()
+    for key, caption in (("a", "red dragon over a stone castle"), ("b", "red fox")):
+        (root / f"{key}.json").write_text(f'{{"short_caption": "{caption}", "width": 8, "height": 8}}')
+        (root / f"{key}.png").write_bytes(b"")
+    index_root(db, root, workers=1)
+    result = cli("search", "red", "dragon", "--db", db, "--json")
+    assert result.exit_code == 0
+    assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == ["a"]

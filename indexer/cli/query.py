@@ -79,16 +79,20 @@ def problems_command(db: str | None, dataset_id: str | None, statuses: tuple[str
 
 
 @click.command("search")
-@click.argument("text")
+@click.argument("words", nargs=-1, required=True)
 @db_option
 @id_option()
 @click.option("--limit", "-n", type=click.IntRange(1), default=search.DEFAULT_LIMIT, show_default=True,
               help="How many hits, best first.")
 @click.option("--raw", is_flag=True, help="TEXT is an FTS5 query (OR, NOT, column filters) as is.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit, one per line.")
-def search_command(text: str, db: str | None, dataset_id: str | None, limit: int, raw: bool,
-                   as_json: bool) -> None:
-    """Full-text search over the captions, ranked (bm25), with each hit's image path."""
+def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | None, limit: int,
+                   raw: bool, as_json: bool) -> None:
+    """Full-text search over the captions, ranked (bm25), with each hit's image path.
+
+    WORDS may be given unquoted (`indexer search red dragon`); quote a phrase ('"stone castle"').
+    """
+    text = " ".join(words)
     db_path = resolve_db(db)
     hits, capped = search.search_hits(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw)
     with quiet_broken_pipe():
