@@ -36,8 +36,8 @@ def mutate(root: Path, fraction_modify: float, fraction_delete: float, fraction_
         record["short_caption"] = "edited: " + record["short_caption"]
         path.write_text(json.dumps(record))
     for path in rng.sample(jsons, int(len(jsons) * fraction_delete)):
-        for sibling in root.glob(path.stem + ".*"):
-            sibling.unlink()
+        for extension in (".json", ".png", ".jpg", ".jpeg", ".webp"):  # not glob: O(folder) each
+            path.with_suffix(extension).unlink(missing_ok=True)
     make_dataset(root, int(n * fraction_add), faults=0.0, seed=99, start=n + 1)
 
 
