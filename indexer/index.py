@@ -22,7 +22,7 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import scan, split_sample_path
+from indexer.scan import scan, split_sample_path, stat_signature
 from indexer.search import sync_search_index
 from indexer.workers import init_worker, process_pool  # noqa: F401  (init_worker: extract)
 
@@ -336,7 +336,8 @@ def write_results(
     for key, sample, files, files_read in results:
         counts.files_read += files_read
         cut = len(key) + 1
-        file_rows += [(dataset, key, path[cut:], size, mtime_ns, ctime_ns, inode, racy)
+        file_rows += [(dataset, key, path[cut:], size, mtime_ns, ctime_ns, inode, racy,
+                       stat_signature(size, mtime_ns, ctime_ns, inode))
                       for path, size, mtime_ns, ctime_ns, inode, racy in files]
         previous = old.get(key)
         if sample is None:
@@ -358,8 +359,8 @@ def write_results(
                 "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
             )
         conn.executemany(
-            "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy, sig)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             file_rows,
         )
         conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)

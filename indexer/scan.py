@@ -8,6 +8,8 @@ Files not in the stored records are not even stat-ed here; the readers stat what
 from __future__ import annotations
 
 import collections
+import contextlib
+import itertools
 import os
 import sqlite3
 import stat as stat_module
@@ -23,7 +25,7 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # preference order when a key
 SAMPLE_EXTENSIONS = frozenset((JSON_EXTENSION, *IMAGE_EXTENSIONS))
 STAGING_PREFIX = ".indexer-"  # folders that `extract` stages shards in; never part of a dataset
 RACY_WINDOW_NS = 3_000_000_000
-NEVER_MATCHES = -1  # Python's hash() never returns -1, so a racy record can never look unchanged
+NEVER_MATCHES = -1  # stat_signature is never negative, so a racy record can never look unchanged
 CHUNK = 4096
 PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more than it saves
 
@@ -40,7 +42,13 @@ def split_sample_path(path: str) -> tuple[str, str] | None:
 
 
 def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
-    return hash((size, mtime_ns, ctime_ns, inode))
+    """A 63-bit mix of the four stat fields, stored with each file record.
+
+    Stable across processes and Python versions (unlike hash() of a tuple); each field is multiplied
+    by an odd constant, so a change in any one field alone always changes the signature.
+    """
+    return (size * 0x9E3779B97F4A7C15 ^ mtime_ns * 0xC2B2AE3D27D4EB4F
+            ^ ctime_ns * 0x165667B19E3779F9 ^ inode * 0x27D4EB2F165667C5) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def is_racy(mtime_ns: int, ctime_ns: int, scan_start_ns: int) -> bool:
@@ -65,16 +73,15 @@ class Snapshot:
         path_hashes = np.empty(count, dtype=np.int64)
         signatures = np.empty(count, dtype=np.int64)
         cursor = conn.execute(
-            "SELECT path, size, mtime_ns, ctime_ns, inode, racy FROM files WHERE dataset = ?",
+            f"SELECT path, CASE WHEN racy THEN {NEVER_MATCHES} ELSE sig END FROM files WHERE dataset = ?",
             (dataset,),
         )
         filled = 0
         while rows := cursor.fetchmany(65536):
             end = filled + len(rows)
-            path_hashes[filled:end] = [hash(row[0]) for row in rows]
-            signatures[filled:end] = [
-                NEVER_MATCHES if row[5] else hash(row[1:5]) for row in rows
-            ]
+            paths, sigs = zip(*rows, strict=True)
+            path_hashes[filled:end] = [hash(path) for path in paths]
+            signatures[filled:end] = sigs
             filled = end
         return cls(path_hashes[:filled], signatures[:filled])
 
@@ -83,7 +90,9 @@ class Snapshot:
         wanted = np.fromiter((hash(p) for p in paths), dtype=np.int64, count=len(paths))
         if not len(self.path_hashes):
             return np.zeros(len(paths), dtype=bool), np.zeros(len(paths), dtype=np.int64)
-        index = np.searchsorted(self.path_hashes, wanted)
+        order = np.argsort(wanted)  # sorted probes walk the big array in order: far fewer cache misses
+        index = np.empty(len(paths), dtype=np.int64)
+        index[order] = np.searchsorted(self.path_hashes, wanted[order])
         np.minimum(index, len(self.path_hashes) - 1, out=index)
         return self.path_hashes[index] == wanted, index
 
@@ -120,27 +129,37 @@ def walk(root: str, unreadable: list[tuple[str, str]]) -> Iterator[tuple[int, st
             names: list[str] = []
             try:
                 with os.scandir(fd) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                if not name.startswith(STAGING_PREFIX):
-                                    stack.append(prefix + name + "/")
-                                continue
-                        except OSError:
-                            continue
-                        dot = name.rfind(".")
-                        if dot > 0 and name[dot + 1 :].lower() in SAMPLE_EXTENSIONS:
-                            names.append(name)
-                            if len(names) >= CHUNK:
-                                yield fd, prefix, names
-                                names = []
+                    while chunk := list(itertools.islice(entries, CHUNK)):
+                        # list comprehensions, not a loop: ~3x less Python per entry
+                        stack += [prefix + name + "/" for name in _real_dirs(chunk)
+                                  if not name.startswith(STAGING_PREFIX)]
+                        names += [
+                            name for name in [entry.name for entry in chunk]
+                            if (dot := name.rfind(".")) > 0
+                            and name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
+                        ]
+                        if len(names) >= CHUNK:
+                            yield fd, prefix, names
+                            names = []
             except OSError as exc:
                 unreadable.append((prefix, f"cannot list folder: {exc.strerror}"))
             if names:
                 yield fd, prefix, names
         finally:
             os.close(fd)
+
+
+def _real_dirs(entries: list[os.DirEntry]) -> list[str]:
+    """Names of the folders that are not symlinks (from d_type: no syscall, as a rule)."""
+    try:
+        return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except OSError:  # d_type unknown and the entry vanished meanwhile: check one by one
+        found = []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    found.append(entry.name)
+        return found
 
 
 def scan(
@@ -225,7 +244,7 @@ def stat_signatures(fd: int, names: list[str]) -> np.ndarray:
             signatures[j] = NEVER_MATCHES  # vanished since listing: the re-read decides
             continue
         signatures[j] = (
-            hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+            stat_signature(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             if stat_module.S_ISREG(st.st_mode) else NEVER_MATCHES
         )
     return signatures

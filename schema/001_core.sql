@@ -19,6 +19,8 @@ CREATE TABLE files (
     ctime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
     racy INTEGER NOT NULL DEFAULT 0,
+    sig INTEGER NOT NULL,             -- scan.stat_signature(size, mtime_ns, ctime_ns, inode): one
+                                      -- column for the rerun diff to load instead of four
     path TEXT GENERATED ALWAYS AS (key || '.' || ext) VIRTUAL,  -- relative to root, '/'-separated
     PRIMARY KEY (dataset, key, ext)
 ) WITHOUT ROWID;
