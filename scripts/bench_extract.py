@@ -25,30 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample import make_dataset
 
-# The seed's compile.py, verbatim but for the folder and tqdm's output (kept, sent to /dev/null).
-COMPILE_PY = '''
-import glob
-import json, os
-import pandas as pd
-from tqdm import tqdm
-
-json_files = glob.glob('data/*.json')
-data = []
-for file_path in tqdm(json_files):
-    with open(file_path, 'r') as file:
-        content = json.load(file)
-        if "width" not in content:
-                continue
-        text_path = os.path.splitext(content['image_name'])[0] + ".txt"
-        width = int(content['width'])
-        height = int(content['height'])
-        caption = content['short_caption']
-        filename = content['image_name']
-        data.append({'width': width, 'height': height, 'caption': caption, 'filename': filename})
-df = pd.DataFrame(data, columns=['width', 'height', 'caption', 'filename'])
-df.to_parquet('dalle3.parquet', index=False)
-print(len(df))
-'''
+SEED_COMPILE = Path(__file__).resolve().parent / "seed_compile.py"  # the seed's compile.py logic
 
 
 def run(command: list[str], cwd: Path | None = None) -> tuple[float, int, str]:
@@ -88,13 +65,14 @@ def run_baseline(work: Path, shards: list[Path]) -> tuple[float, float, int, flo
     """The seed: `tar xf` every shard into data/, then compile.py. Its output is deleted after."""
     baseline = work / "baseline"
     (baseline / "data").mkdir(parents=True)
-    (baseline / "compile.py").write_text(COMPILE_PY)
     tar_seconds, tar_rss = 0.0, 0
     for shard in shards:
         seconds, rss, _ = run(["tar", "xf", str(shard), "-C", str(baseline / "data")])
         tar_seconds += seconds
         tar_rss = max(tar_rss, rss)
-    compile_seconds, compile_rss, rows = run([sys.executable, "compile.py"], cwd=baseline)
+    compile_seconds, compile_rss, rows = run(
+        [sys.executable, str(SEED_COMPILE), "data", "dalle3.parquet"], cwd=baseline
+    )
     shutil.rmtree(baseline)
     return tar_seconds + compile_seconds, tar_seconds, tar_rss, compile_seconds, compile_rss, rows
 
