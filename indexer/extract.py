@@ -124,9 +124,21 @@ def member_parts(member: tarfile.TarInfo, root: str, reserved: frozenset[str] = 
     return parts
 
 
+def printable(name: str) -> str:
+    """A member name fit for JSON and the database: undecodable bytes shown as \\xNN."""
+    if name.isascii():
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _name_parts(name: str) -> list[str]:
     if "\x00" in name:
         raise Refused("name contains a NUL byte")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refused("name is not valid UTF-8 (the index stores text paths)") from None
     if "\\" in name:
         raise Refused("name contains a backslash (a Windows path separator)")
     if name.startswith("/"):
@@ -283,7 +295,7 @@ def _stage_members(
                 try:
                     parts = member_parts(member, task.root, task.reserved)
                 except Refused as exc:
-                    outcome.refusals.append((member.name, str(exc)))
+                    outcome.refusals.append((printable(member.name), str(exc)))
                     continue
                 if not parts:
                     continue
@@ -402,9 +414,10 @@ def _place_members(
                         json_data.pop(path, None)
                 outcome.members += 1
             except Refused as exc:
-                outcome.refusals.append((member_name, str(exc)))
+                outcome.refusals.append((printable(member_name), str(exc)))
             except OSError as exc:
-                outcome.refusals.append((member_name, f"cannot put it in place: {exc.strerror or exc}"))
+                reason = f"cannot put it in place: {exc.strerror or exc}"
+                outcome.refusals.append((printable(member_name), reason))
     finally:
         folders.close()
     return list(placed), json_data

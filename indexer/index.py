@@ -136,6 +136,8 @@ def update_dataset(
         "files_read": counts.files_read,
         "json_bytes": json_bytes(conn, dataset),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
+        "bad_names": scanned.bad_names[:100],
+        "bad_names_count": len(scanned.bad_names),
     }
 
 
@@ -158,7 +160,7 @@ def update_paths(
     rows = []
     for path in dict.fromkeys(paths):
         parts = split_sample_path(path)
-        if parts is None:
+        if parts is None or not _is_utf8(path):  # a scan reports bad names; events skip them
             continue
         exists = os.path.isfile(os.path.join(root, path))
         rows.append((parts[0], path, "U" if exists else "D"))
@@ -169,6 +171,14 @@ def update_paths(
                            verify_images=verify_images, progress=False)
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk (issue 5)
     return counts
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def apply_changes(

@@ -31,6 +31,12 @@ def format_index_summary(summary: dict) -> str:
             f"  database {human_bytes(summary['db_bytes'])} = {ratio:.2f}x the JSON bytes"
             f" ({human_bytes(summary['json_bytes'])})"
         )
+    if summary.get("bad_names_count"):
+        shown = ", ".join(summary["bad_names"][:3])
+        lines.append(
+            f"  warning: skipped {summary['bad_names_count']:,} file or folder names that are not valid"
+            f" UTF-8 (e.g. {shown}); rename them (e.g. with `convmv`) and run index again"
+        )
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
     return "\n".join(lines)

@@ -104,18 +104,23 @@ class ScanResult:
     modified: int = 0
     deleted: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder prefix, reason)
+    bad_names: list[str] = field(default_factory=list)  # paths that are not valid UTF-8, skipped
 
     @property
     def changed_files(self) -> int:
         return self.new + self.modified + self.deleted
 
 
-def walk(root: str, unreadable: list[tuple[str, str]]) -> Iterator[tuple[int, str, list[str]]]:
+def walk(
+    root: str, unreadable: list[tuple[str, str]], bad_names: list[str] | None = None
+) -> Iterator[tuple[int, str, list[str]]]:
     """Yield (dir fd, relative folder prefix, chunk of sample file names) for every real folder.
 
     Symlinked folders are never entered (so a symlink loop cannot hang the walk); symlinked files
-    are followed. Folders that cannot be listed are reported in `unreadable` and skipped.
+    are followed. Folders that cannot be listed are reported in `unreadable` and skipped; names that
+    are not valid UTF-8 (SQLite text cannot hold them) are reported in `bad_names` and skipped.
     """
+    bad_names = [] if bad_names is None else bad_names
     stack = [""]
     while stack:
         prefix = stack.pop()
@@ -131,13 +136,15 @@ def walk(root: str, unreadable: list[tuple[str, str]]) -> Iterator[tuple[int, st
                 with os.scandir(fd) as entries:
                     while chunk := list(itertools.islice(entries, CHUNK)):
                         # list comprehensions, not a loop: ~3x less Python per entry
-                        stack += [prefix + name + "/" for name in _real_dirs(chunk)
-                                  if not name.startswith(STAGING_PREFIX)]
-                        names += [
+                        folders = [name for name in _real_dirs(chunk)
+                                   if not name.startswith(STAGING_PREFIX)]
+                        files = [
                             name for name in [entry.name for entry in chunk]
                             if (dot := name.rfind(".")) > 0
                             and name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
                         ]
+                        stack += [prefix + name + "/" for name in _utf8(folders, prefix, bad_names)]
+                        names += _utf8(files, prefix, bad_names)
                         if len(names) >= CHUNK:
                             yield fd, prefix, names
                             names = []
@@ -147,6 +154,21 @@ def walk(root: str, unreadable: list[tuple[str, str]]) -> Iterator[tuple[int, st
                 yield fd, prefix, names
         finally:
             os.close(fd)
+
+
+def _utf8(names: list[str], prefix: str, bad_names: list[str]) -> list[str]:
+    """The names that are valid UTF-8 (os decodes others with surrogate escapes); report the rest."""
+    if all(name.isascii() for name in names):
+        return names
+    good = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad_names.append(os.fsencode(prefix + name).decode("utf-8", "backslashreplace"))
+        else:
+            good.append(name)
+    return good
 
 
 def _real_dirs(entries: list[os.DirEntry]) -> list[str]:
@@ -191,7 +213,7 @@ def scan(
     pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
     in_flight: collections.deque = collections.deque()
     try:
-        for fd, prefix, names in walk(root, result.unreadable):
+        for fd, prefix, names in walk(root, result.unreadable, result.bad_names):
             paths = [prefix + name for name in names]
             known, index = snapshot.lookup(paths)
             if not known.all():

@@ -380,3 +380,19 @@ def test_cli_summary_and_clean_exit(tmp_path: Path, cli, sample_shards) -> None:
     assert again.exit_code == 0 and orjson.loads(again.stdout)["shards_skipped"] == 3
     missing = cli("extract", tmp_path / "nope.tar", "--to", data, "--db", tmp_path / "db.sqlite")
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
+
+
+def test_member_names_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    shard = tmp_path / "latin1.tar"
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        for name, data in (("caf\xe9.json", b"{}"), ("fine.json", b'{"width": 2, "height": 2}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data_dir, db = tmp_path / "data", tmp_path / "db.sqlite"
+    summary = extract_shards(db, [shard], data_dir, workers=1)
+    refused = {r["member"]: r["reason"] for r in summary["refusals"]}
+    assert len(refused) == 1 and "not valid UTF-8" in next(iter(refused.values()))
+    assert sorted(p.name for p in data_dir.iterdir()) == ["fine.json"]
+    rows = sqlite3.connect(db).execute("SELECT key, status FROM samples").fetchall()
+    assert rows == [("fine", "missing_image")]

@@ -469,3 +469,18 @@ def test_bulk_run_defers_and_rebuilds_secondary_indexes(data_root, db_path, gen,
     assert _index_names(db_path) == expected
     check = sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()
     assert check == ("ok",)
+
+
+def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, gen, no_racy):
+    bad = os.fsencode(data_root) + b"/bad\xffname"
+    with open(bad + b".json", "wb") as handle:
+        handle.write(b'{"short_caption": "x", "width": 4, "height": 4}')
+    with open(bad + b".png", "wb") as handle:
+        handle.write(gen.png_bytes(4, 4))
+    os.mkdir(os.fsencode(data_root) + b"/dir\xfe")
+    write_pair(data_root, "fine", gen)
+    write_pair(data_root, "new\nline", gen)
+    summary = run(db_path, data_root)
+    assert set(samples(db_path)) == {"fine", "new\nline"}
+    assert summary["bad_names_count"] == 3
+    assert "bad\\xffname.json" in summary["bad_names"] and "dir\\xfe" in summary["bad_names"]
