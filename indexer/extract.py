@@ -43,7 +43,6 @@ from indexer.errors import IndexerError
 from indexer.index import (
     Counts,
     default_workers,
-    init_worker,
     json_bytes,
     problem_counts,
     resolve_root,
@@ -53,6 +52,7 @@ from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
 from indexer.search import sync_search_index
+from indexer.workers import init_worker
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
 JSON_PRELOAD_LIMIT = 64 << 20  # larger JSON members are read back from disk like `index` would

@@ -24,7 +24,7 @@ from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import scan, split_sample_path, stat_signature
 from indexer.search import sync_search_index
-from indexer.workers import init_worker, process_pool  # noqa: F401  (init_worker: extract)
+from indexer.workers import process_pool
 
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
 KEYS_PER_TASK = 256

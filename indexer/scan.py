@@ -51,10 +51,6 @@ def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
             ^ ctime_ns * 0x165667B19E3779F9 ^ inode * 0x27D4EB2F165667C5) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def is_racy(mtime_ns: int, ctime_ns: int, scan_start_ns: int) -> bool:
-    return max(mtime_ns, ctime_ns) >= scan_start_ns - RACY_WINDOW_NS
-
-
 class Snapshot:
     """The stored file records of one dataset as sorted (path hash, stat signature) arrays."""
 
