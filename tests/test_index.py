@@ -484,3 +484,17 @@ def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, gen,
     assert set(samples(db_path)) == {"fine", "new\nline"}
     assert summary["bad_names_count"] == 3
     assert "bad\\xffname.json" in summary["bad_names"] and "dir\\xfe" in summary["bad_names"]
+
+
+def test_json_bytes_is_summed_again_only_when_files_change(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "a", gen)
+    first = run(db_path, data_root)
+    assert first["json_bytes"] == (data_root / "a.json").stat().st_size
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE datasets SET json_bytes = 1")  # a stale cache shows whether it was re-summed
+    conn.commit()
+    assert run(db_path, data_root)["json_bytes"] == 1  # nothing changed: the stored figure
+    write_pair(data_root, "b", gen)
+    again = run(db_path, data_root)
+    assert again["json_bytes"] == sum(p.stat().st_size for p in data_root.glob("*.json"))
+    conn.close()
