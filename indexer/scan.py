@@ -27,6 +27,7 @@ STAGING_PREFIX = ".indexer-"  # folders that `extract` stages shards in; never p
 RACY_WINDOW_NS = 3_000_000_000
 NEVER_MATCHES = -1  # stat_signature is never negative, so a racy record can never look unchanged
 CHUNK = 4096
+SNAPSHOT_PAGE = 65_536
 PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more than it saves
 
 
@@ -65,21 +66,32 @@ class Snapshot:
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, dataset: str) -> Snapshot:
-        count = conn.execute("SELECT count(*) FROM files WHERE dataset = ?", (dataset,)).fetchone()[0]
-        path_hashes = np.empty(count, dtype=np.int64)
-        signatures = np.empty(count, dtype=np.int64)
-        cursor = conn.execute(
-            f"SELECT path, CASE WHEN racy THEN {NEVER_MATCHES} ELSE sig END FROM files WHERE dataset = ?",
-            (dataset,),
-        )
-        filled = 0
-        while rows := cursor.fetchmany(65536):
-            end = filled + len(rows)
-            paths, sigs = zip(*rows, strict=True)
-            path_hashes[filled:end] = [hash(path) for path in paths]
-            signatures[filled:end] = sigs
-            filled = end
-        return cls(path_hashes[:filled], signatures[:filled])
+        """Read the records a page at a time, each page as ONE string from group_concat.
+
+        Two million rows fetched as Python tuples cost most of a no-change rerun at 1M samples;
+        one string per page split in C is ~3x cheaper. Pages follow the primary key (keyset).
+        """
+        hashes: list[np.ndarray] = []
+        signatures: list[np.ndarray] = []
+        after = ("", "")
+        while True:
+            page = conn.execute(
+                "SELECT group_concat(path || char(0) || signature, char(0)), count(*) FROM ("
+                f" SELECT path, CASE WHEN racy THEN {NEVER_MATCHES} ELSE sig END AS signature"
+                " FROM files WHERE dataset = ? AND (key, ext) > (?, ?) ORDER BY key, ext LIMIT ?)",
+                (dataset, *after, SNAPSHOT_PAGE),
+            ).fetchone()
+            if not page[1]:
+                break
+            fields = page[0].split("\0")
+            paths = fields[0::2]
+            hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
+            signatures.append(np.array(fields[1::2], dtype=np.int64))
+            last = paths[-1]
+            after = (last[: last.rfind(".")], last[last.rfind(".") + 1 :])
+        if not hashes:
+            return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+        return cls(np.concatenate(hashes), np.concatenate(signatures))
 
     def lookup(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """For each path: whether a record exists, and its index."""

@@ -82,7 +82,7 @@ def test_reading_pragmas_and_views_are_allowed(indexed, cli):
     assert "meta" in names and "status" in names
     result = cli("query", "SELECT name FROM pragma_table_info('datasets')", "--db", indexed,
                  "--format", "csv")
-    assert result.stdout.split() == ["name", "id", "root", "created_ns", "data_version"]
+    assert result.stdout.split() == ["name", "id", "root", "created_ns", "data_version", "json_bytes"]
     result = cli("query", "SELECT count(*) AS n FROM problems", "--db", indexed, "--format", "json")
     conn = sqlite3.connect(indexed)
     expected = conn.execute("SELECT count(*) FROM samples WHERE status != 'ok'").fetchone()[0]
