@@ -133,12 +133,8 @@ def bench_files(work: Path, n: int) -> None:
     print(f"{n:,} samples generated and indexed in {time.perf_counter() - started:.1f} s "
           f"({summary['samples']:,} samples, problems {summary['problems']})")
     print("parquet:")
-    seed_s, seed_rss, _ = timed(SEED_COMPILE, str(root), str(work / "seed.parquet"))
-    line("seed compile.py (pandas to_parquet)", seed_s, seed_rss)
-    ours_s, ours_rss, note = timed(EXPORT_PARQUET, str(db), str(work / "ours.parquet"))
-    line("export parquet", ours_s, ours_rss, note, seed_s)
-    again_s, again_rss, note = timed(EXPORT_PARQUET, str(db), str(work / "ours.parquet"))
-    line("export parquet, no-change rerun", again_s, again_rss, note, seed_s)
+    compare_parquet("seed compile.py (pandas to_parquet)", SEED_COMPILE,
+                    [str(root), str(work / "seed.parquet")], db, work / "ours.parquet")
     print("captions:")
     seed_s, seed_rss, _ = timed(SEED_CAPTIONS, str(root))
     line("seed extract-captions.py (first run)", seed_s, seed_rss)
@@ -193,12 +189,17 @@ def bench_big(work: Path, rows: int) -> None:
     print(f"{rows:,} rows synthesised into a database in {time.perf_counter() - started:.1f} s "
           "(no sample files: generating them would take too long here)")
     print("parquet:")
-    seed_s, seed_rss, _ = timed(SEED_FROM_DB, str(db), str(work / "big-seed.parquet"))
-    line("seed DataFrame + to_parquet (same rows)", seed_s, seed_rss)
-    ours_s, ours_rss, note = timed(EXPORT_PARQUET, str(db), str(work / "big.parquet"))
-    line("export parquet", ours_s, ours_rss, note, seed_s)
-    again_s, again_rss, note = timed(EXPORT_PARQUET, str(db), str(work / "big.parquet"))
-    line("export parquet, no-change rerun", again_s, again_rss, note, seed_s)
+    compare_parquet("seed DataFrame + to_parquet (same rows)", SEED_FROM_DB,
+                    [str(db), str(work / "big-seed.parquet")], db, work / "big.parquet")
+
+
+def compare_parquet(seed_label: str, seed_script, seed_args: list[str], db: Path, out: Path) -> None:
+    """The seed's Parquet step, then `export parquet` twice (first run, no-change rerun)."""
+    seed_s, seed_rss, _ = timed(seed_script, *seed_args)
+    line(seed_label, seed_s, seed_rss)
+    for label in ("export parquet", "export parquet, no-change rerun"):
+        ours_s, ours_rss, note = timed(EXPORT_PARQUET, str(db), str(out))
+        line(label, ours_s, ours_rss, note, seed_s)
 
 
 def main() -> None:
