@@ -564,7 +564,6 @@ def _extract_all(
     progress: bool,
 ) -> dict:
     scan_start_ns = time.time_ns()
-    version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0] + 1
     tasks, skipped = plan(conn, dataset, root, shard_paths, reserved, scan_start_ns)
     _remove_orphan_staging(conn, dataset, root, {task.staging for task in tasks})
     counts = Counts()
@@ -572,7 +571,7 @@ def _extract_all(
     with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
              total=sum(task.size for task in tasks)) as bytes_bar:
         for outcome in _run_tasks(conn, dataset, tasks, workers, bytes_bar.update):
-            record_shard(conn, dataset, root, outcome, version, counts, scan_start_ns)
+            record_shard(conn, dataset, root, outcome, counts, scan_start_ns)
             outcome.results = []  # recorded: free the memory
             outcomes.append(outcome)
     return _summary(conn, dataset, root, shard_paths, skipped, outcomes, counts)
@@ -677,7 +676,6 @@ def record_shard(
     dataset: str,
     root: Path,
     outcome: ShardOutcome,
-    version: int,
     counts: Counts,
     scan_start_ns: int,
 ) -> None:
@@ -685,7 +683,7 @@ def record_shard(
     results = outcome.results
     for start in range(0, len(results), WRITE_BATCH):
         batch = with_partners(conn, dataset, str(root), results[start : start + WRITE_BATCH], scan_start_ns)
-        write_results(conn, dataset, batch, version, counts)
+        write_results(conn, dataset, batch, counts)
     # Captions into the full-text index now: a key split across shards is written again by a later
     # shard, and the search triggers expect every sample to be synced before it changes again.
     sync_search_index(conn)

@@ -197,7 +197,6 @@ def apply_changes(
     total = conn.execute("SELECT count(DISTINCT key) FROM scan_changes").fetchone()[0]
     if not total:
         return counts
-    version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0] + 1
     if total >= BULK_MIN_KEYS and total * 2 >= _sample_count(conn, dataset):
         defer_secondary_indexes(conn)
     # A dataset with no stored file yet (a first run) has nothing to merge with or replace.
@@ -209,10 +208,10 @@ def apply_changes(
             pending.extend(results)
             read_bar.update(len(results))
             if len(pending) >= keys_per_commit:
-                write_results(conn, dataset, pending, version, counts, fresh=fresh)
+                write_results(conn, dataset, pending, counts, fresh=fresh)
                 pending = []
         if pending:
-            write_results(conn, dataset, pending, version, counts, fresh=fresh)
+            write_results(conn, dataset, pending, counts, fresh=fresh)
     restore_deferred_indexes(conn, progress)
     return counts
 
@@ -247,19 +246,32 @@ def restore_deferred_indexes(conn: sqlite3.Connection, progress: bool = False) -
 def _tasks(
     conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False
 ) -> Iterator[list[tuple[str, list[str]]]]:
-    """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists."""
-    cursor = conn.execute("SELECT key, path, op FROM scan_changes ORDER BY key, path")
+    """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists.
+
+    The changes are copied once in key order and read back in pages with fetchall: a cursor left
+    open across the batches' write transactions would pin this connection's read snapshot (SQLite
+    keeps it for the open statement), and the next BEGIN IMMEDIATE after any other process wrote
+    would fail at once with "database is locked" (a stale snapshot bypasses the busy timeout).
+    """
+    conn.execute("DROP TABLE IF EXISTS temp.scan_order")
+    conn.execute("CREATE TEMP TABLE scan_order AS SELECT key, path, op FROM scan_changes ORDER BY key, path")
     changes: dict[str, list[tuple[str, str]]] = {}
-    while rows := cursor.fetchmany(keys_per_task * 4):
-        for key, path, op in rows:
+    after = 0
+    while rows := conn.execute(
+        "SELECT rowid, key, path, op FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, keys_per_task * 4),
+    ).fetchall():
+        after = rows[-1][0]
+        for _rowid, key, path, op in rows:
             changes.setdefault(key, []).append((path, op))
         if len(changes) > keys_per_task:
-            last = rows[-1][0]  # the last key may continue in the next fetch
+            last = rows[-1][1]  # the last key may continue in the next page
             ready = {k: v for k, v in changes.items() if k != last}
             changes = {last: changes[last]}
             yield _current_paths(conn, dataset, ready, fresh)
     if changes:
         yield _current_paths(conn, dataset, changes, fresh)
+    conn.execute("DROP TABLE IF EXISTS temp.scan_order")
 
 
 def _current_paths(
@@ -323,11 +335,13 @@ def write_results(
     conn: sqlite3.Connection,
     dataset: str,
     results: list[tuple[str, SampleRecord | None, list[FileRecord], int]],
-    version: int,
     counts: Counts,
     fresh: bool = False,
 ) -> None:
     """Record a batch of keys: file rows and sample rows together, in one transaction.
+
+    A batch that changes samples moves the dataset's data_version in the same transaction, so an
+    export that read the data before this commit is never taken for one made after it.
 
     fresh: no key of the batch has stored rows yet (a first run), so nothing is looked up or deleted.
     """
@@ -362,7 +376,7 @@ def write_results(
             counts.added += 1
         else:
             counts.changed += 1
-        upserts.append((dataset, key, *_stored_row(key, row), version))
+        upserts.append((dataset, key, *_stored_row(key, row)))
     with store.transaction(conn):
         if not fresh:
             conn.executemany(
@@ -373,16 +387,20 @@ def write_results(
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             file_rows,
         )
+        if not upserts and not deletes:
+            return
+        version = conn.execute(
+            "UPDATE datasets SET data_version = data_version + 1 WHERE id = ? RETURNING data_version",
+            (dataset,),
+        ).fetchall()[0][0]
         conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
         conn.executemany(
             f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
             f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))}) "
             "ON CONFLICT (dataset, key) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")),
-            upserts,
+            [(*row, version) for row in upserts],
         )
-        if upserts or deletes:
-            conn.execute("UPDATE datasets SET data_version = ? WHERE id = ?", (version, dataset))
 
 
 def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:

@@ -1,0 +1,104 @@
+"""Writers beside readers and exporters: no writer ever fails, and no export is taken as current
+when the data moved after it was read."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from indexer import index, scan
+from indexer.export.jsonl import export_jsonl
+from indexer.export.parquet import export_parquet
+from indexer.index import index_root
+
+
+@pytest.fixture
+def no_racy(monkeypatch):
+    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+
+
+def _ok_count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM samples WHERE status = 'ok'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _export_after_batch(monkeypatch, export) -> list[dict]:
+    """Run `export` from its own connections right after each of the first batches commits."""
+    summaries: list[dict] = []
+    original = index.write_results
+
+    def write_then_export(*args, **kwargs):
+        original(*args, **kwargs)
+        if len(summaries) < 3:
+            summaries.append(export())
+
+    monkeypatch.setattr(index, "write_results", write_then_export)
+    return summaries
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_export_between_batches_neither_breaks_the_index_nor_stays_current(
+        tmp_path, gen, no_racy, monkeypatch, kind):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 600, faults=0.0, seed=3)
+    db = tmp_path / "db.sqlite"
+    out = tmp_path / f"out.{kind}"
+    export = export_parquet if kind == "parquet" else export_jsonl
+    summaries = _export_after_batch(monkeypatch, lambda: export(db, out))
+
+    # Each export commits its bookkeeping between two of the index's write transactions.
+    summary = index_root(db, root, workers=1, keys_per_commit=100)
+
+    assert summary["added"] == 600
+    assert len(summaries) == 3 and summaries[0]["rows"] < 600
+    monkeypatch.undo()
+    again = export(db, out)
+    assert not again["up_to_date"]  # the data moved after every mid-run export
+    assert again["rows"] == _ok_count(db) == 600
+    assert export(db, out)["up_to_date"]
+
+
+def test_every_committed_batch_moves_the_data_version(tmp_path, gen, no_racy, monkeypatch):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 500, faults=0.0, seed=4)
+    db = tmp_path / "db.sqlite"
+    batches = []
+    original = index.write_results
+    monkeypatch.setattr(index, "write_results", lambda *a, **k: batches.append(original(*a, **k)))
+    index_root(db, root, workers=1, keys_per_commit=100)
+    conn = sqlite3.connect(db)
+    versions = [row[0] for row in conn.execute(
+        "SELECT DISTINCT data_version FROM samples ORDER BY data_version")]
+    current = conn.execute("SELECT data_version FROM datasets").fetchone()[0]
+    conn.close()
+    assert len(batches) > 2 and len(versions) == len(batches) and current == versions[-1]
+
+
+def test_index_survives_exporters_in_other_processes(tmp_path, gen):
+    """The scenario users hit: exports started while a first index runs, in separate processes."""
+    root = tmp_path / "data"
+    gen.make_dataset(root, 8000, faults=0.02, seed=5)
+    db = tmp_path / "db.sqlite"
+    code = ("import sys; from indexer.index import index_root; "
+            "index_root(sys.argv[1], sys.argv[2], workers=1, keys_per_commit=200)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(root)], stderr=subprocess.PIPE)
+    exports = 0
+    try:
+        while proc.poll() is None:
+            if db.exists():
+                result = subprocess.run(
+                    [sys.executable, "-m", "indexer", "export", "jsonl", str(tmp_path / "m.jsonl"),
+                     "--db", str(db), "--quiet"], capture_output=True, text=True)
+                exports += result.returncode == 0
+    finally:
+        _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert exports >= 1
+    assert _ok_count(db) > 7700
