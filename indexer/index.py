@@ -138,6 +138,8 @@ def update_dataset(
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
         "bad_names": scanned.bad_names[:100],
         "bad_names_count": len(scanned.bad_names),
+        "not_files": scanned.not_files[:100],
+        "not_files_count": len(scanned.not_files),
     }
 
 

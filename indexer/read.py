@@ -18,6 +18,9 @@ from indexer import scan
 from indexer.scan import IMAGE_EXTENSIONS, JSON_EXTENSION
 
 MAX_DIMENSION = 1 << 20
+# O_NONBLOCK: opening a FIFO that replaced a listed file returns at once instead of waiting forever
+# for a writer (it is then refused by fstat); regular files read the same with or without it.
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 RERUN = "then run `indexer index` again"
 IMAGE_RANK = {ext: rank for rank, ext in enumerate(IMAGE_EXTENSIONS)}
 
@@ -82,7 +85,14 @@ def image_header_size(path: str, size: int) -> tuple[int, int] | str:
     if size == 0:
         return "empty file (0 bytes)"
     try:
-        width, height = imagesize.get(path)
+        fd = os.open(path, READ_FLAGS)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "not a regular file"
+            width, height = imagesize.get(handle)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # imagesize raises assorted errors on damaged headers
@@ -101,6 +111,24 @@ def choose_image(images: list[str], image_name: object) -> str:
             if image.rsplit("/", 1)[-1] == image_name:
                 return image
     return min(images, key=lambda p: (IMAGE_RANK[p.rsplit(".", 1)[1].lower()], p))
+
+
+def read_regular(path: str) -> tuple[os.stat_result, bytes | None]:
+    """The file's stat and bytes; None instead of bytes when it is not a regular file."""
+    fd = os.open(path, READ_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since fstat: read on to the end
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return st, data
+    finally:
+        os.close(fd)
 
 
 def _stat_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:
@@ -138,11 +166,8 @@ def read_sample(
                     st = os.stat(full)
                     json_data = preloaded
                 else:
-                    with open(full, "rb", buffering=0) as handle:
-                        st = os.fstat(handle.fileno())
-                        if stat.S_ISREG(st.st_mode):
-                            json_data = handle.read()
-                            files_read += 1
+                    st, json_data = read_regular(full)
+                    files_read += json_data is not None
             except FileNotFoundError:
                 continue
             except OSError as exc:

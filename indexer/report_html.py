@@ -44,15 +44,20 @@ def write_report(db_path: str | os.PathLike[str], out: str | os.PathLike[str],
     if not target.parent.is_dir():
         raise IndexerError(f"cannot write {target}: folder {target.parent} does not exist")
     page = render_report(figures)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise IndexerError(f"cannot write {target}: {exc.strerror}; pick a folder you can write to") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(page)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-    except BaseException:
+    except OSError as exc:
+        raise IndexerError(f"cannot write {target}: {exc.strerror}; the previous file (if any) is "
+                           "unchanged") from exc
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -37,6 +37,10 @@ def format_index_summary(summary: dict) -> str:
             f"  warning: skipped {summary['bad_names_count']:,} file or folder names that are not valid"
             f" UTF-8 (e.g. {shown}); rename them (e.g. with `convmv`) and run index again"
         )
+    if summary.get("not_files_count"):
+        shown = "; ".join(summary["not_files"][:3])
+        lines.append(f"  warning: skipped {summary['not_files_count']:,} entries named like sample files"
+                     f" that are not regular files: {shown}")
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
     return "\n".join(lines)

@@ -113,6 +113,7 @@ class ScanResult:
     deleted: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder prefix, reason)
     bad_names: list[str] = field(default_factory=list)  # paths that are not valid UTF-8, skipped
+    not_files: list[str] = field(default_factory=list)  # "path: what it is" for FIFOs, folders...
 
     @property
     def changed_files(self) -> int:
@@ -120,15 +121,20 @@ class ScanResult:
 
 
 def walk(
-    root: str, unreadable: list[tuple[str, str]], bad_names: list[str] | None = None
+    root: str, unreadable: list[tuple[str, str]], bad_names: list[str] | None = None,
+    not_files: list[str] | None = None,
 ) -> Iterator[tuple[int, str, list[str]]]:
     """Yield (dir fd, relative folder prefix, chunk of sample file names) for every real folder.
 
     Symlinked folders are never entered (so a symlink loop cannot hang the walk); symlinked files
     are followed. Folders that cannot be listed are reported in `unreadable` and skipped; names that
     are not valid UTF-8 (SQLite text cannot hold them) are reported in `bad_names` and skipped.
+    Entries named like sample files that are not regular files (a FIFO would block the reader that
+    opens it forever; a folder named `x.json`, a socket, a device, a dangling symlink) are reported
+    in `not_files` and never yielded.
     """
     bad_names = [] if bad_names is None else bad_names
+    not_files = [] if not_files is None else not_files
     stack = [""]
     while stack:
         prefix = stack.pop()
@@ -146,11 +152,15 @@ def walk(
                         # list comprehensions, not a loop: ~3x less Python per entry
                         folders = [name for name in _real_dirs(chunk)
                                    if not name.startswith(STAGING_PREFIX)]
-                        files = [
-                            name for name in [entry.name for entry in chunk]
-                            if (dot := name.rfind(".")) > 0
-                            and name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
+                        candidates = [
+                            entry for entry in chunk
+                            if (dot := entry.name.rfind(".")) > 0
+                            and entry.name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
                         ]
+                        files = [entry.name for entry in candidates if _is_file(entry)]
+                        if len(files) < len(candidates):
+                            not_files += [f"{prefix}{entry.name}: {what_it_is(entry)}"
+                                          for entry in candidates if not _is_file(entry)]
                         stack += [prefix + name + "/" for name in _utf8(folders, prefix, bad_names)]
                         names += _utf8(files, prefix, bad_names)
                         if len(names) >= CHUNK:
@@ -177,6 +187,27 @@ def _utf8(names: list[str], prefix: str, bad_names: list[str]) -> list[str]:
         else:
             good.append(name)
     return good
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file, or a symlink to one (d_type answers without a syscall for plain files)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def what_it_is(entry: os.DirEntry) -> str:
+    """Why a sample-named entry is not read, for the user who has to fix it."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return "a symlink to nothing; skipped (fix or remove the link)"
+    kinds = ((stat_module.S_ISDIR, "a folder"), (stat_module.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat_module.S_ISSOCK, "a socket"), (stat_module.S_ISCHR, "a character device"),
+             (stat_module.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file; skipped (a sample file must be a regular file)"
 
 
 def _real_dirs(entries: list[os.DirEntry]) -> list[str]:
@@ -221,7 +252,7 @@ def scan(
     pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
     in_flight: collections.deque = collections.deque()
     try:
-        for fd, prefix, names in walk(root, result.unreadable, result.bad_names):
+        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files):
             paths = [prefix + name for name in names]
             known, index = snapshot.lookup(paths)
             if not known.all():

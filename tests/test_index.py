@@ -242,14 +242,14 @@ def test_unreadable_json_is_reported_not_fatal(data_root, db_path, gen, no_racy,
 
     write_pair(data_root, "locked", gen)
     write_pair(data_root, "fine", gen)
-    real_open = open
+    real_open = os.open
 
     def deny(path, *args, **kwargs):
         if str(path).endswith("locked.json"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(read, "open", deny, raising=False)
+    monkeypatch.setattr(read.os, "open", deny)
     summary = run(db_path, data_root)
     rows = samples(db_path)
     assert rows["locked"]["status"] == "bad_json"
@@ -498,3 +498,44 @@ def test_json_bytes_is_summed_again_only_when_files_change(data_root, db_path, g
     again = run(db_path, data_root)
     assert again["json_bytes"] == sum(p.stat().st_size for p in data_root.glob("*.json"))
     conn.close()
+
+
+def test_entries_that_are_not_regular_files_are_reported_and_never_opened(data_root, db_path, gen,
+                                                                           tmp_path):
+    import socket
+
+    write_pair(data_root, "good", gen)
+    write_pair(data_root, "piped", gen, json_file=False)
+    os.mkfifo(data_root / "piped.json")  # opening it for reading would wait for a writer forever
+    os.mkfifo(data_root / "lonely.json")
+    (data_root / "folder.json").mkdir()
+    write_pair(data_root / "folder.json", "inner", gen)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(data_root / "sock.png"))
+    os.symlink(data_root / "nowhere.json", data_root / "dangling.json")
+    code = ("import sys, json; from indexer.index import index_root; "
+            "print(json.dumps(index_root(sys.argv[1], sys.argv[2], workers=1)))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(db_path), str(data_root)],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        sock.close()
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["not_files_count"] == 5
+    reported = dict(line.split(": ", 1) for line in summary["not_files"])
+    assert reported.keys() == {"piped.json", "lonely.json", "folder.json", "sock.png", "dangling.json"}
+    assert "named pipe" in reported["piped.json"] and "socket" in reported["sock.png"]
+    assert "folder" in reported["folder.json"] and "symlink to nothing" in reported["dangling.json"]
+    rows = samples(db_path)
+    assert rows["good"]["status"] == "ok" and rows["folder.json/inner"]["status"] == "ok"
+    assert rows["piped"]["status"] == "missing_json"  # its JSON is a FIFO: only the image counts
+    assert "lonely" not in rows and "sock" not in rows and "dangling" not in rows
+
+
+def test_a_listed_file_replaced_by_a_fifo_is_not_read(tmp_path):
+    from indexer.read import read_sample
+
+    os.mkfifo(tmp_path / "x.json")
+    sample, files, files_read = read_sample(str(tmp_path), "x", ["x.json"], time.time_ns())
+    assert (sample, files, files_read) == (None, [], 0)
