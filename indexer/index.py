@@ -22,7 +22,7 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import scan, split_sample_path, stat_signature
+from indexer.scan import STAGING_PREFIX, scan, split_sample_path, stat_signature
 from indexer.search import sync_search_index
 from indexer.workers import process_pool
 
@@ -138,9 +138,29 @@ def update_dataset(
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
         "bad_names": scanned.bad_names[:100],
         "bad_names_count": len(scanned.bad_names),
+        "notes": no_samples_notes(root) if not scanned.files_seen else [],
         "not_files": scanned.not_files[:100],
         "not_files_count": len(scanned.not_files),
     }
+
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def no_samples_notes(root: Path, shown: int = 3) -> list[str]:
+    """What to tell a user whose ROOT holds no sample file at all (often: the shards, unextracted)."""
+    shards: list[str] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)]
+        shards += [os.path.relpath(os.path.join(folder, n), root) for n in names
+                   if n.lower().endswith(SHARD_SUFFIXES)]
+        if len(shards) >= shown:
+            break
+    notes = [f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {root}"]
+    if shards:
+        notes.append(f"it holds tar shards ({', '.join(sorted(shards)[:shown])}): unpack and index them"
+                     f" with `indexer extract {root}/*.tar --to DIR`, then use DIR")
+    return notes
 
 
 def update_paths(

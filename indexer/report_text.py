@@ -20,6 +20,7 @@ def format_index_summary(summary: dict) -> str:
         f"  files seen {summary['files_seen']:,}, read {summary['files_read']:,}",
     ]
     problems = summary.get("problems") or {}
+    lines += [f"  note: {note}" for note in summary.get("notes") or []]
     if problems:
         listed = ", ".join(f"{status} {count:,}" for status, count in problems.items())
         lines.append(f"  problems: {listed}  (see `indexer problems` or the samples.error column)")

@@ -539,3 +539,21 @@ def test_a_listed_file_replaced_by_a_fifo_is_not_read(tmp_path):
     os.mkfifo(tmp_path / "x.json")
     sample, files, files_read = read_sample(str(tmp_path), "x", ["x.json"], time.time_ns())
     assert (sample, files, files_read) == (None, [], 0)
+
+
+def test_a_root_without_samples_says_so_and_points_at_extract(tmp_path, db_path, cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no samples here")
+    result = cli("index", empty, "--db", db_path)
+    assert result.exit_code == 0
+    assert f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {empty}" in result.output
+    assert "extract" not in result.output
+    shards = tmp_path / "shards"
+    (shards / "part").mkdir(parents=True)
+    (shards / "part" / "data-000000.tar").write_bytes(b"")
+    (shards / "data-000001.tgz").write_bytes(b"")
+    summary = json.loads(cli("index", shards, "--db", db_path, "--json").output)
+    assert summary["samples"] == 0 and len(summary["notes"]) == 2
+    assert "data-000001.tgz" in summary["notes"][1] and "part/data-000000.tar" in summary["notes"][1]
+    assert "indexer extract" in summary["notes"][1]
