@@ -149,7 +149,8 @@ def _probe(db_path: str) -> int:
     """Check what the database is without writing anything; its user_version (0: empty, create it).
 
     Without a -wal file the main file holds every committed page, so it is read as immutable (no
-    -shm created either); with one, a plain read-only connection sees the WAL's pages too.
+    -shm created either); with one, a plain read-only connection sees the WAL's pages too. (A
+    writer that starts in between can only make this read stale or fail, never write.)
     """
     immutable = not os.path.exists(db_path + "-wal")
     try:
@@ -176,8 +177,10 @@ def _probe(db_path: str) -> int:
 
 def _check_identity(db_path: str, version: int, tables: list[str]) -> None:
     """Another application's database, or one from a newer indexer, is not ours to change."""
-    core = expected_columns(1)  # the tables every indexer database has had from its first schema
-    if version == 0 or not set(core) & set(tables):
+    latest = latest_version()
+    # the tables of the first schema that the latest still has: every indexer database holds them
+    core = set(expected_columns(1)) & set(expected_columns(latest))
+    if version == 0 or not core <= set(tables):
         shown = ", ".join(_printable(name) for name in tables[:5])
         more = f" and {len(tables) - 5} more" if len(tables) > 5 else ""
         holds = f"other tables: {shown}{more}" if tables else f"no tables but user_version {version}"
@@ -185,7 +188,6 @@ def _check_identity(db_path: str, version: int, tables: list[str]) -> None:
             f"database {db_path} is not an indexer database (it holds {holds}): pass another --db "
             "path; indexer adds nothing to another application's database"
         )
-    latest = latest_version()
     if version > latest:
         raise IndexerError(
             f"database {db_path} was made by a newer indexer (schema {version}, this one knows "
@@ -193,8 +195,7 @@ def _check_identity(db_path: str, version: int, tables: list[str]) -> None:
         )
 
 
-def _check_columns(conn: sqlite3.Connection, db_path: str, version: int,
-                   tables: list[str] | None = None) -> None:
+def _check_columns(conn: sqlite3.Connection, db_path: str, version: int) -> None:
     """Every column the released schema files up to `version` create must be there.
 
     A database made while a released file was still being edited has the right user_version but

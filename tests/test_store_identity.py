@@ -86,6 +86,21 @@ def test_another_applications_database_is_refused_and_untouched(cli, place, root
     assert folder_state(place) == before  # same bytes; no -wal, -shm, -journal or .lock beside it
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_foreign_database_with_its_own_user_version_and_a_files_table_is_refused(place, readonly):
+    db = foreign_db(place / "app.sqlite")
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE files (name TEXT)")  # a name indexer uses too
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    before = folder_state(place)
+    with pytest.raises(IndexerError, match=r"is not an indexer database \(it holds other tables: "
+                                           r"contacts, files, notes\)"):
+        store.connect(db, readonly=readonly)
+    assert folder_state(place) == before
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_file_that_is_not_sqlite_is_refused_and_untouched(cli, place, root, command):
     db = place / "photo.sqlite"
