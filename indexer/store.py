@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import os
 import re
 import sqlite3
+import stat
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,32 +50,198 @@ def schema_files() -> list[tuple[int, Path]]:
 
 
 def connect(db_path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the database in WAL mode (readers never block the writer) and bring its schema up to date."""
+    """Open the database in WAL mode (readers never block the writer) and bring its schema up to date.
+
+    What the file is gets decided before anything is written to it: a folder, a file that is not
+    SQLite, another application's database, one from a newer indexer or one from an unreleased
+    development version is refused with one clear line, and left exactly as it was.
+    """
     db_path = os.fspath(db_path)
+    fresh = identify(db_path, readonly=readonly)
     if readonly:
-        if not os.path.exists(db_path):
-            raise IndexerError(
-                f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
-            )
-        uri = "file:" + Path(db_path).resolve().as_posix() + "?mode=ro"
-        conn = _open(uri, uri=True)
-        _check_version(conn, db_path)
-        return conn
-    parent = Path(db_path).resolve().parent
-    if not parent.is_dir():
-        raise IndexerError(f"cannot create database {db_path}: folder {parent} does not exist")
+        return _open(_uri(db_path, mode="ro"), uri=True)
     conn = _open(db_path)
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        if fresh:
             conn.execute("PRAGMA page_size = 8192")  # ~1.5 KB sample rows waste less of 8 KiB pages
         conn.execute("PRAGMA journal_mode = WAL")
         migrate(conn)
+        _check_columns(conn, db_path, latest_version())
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise IndexerError(
             f"database {db_path} is unusable ({exc}); move it aside and rerun to rebuild it"
         ) from exc
+    except IndexerError:
+        conn.close()
+        raise
     return conn
+
+
+def latest_version() -> int:
+    return schema_files()[-1][0]
+
+
+def identify(db_path: str, *, readonly: bool = False) -> bool:
+    """Refuse what this code must not open; True when the database is new or empty (to be created).
+
+    Runs on a separate read-only probe connection, so a refused file gets no byte written and no
+    -wal/-shm file left beside it.
+    """
+    try:
+        mode = os.stat(db_path).st_mode
+    except FileNotFoundError:
+        return _new_database(db_path, readonly)
+    except OSError as exc:
+        raise IndexerError(f"cannot open database {db_path} ({exc.strerror}): pass another --db") from exc
+    if stat.S_ISDIR(mode):
+        raise IndexerError(
+            f"database {db_path} is a folder, not a file: pass a file path with --db "
+            f"(e.g. {os.path.join(db_path, DEFAULT_DB)})"
+        )
+    if not stat.S_ISREG(mode):
+        raise IndexerError(f"database {db_path} is not a regular file: pass a file path with --db")
+    version = 0 if _check_header(db_path) == 0 else _probe(db_path)
+    latest = latest_version()
+    if readonly and version == 0:
+        raise IndexerError(f"database {db_path} is empty: run `indexer index ROOT --db {db_path}` first")
+    if readonly and version < latest:
+        raise IndexerError(
+            f"database {db_path} has schema version {version}, this indexer needs {latest}: "
+            "run any writing command (e.g. `indexer index`) once to upgrade it"
+        )
+    return version == 0
+
+
+def _new_database(db_path: str, readonly: bool) -> bool:
+    if readonly:
+        raise IndexerError(
+            f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
+        )
+    parent = Path(db_path).resolve().parent
+    if not parent.is_dir():
+        raise IndexerError(f"cannot create database {db_path}: folder {parent} does not exist")
+    return True
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_header(db_path: str) -> int:
+    """Read the first bytes ourselves: SQLite would answer a stranger file with a raw error."""
+    try:
+        with open(db_path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        raise IndexerError(
+            f"cannot read database {db_path} ({exc.strerror}): check its permissions or pass another --db"
+        ) from exc
+    if size and head != SQLITE_HEADER:
+        raise IndexerError(
+            f"database {db_path} is unusable: it is not an SQLite file ({size} bytes without the SQLite "
+            "header); pass another --db path (nothing was written to it)"
+        )
+    return size
+
+
+def _probe(db_path: str) -> int:
+    """Check what the database is without writing anything; its user_version (0: empty, create it).
+
+    Without a -wal file the main file holds every committed page, so it is read as immutable (no
+    -shm created either); with one, a plain read-only connection sees the WAL's pages too. (A
+    writer that starts in between can only make this read stale or fail, never write.)
+    """
+    immutable = not os.path.exists(db_path + "-wal")
+    try:
+        probe = sqlite3.connect(_uri(db_path, mode="ro", immutable=immutable), uri=True,
+                                timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.DatabaseError as exc:
+        raise IndexerError(f"cannot open database {db_path}: {exc}") from exc
+    try:
+        version = probe.execute("PRAGMA user_version").fetchone()[0]
+        tables = [row[0] for row in probe.execute(
+            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"
+            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+        if tables or version:
+            _check_identity(db_path, version, tables)
+            _check_columns(probe, db_path, version)
+        return version
+    except sqlite3.DatabaseError as exc:
+        raise IndexerError(
+            f"database {db_path} is unusable ({exc}); move it aside and rerun to rebuild it"
+        ) from exc
+    finally:
+        probe.close()
+
+
+def _check_identity(db_path: str, version: int, tables: list[str]) -> None:
+    """Another application's database, or one from a newer indexer, is not ours to change."""
+    latest = latest_version()
+    # the tables of the first schema that the latest still has: every indexer database holds them
+    core = set(expected_columns(1)) & set(expected_columns(latest))
+    if version == 0 or not core <= set(tables):
+        shown = ", ".join(_printable(name) for name in tables[:5])
+        more = f" and {len(tables) - 5} more" if len(tables) > 5 else ""
+        holds = f"other tables: {shown}{more}" if tables else f"no tables but user_version {version}"
+        raise IndexerError(
+            f"database {db_path} is not an indexer database (it holds {holds}): pass another --db "
+            "path; indexer adds nothing to another application's database"
+        )
+    if version > latest:
+        raise IndexerError(
+            f"database {db_path} was made by a newer indexer (schema {version}, this one knows "
+            f"{latest}): upgrade indexer (pip install -U indexer) to use it"
+        )
+
+
+def _check_columns(conn: sqlite3.Connection, db_path: str, version: int) -> None:
+    """Every column the released schema files up to `version` create must be there.
+
+    A database made while a released file was still being edited has the right user_version but
+    not the columns; migrations cannot add them, so it is refused instead of failing later with a
+    raw `no such column`.
+    """
+    missing = []
+    for table, columns in expected_columns(version).items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_xinfo({_quote(table)})")}
+        missing += [f"{table}.{column}" for column in sorted(columns - have)] if have else [table]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise IndexerError(
+            f"database {db_path} was made by an unreleased development version of indexer (schema "
+            f"{version} without {shown}) and cannot be upgraded: move it aside and rerun "
+            "`indexer index` to rebuild it"
+        )
+
+
+@functools.cache
+def expected_columns(version: int) -> dict[str, frozenset[str]]:
+    """Table -> columns as schema files 1..version create them, from an in-memory copy (~2 ms)."""
+    memory = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        migrate(memory, upto=version)
+        tables = [row[0] for row in memory.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+        return {table: frozenset(row[1] for row in memory.execute(f"PRAGMA table_xinfo({_quote(table)})"))
+                for table in tables}
+    finally:
+        memory.close()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _printable(name: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+def _uri(db_path: str, **params: str | bool) -> str:
+    """A file: URI for db_path; quoting keeps a '?' or '#' in a folder name from ending the path."""
+    query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in params.items()
+                     if v is not False)
+    return "file:" + urllib.parse.quote(Path(db_path).resolve().as_posix()) + "?" + query
 
 
 def _open(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -92,24 +261,11 @@ def _open(target: str, uri: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _check_version(conn: sqlite3.Connection, db_path: str) -> None:
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise IndexerError(f"database {db_path} is unusable: {exc}") from exc
-    latest = schema_files()[-1][0]
-    if version < latest:
-        raise IndexerError(
-            f"database {db_path} has schema version {version}, this indexer needs {latest}: "
-            "run any writing command (e.g. `indexer index`) once to upgrade it"
-        )
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every schema file newer than user_version, each in its own transaction."""
+def migrate(conn: sqlite3.Connection, upto: int | None = None) -> int:
+    """Apply every schema file newer than user_version (up to `upto`), each in its own transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, path in schema_files():
-        if number <= version:
+        if number <= version or (upto is not None and number > upto):
             continue
         with transaction(conn):
             current = conn.execute("PRAGMA user_version").fetchone()[0]
