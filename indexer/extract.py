@@ -51,6 +51,7 @@ from indexer.index import (
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
+from indexer.derived import defer_derived
 from indexer.search import sync_search_index
 from indexer.workers import init_worker
 
@@ -565,6 +566,8 @@ def _extract_all(
 ) -> dict:
     scan_start_ns = time.time_ns()
     tasks, skipped = plan(conn, dataset, root, shard_paths, reserved, scan_start_ns)
+    if tasks and not conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
+        defer_derived(conn)  # a first extract is a bulk write: build them on first use instead
     _remove_orphan_staging(conn, dataset, root, {task.staging for task in tasks})
     counts = Counts()
     outcomes: list[ShardOutcome] = []

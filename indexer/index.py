@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
@@ -83,7 +84,6 @@ def index_root(
     try:
         with store.writer_lock(db_path, command):
             dataset = store.ensure_dataset(conn, dataset_id, root_path)
-            restore_deferred_indexes(conn)  # left over by a killed bulk run
             run_id = store.start_run(conn, dataset, command)
             try:
                 summary = update_dataset(
@@ -220,7 +220,7 @@ def apply_changes(
     if not total:
         return counts
     if total >= BULK_MIN_KEYS and total * 2 >= _sample_count(conn, dataset):
-        defer_secondary_indexes(conn)
+        defer_derived(conn)  # built again on first use, off the critical path
     # A dataset with no stored file yet (a first run) has nothing to merge with or replace.
     fresh = conn.execute("SELECT 1 FROM files WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
     tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
@@ -234,35 +234,7 @@ def apply_changes(
                 pending = []
         if pending:
             write_results(conn, dataset, pending, counts, fresh=fresh)
-    restore_deferred_indexes(conn, progress)
     return counts
-
-
-def defer_secondary_indexes(conn: sqlite3.Connection) -> None:
-    """Drop the secondary indexes of samples for a bulk write; restore_deferred_indexes rebuilds them.
-
-    Keys arrive sorted, so the table and its key index grow in order, but indexes on hashes and
-    caption lengths would take one random insert per row: building them afterwards is ~2x cheaper.
-    """
-    rows = conn.execute(
-        "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'samples'"
-        " AND sql IS NOT NULL AND name != 'samples_status'"
-    ).fetchall()
-    with store.transaction(conn):
-        conn.executemany("INSERT OR REPLACE INTO deferred_indexes (name, sql) VALUES (?, ?)", rows)
-        for name, _sql in rows:
-            conn.execute(f'DROP INDEX "{name}"')
-
-
-def restore_deferred_indexes(conn: sqlite3.Connection, progress: bool = False) -> None:
-    """Build the indexes a bulk run dropped (also after a run that was killed before doing it)."""
-    rows = conn.execute("SELECT name, sql FROM deferred_indexes ORDER BY name").fetchall()
-    with bar(progress and bool(rows), desc="indexes", unit=" indexes", total=len(rows)) as index_bar:
-        for name, sql in rows:
-            with store.transaction(conn):
-                conn.execute(sql)
-                conn.execute("DELETE FROM deferred_indexes WHERE name = ?", (name,))
-            index_bar.update(1)
 
 
 def _tasks(

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from indexer import store
+from indexer.derived import ensure_derived
 from indexer.errors import IndexerError
 
 SYNC_CHUNK = 20_000  # ids per transaction: a killed sync keeps what it finished
@@ -110,10 +111,14 @@ def search(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None
 
 def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
                 limit: int = DEFAULT_LIMIT, raw: bool = False,
-                rank_cap: int | None = None) -> tuple[list[dict], bool]:
+                rank_cap: int | None = None, progress: bool = False) -> tuple[list[dict], bool]:
     """(hits, capped): capped means more than rank_cap samples matched and only the first
-    rank_cap of them were ranked (add words to narrow the search)."""
+    rank_cap of them were ranked (add words to narrow the search).
+
+    The first search after a bulk index builds the full-text index (see derived.py).
+    """
     rank_cap = RANK_CAP if rank_cap is None else rank_cap
+    ensure_derived(db_path, progress)
     conn = _connect(db_path)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
@@ -135,6 +140,7 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
 
 def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
                   raw: bool = False) -> int:
+    ensure_derived(db_path)
     conn = _connect(db_path)
     try:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
@@ -144,10 +150,13 @@ def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str
         conn.close()
 
 
-def search_status(db_path: str | os.PathLike[str]) -> int:
-    """Samples not searchable yet (an index run is going on, or one was killed before its end)."""
+def search_status(db_path: str | os.PathLike[str]) -> int | None:
+    """Samples not searchable yet (an index run is going on, or one was killed before its end);
+    None when the whole full-text index awaits its build (a running bulk index holds the database)."""
     conn = _connect(db_path)
     try:
+        if conn.execute("SELECT 1 FROM deferred_structures WHERE type = 'trigger'").fetchone():
+            return None
         return pending_count(conn)
     finally:
         conn.close()

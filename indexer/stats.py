@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import orjson
 
 from indexer import store
+from indexer.derived import ensure_derived
 
 STATUSES = ("ok", "missing_image", "missing_json", "bad_json", "bad_image")
 CAPTION_FIELDS = ("short_caption", "long_caption")  # the caption columns with a length index
@@ -40,13 +41,20 @@ TOP_SIZES = 10
 
 def dataset_stats(db_path: str | os.PathLike[str], dataset_id: str | None, *,
                   min_megapixels: float = MIN_MEGAPIXELS,
-                  max_megapixels: float = MAX_MEGAPIXELS) -> dict:
-    """All stats figures of one dataset (the `stats --json` object)."""
+                  max_megapixels: float = MAX_MEGAPIXELS, progress: bool = False) -> dict:
+    """All stats figures of one dataset (the `stats --json` object).
+
+    The narrow indexes the figures come from are built here if a bulk index deferred them.
+    """
+    derived_ready = ensure_derived(db_path, progress)
     conn = store.connect(db_path, readonly=True)
     try:
         conn.execute("PRAGMA query_only = ON")
         dataset, _root = store.resolve_dataset(conn, dataset_id)
-        return collect_stats(conn, dataset, min_megapixels=min_megapixels, max_megapixels=max_megapixels)
+        figures = collect_stats(conn, dataset, min_megapixels=min_megapixels,
+                                max_megapixels=max_megapixels)
+        figures["derived_ready"] = derived_ready
+        return figures
     finally:
         conn.close()
 
@@ -272,6 +280,9 @@ def format_stats(figures: dict) -> str:
         state = (f"STALE: made from data version {export['data_version']}, data is now"
                  f" {figures['data_version']}; export again" if export["stale"] else "up to date")
         lines.append(f"  {export['kind']:<9} {export['path']}  {export['exported_at']}  {state}")
+    if figures.get("derived_ready") is False:
+        lines.append("note: the stats indexes are built on first use, and a running index/watch/extract"
+                     " holds the database: these figures were computed without them (slower)")
     if figures.get("search_pending"):
         lines.append(f"search: {figures['search_pending']:,} samples not searchable yet (an index run is"
                      " going on, or was stopped: run `indexer index` again)")

@@ -40,6 +40,7 @@ from watchdog.events import (
 from watchdog.observers.polling import PollingObserver
 
 from indexer import index, store
+from indexer.derived import build_derived
 from indexer.errors import IndexerError
 from indexer.scan import STAGING_PREFIX, split_sample_path, walk
 
@@ -486,6 +487,9 @@ class Watcher:
         began = time.monotonic()
         try:
             summary = index.update_dataset(self.conn, self.dataset, self.root, workers=self.workers)
+            # A bulk catch-up deferred the stats indexes and search; the watcher holds the writer
+            # lock, so nobody else could build them while it runs: do it now, once.
+            build_derived(self.conn)
         finally:
             self.phase = previous
         self.totals.rescans += 1

@@ -441,34 +441,71 @@ def _index_names(db: Path) -> set[str]:
     return names
 
 
-def test_bulk_run_defers_and_rebuilds_secondary_indexes(data_root, db_path, gen, no_racy, monkeypatch):
+def _trigger_names(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
+    conn.close()
+    return names
+
+
+def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, gen, no_racy, monkeypatch):
+    from indexer import derived, search, stats
     from indexer import index as index_module
 
     store.connect(db_path).close()
-    expected = _index_names(db_path)
-    assert "samples_file_hash" in expected
+    indexes, triggers = _index_names(db_path), _trigger_names(db_path)
+    assert "samples_file_hash" in indexes and "samples_fts_insert" in triggers
+    secondary = _secondary_sample_indexes(db_path)
+    assert "samples_file_hash" in secondary and "samples_status" not in secondary
     monkeypatch.setattr(index_module, "BULK_MIN_KEYS", 1)
-    dropped = []
-    real_defer = index_module.defer_secondary_indexes
-
-    def spy(conn):
-        real_defer(conn)
-        dropped.append(expected - _index_names(db_path))
-
-    monkeypatch.setattr(index_module, "defer_secondary_indexes", spy)
     gen.make_dataset(data_root, 30, faults=0.0, seed=4)
     run(db_path, data_root)
-    assert dropped and "samples_file_hash" in dropped[0] and "samples_status" not in dropped[0]
-    assert _index_names(db_path) == expected
-    # a bulk run killed before rebuilding: the next run rebuilds first
+    # the bulk run kept only what every run needs, and did not build the rest at its end
+    assert _index_names(db_path) == indexes - secondary and not _trigger_names(db_path)
+    figures = stats.dataset_stats(db_path, None)  # the first use builds them
+    assert figures["derived_ready"] and figures["samples"] == 30
+    assert _index_names(db_path) == indexes and _trigger_names(db_path) == triggers
+    caption = json.loads(next(iter(samples(db_path).values()))["meta"])["short_caption"]
+    assert search.search(db_path, caption.split()[0])  # the FTS was rebuilt from the samples
+    # a build killed half-way: the next use finishes it
     conn = store.connect(db_path)
-    real_defer(conn)
+    derived.defer_derived(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    sql = conn.execute("SELECT sql FROM deferred_structures WHERE name = 'samples_file_hash'").fetchone()[0]
+    conn.execute(sql)
+    conn.execute("DELETE FROM deferred_structures WHERE name = 'samples_file_hash'")
+    conn.execute("COMMIT")
     conn.close()
-    assert _index_names(db_path) != expected
-    run(db_path, data_root)
-    assert _index_names(db_path) == expected
+    assert derived.ensure_derived(db_path)
+    assert _index_names(db_path) == indexes and _trigger_names(db_path) == triggers
     check = sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()
     assert check == ("ok",)
+
+
+def _secondary_sample_indexes(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    names = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
+        " AND name != 'samples_status'")}
+    conn.close()
+    return names
+
+
+def test_stats_while_a_writer_holds_the_database_answers_without_building(data_root, db_path, gen,
+                                                                           no_racy, monkeypatch):
+    from indexer import derived, stats
+
+    gen.make_dataset(data_root, 20, faults=0.0, seed=4)
+    run(db_path, data_root)
+    conn = store.connect(db_path)
+    derived.defer_derived(conn)
+    conn.close()
+    with store.writer_lock(db_path, "index"):
+        figures = stats.dataset_stats(db_path, None)
+    assert figures["derived_ready"] is False and figures["samples"] == 20
+    assert "samples_file_hash" not in _index_names(db_path)
+    assert stats.dataset_stats(db_path, None)["derived_ready"]
+    assert "samples_file_hash" in _index_names(db_path)
 
 
 def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, gen, no_racy):

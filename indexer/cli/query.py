@@ -49,7 +49,8 @@ def query_command(sql: str, db: str | None, fmt: str, params: tuple[str, ...]) -
 def stats_command(db: str | None, dataset_id: str | None, as_json: bool, min_mp: float,
                   max_mp: float) -> None:
     """One screen of figures about a dataset: statuses, sources, sizes, captions, duplicates, runs."""
-    figures = stats.dataset_stats(resolve_db(db), dataset_id, min_megapixels=min_mp, max_megapixels=max_mp)
+    figures = stats.dataset_stats(resolve_db(db), dataset_id, min_megapixels=min_mp, max_megapixels=max_mp,
+                                  progress=sys.stderr.isatty() and not as_json)
     with quiet_broken_pipe():
         if as_json:
             print_json(figures)
@@ -94,7 +95,8 @@ def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | Non
     """
     text = " ".join(words)
     db_path = resolve_db(db)
-    hits, capped = search.search_hits(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw)
+    hits, capped = search.search_hits(db_path, text, dataset_id=dataset_id, limit=limit, raw=raw,
+                                      progress=sys.stderr.isatty() and not as_json)
     with quiet_broken_pipe():
         for rank, hit in enumerate(hits, 1):
             if as_json:
@@ -109,7 +111,10 @@ def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | Non
         click.echo(f"note: more than {search.RANK_CAP:,} samples match: these are the best of the first"
                    f" {search.RANK_CAP:,}; add words to narrow the search", err=True)
     pending = search.search_status(db_path)
-    if pending:
+    if pending is None:
+        click.echo("note: the search index is built on first use and a running index/watch/extract holds"
+                   " the database: results may miss samples; search again when it is done", err=True)
+    elif pending:
         click.echo(f"note: {pending:,} samples are not searchable yet (an index run is going on or was"
                    " stopped; run `indexer index` again)", err=True)
 
