@@ -140,3 +140,13 @@ def test_jsonl_is_imagefolder_metadata(clean: Path, db_path: Path, tmp_path: Pat
         assert set(line) == {"file_name", "text"} and (clean / line["file_name"]).is_file() and line["text"]
     assert export_jsonl(db_path, out, where="width >= 1024")["up_to_date"] is True
     assert export_jsonl(db_path, out)["up_to_date"] is False
+
+
+def test_jsonl_refuses_a_misspelt_caption_and_an_empty_where(cli, clean: Path, db_path: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "metadata.jsonl"
+    typo = cli("export", "jsonl", out, "--db", db_path, "--caption", "short_captoin")
+    assert typo.exit_code == 1 and "--caption short_captoin (closest: short_caption" in typo.stderr
+    empty = cli("export", "jsonl", out, "--db", db_path, "--where", "width > 100000")
+    assert empty.exit_code == 1 and "matches none of the 40 exportable samples" in empty.stderr
+    assert not out.exists()

@@ -394,3 +394,31 @@ def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tm
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT status FROM runs").fetchone() == ("failed",)
     conn.close()
+
+
+def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, data_root, db_path):
+    from indexer.errors import IndexerError
+    from indexer.export.captions import export_captions
+
+    for number in range(24):
+        write_pair(gen, data_root, f"m{number:02d}")
+    with session(db_path, data_root, settle=0.2, export_captions=True) as events:
+        wait_for(lambda: any(e["event"] == "export" for e in events), "the export at start")
+        for number in range(13):
+            (data_root / f"m{number:02d}.json").unlink()
+            (data_root / f"m{number:02d}.png").unlink()
+        warning = wait_for(lambda: next((e["message"] for e in events if e["event"] == "warning"), None),
+                           "the refused removal")
+        assert "would remove 13 of the 24 caption files" in warning
+        assert "--allow-mass-removal" in warning
+    assert len(list(data_root.glob("*.txt"))) == 24  # nothing removed
+    assert [e["event"] for e in events].count("export") == 1
+
+    with pytest.raises(IndexerError, match="would remove 13 of the 24"):
+        watch_root(db_path, data_root, settle=0.1, workers=1, export_captions=True,
+                   observer_factory=SilentObserver)
+    assert len(list(data_root.glob("*.txt"))) == 24
+    with session(db_path, data_root, settle=0.1, export_captions=True, allow_mass_removal=True) as events:
+        wait_for(lambda: any(e["event"] == "export" for e in events), "the confirmed export")
+    assert sorted(p.stem for p in data_root.glob("*.txt")) == [f"m{n:02d}" for n in range(13, 24)]
+    assert export_captions(db_path)["removed"] == 0

@@ -93,11 +93,14 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
 @export_group.command("captions")
 @selection_options
 @click.option("--overwrite", is_flag=True, help="Also replace .txt files this tool did not write.")
+@click.option("--allow-mass-removal", is_flag=True,
+              help="Go on when the run would remove more than half of the caption files it wrote.")
 def captions_command(dataset_id: str | None, captions: tuple[str, ...], where: str | None, db: str | None,
-                     quiet: bool, as_json: bool, overwrite: bool) -> None:
+                     quiet: bool, as_json: bool, overwrite: bool, allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
     summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                              where=where, overwrite=overwrite, progress=show_progress(quiet, as_json))
+                              where=where, overwrite=overwrite, allow_mass_removal=allow_mass_removal,
+                              progress=show_progress(quiet, as_json))
     lines = [
         f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s",
         f"  written {summary['written']:,} (overwritten {summary['overwritten']:,})  unchanged "
