@@ -541,6 +541,11 @@ class Watcher:
             self.totals.exports += 1
             self.emit({"event": "export", "kind": kind, "result": _plain(result),
                        "seconds": round(time.monotonic() - began, 3), "at": store.now_iso()})
+            if isinstance(result, dict) and result.get("complete") is False:
+                errors = "; ".join(result.get("errors") or ())
+                self.emit({"event": "warning", "message": (
+                    f"export {kind} incomplete: {result.get('failed', 0):,} files could not be written or "
+                    f"removed ({errors}); it is recorded as stale and retried after the next change")})
 
 
 def _plain(value: Any) -> Any:

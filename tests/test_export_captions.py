@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from indexer import stats
 from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
 from indexer.index import index_root
@@ -223,3 +225,55 @@ def test_samples_gone_from_the_index_count_as_removals(many: Path, db_path: Path
         export_captions(db_path)
     assert len(txt_files(many)) == 24
     assert export_captions(db_path, allow_mass_removal=True)["removed"] == 13
+
+
+def refuse(monkeypatch: pytest.MonkeyPatch, name: str, suffixes: tuple[str, ...]) -> None:
+    """Make os.<name> fail with EACCES for caption paths (tests run as root, who ignores modes)."""
+    real = getattr(os, name)
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(suffixes):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, denied)
+
+
+def export_state(db_path: Path) -> tuple:
+    return sqlite3.connect(db_path).execute("SELECT rows, failed, stale FROM export_status").fetchone()
+
+
+def test_files_that_cannot_be_written_make_the_export_incomplete_and_are_retried(
+        cli, small: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        refuse(patch, "open", (".txt", ".indexer-tmp"))
+        summary = export_captions(db_path)
+        assert (summary["failed"], summary["written"], summary["rows"]) == (7, 0, 0)
+        assert summary["complete"] is False
+        assert "Permission denied" in summary["errors"][0]
+        assert export_state(db_path) == (0, 7, 1)
+        figures = stats.dataset_stats(db_path, None)
+        assert figures["exports"][0]["stale"] is True
+        assert "STALE: 7 files could not be written" in stats.format_stats(figures)
+        result = cli("export", "captions", "--db", db_path, "--json")
+        assert result.exit_code == 4 and json.loads(result.stdout)["failed"] == 7
+        assert "rerun `indexer export captions`, which retries them" in result.stderr
+    assert txt_files(small) == {} and owned_records(db_path) == 0
+    retried = export_captions(db_path)
+    assert (retried["written"], retried["failed"], retried["complete"]) == (7, 0, True)
+    assert export_state(db_path) == (7, 0, 0)
+    assert cli("export", "captions", "--db", db_path).exit_code == 0
+
+
+def test_a_file_that_cannot_be_removed_is_removed_by_the_next_run(small: Path, db_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    export_captions(db_path)
+    with monkeypatch.context() as patch:
+        refuse(patch, "unlink", ("top.txt",))
+        summary = export_captions(db_path, where="key != 'top'")
+        assert (summary["removed"], summary["failed"], summary["rows"]) == (0, 1, 6)
+        assert export_state(db_path) == (6, 1, 1)
+    assert (small / "top.txt").exists()
+    again = export_captions(db_path, where="key != 'top'")
+    assert (again["removed"], again["failed"]) == (1, 0)
+    assert not (small / "top.txt").exists() and export_state(db_path) == (6, 0, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from indexer.cli.common import db_option, json_option, print_json, quiet_option, resolve_db
+from indexer.export.text import result_line
 from indexer.watch import watch_root
 
 
@@ -19,7 +20,8 @@ def format_event(event: dict) -> str:
                 f" removed {event['removed']:,}; problems: {problems or 'none'}"
                 f" ({event['samples']:,} samples, {event['seconds']:.2f} s)")
     if kind == "export":
-        return f"{clock} export {event['kind']}: {event['result']} ({event['seconds']:.2f} s)"
+        return (f"{clock} export {event['kind']}: {result_line(event['kind'], event['result'])}"
+                f" ({event['seconds']:.2f} s)")
     if kind == "stopped":
         return (f"stopped ({event['status']}): added {event['added']:,}, changed {event['changed']:,},"
                 f" removed {event['removed']:,} in {event['batches']:,} batches"

@@ -10,9 +10,11 @@ JSON says, and its folder must resolve inside the dataset root.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Sequence
@@ -122,8 +124,12 @@ class CaptionRun:
             self.safe_dirs[folder] = known
         return known
 
-    def fail(self, rel_path: str, exc: OSError) -> None:
+    def fail(self, rel_path: str, exc: OSError, *, removing: bool = False) -> None:
+        """Count a file that could not be written (or removed); its record says what is really
+        there, so the next run tries it again."""
         self.counts["failed"] += 1
+        if not removing:
+            self.counts["not_written"] += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(f"{rel_path}: {exc.strerror or exc}")
 
@@ -159,13 +165,20 @@ def export_captions(
             if stale:
                 _remove_stale(snapshot, selection, run)
             run.records.flush()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # keep the records of what was written
+                run.records.flush()
+            raise
         finally:
             run.records.close()
+    in_place = exported - run.counts["not_written"]
     summary = {
         "kind": "captions",
         "dataset": snapshot.dataset,
         "root": str(snapshot.root),
-        "rows": exported,
+        "rows": in_place,
+        "selected": exported,
+        "complete": not run.counts["failed"],
         **{name: run.counts[name] for name in COUNT_NAMES},
         "excluded": excluded_summary(snapshot.excluded),
         "errors": run.errors,
@@ -174,7 +187,8 @@ def export_captions(
     }
     record_export(db_path, snapshot.dataset, "captions", snapshot.root,
                   options=options_json({"captions": list(selection.captions), "where": selection.where}),
-                  data_version=snapshot.data_version, rows=exported, summary=summary)
+                  data_version=snapshot.data_version, rows=in_place, summary=summary,
+                  failed=run.counts["failed"])
     return summary
 
 
@@ -354,23 +368,24 @@ def _remove_stale(snapshot: Snapshot, selection: Selection, run: CaptionRun) -> 
         f"{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
     )
     for rel_path, size, mtime_ns in run_query(snapshot.conn, sql, params, selection.where):
-        run.records.delete(rel_path)
         full = os.path.join(run.root, rel_path)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
+            run.records.delete(rel_path)
             continue
-        except OSError as exc:
-            run.fail(rel_path, exc)
+        except OSError as exc:  # the record stays: the next run tries again
+            run.fail(rel_path, exc, removing=True)
             continue
         if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns) \
                 and run.inside_root(rel_path):
             try:
                 os.unlink(full)
             except OSError as exc:
-                run.fail(rel_path, exc)
+                run.fail(rel_path, exc, removing=True)
                 continue
             run.counts["removed"] += 1
         else:
             run.counts["left_alone"] += 1
+        run.records.delete(rel_path)
 
