@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -150,3 +151,22 @@ def test_jsonl_refuses_a_misspelt_caption_and_an_empty_where(cli, clean: Path, d
     empty = cli("export", "jsonl", out, "--db", db_path, "--where", "width > 100000")
     assert empty.exit_code == 1 and "matches none of the 40 exportable samples" in empty.stderr
     assert not out.exists()
+
+
+def test_names_that_are_not_utf8_are_shown_escaped_and_warned_about(cli, clean: Path, db_path: Path,
+                                                                     tmp_path: Path) -> None:
+    export_captions(db_path)
+    (clean / os.fsdecode(b"bad\xff.png")).write_bytes(b"\x89PNG")  # index skips it; SimpleTuner finds it
+    (clean / os.fsdecode(b"dir\xfe")).mkdir()
+    (clean / os.fsdecode(b"dir\xfe") / "SHOUT.PNG").write_bytes(b"\x89PNG")
+    out = tmp_path / "c.json"
+    summary = export_config(db_path, out)
+    assert summary["caption_strategy"] == "parquet" and "bad\\xff.png" in summary["reason"]
+    utf8 = [w for w in summary["warnings"] if "not valid UTF-8" in w]
+    assert len(utf8) == 1 and "2 image paths" in utf8[0] and "bad\\xff.png" in utf8[0]
+    assert any("dir\\xfe/SHOUT.PNG" in w for w in summary["warnings"] if "upper-case" in w)
+    result = cli("export", "config", out, "--db", db_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["reason"] == summary["reason"]
+    with pytest.raises(IndexerError, match=r"textfile refused.*bad\\xff\.png"):
+        export_config(db_path, out, options=ConfigOptions(caption_strategy="textfile"))
