@@ -130,6 +130,30 @@ def test_cli_config_and_bad_value(cli, clean: Path, db_path: Path, tmp_path: Pat
     assert "maximum_image_size" not in entries(out)[0]
     refused = cli("export", "config", out, "--db", db_path, "--maximum-image-size", "25")
     assert refused.exit_code == 1 and "< 20" in refused.stderr
+    before = out.read_bytes()
+    swapped = cli("export", "config", out, "--db", db_path, "--minimum-image-size", "3",
+                  "--maximum-image-size", "1")
+    assert swapped.exit_code == 1 and "minimum_image_size 3.0 is larger than maximum_image_size 1.0" \
+        in swapped.stderr
+    assert out.read_bytes() == before
+    equal = cli("export", "config", out, "--db", db_path, "--minimum-image-size", "1",
+                "--maximum-image-size", "1")
+    assert equal.exit_code == 0, equal.stderr
+    assert cli("export", "config", out, "--db", db_path, "--minimum-image-size", "3",
+               "--maximum-image-size", "none", "--target-downsample-size", "none").exit_code == 0
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_the_config_file_ends_with_a_newline(cli, clean: Path, db_path: Path, tmp_path: Path,
+                                             merge: bool) -> None:
+    out = tmp_path / "nl.json"
+    if merge:
+        out.write_text('[{"id": "other", "type": "local"}]', encoding="utf-8")  # no newline of its own
+    export_config(db_path, out)
+    assert out.read_bytes().endswith(b"]\n") and not out.read_bytes().endswith(b"\n\n")
+    result = cli("export", "config", out, "--db", db_path, "--json")
+    assert result.exit_code == 0 and result.stdout.endswith("}\n")
+    assert out.read_bytes().endswith(b"]\n") and len(entries(out)) == 2 + merge
 
 
 def test_jsonl_is_imagefolder_metadata(clean: Path, db_path: Path, tmp_path: Path) -> None:

@@ -111,6 +111,13 @@ def check_sizes(options: ConfigOptions) -> None:
             "maximum_image_size is set without target_downsample_size: SimpleTuner refuses that; "
             "set --target-downsample-size too (or --maximum-image-size none)"
         )
+    low, high = options.minimum_image_size, options.maximum_image_size
+    if low is not None and high is not None and low > high:
+        raise IndexerError(
+            f"minimum_image_size {low} is larger than maximum_image_size {high}: SimpleTuner would skip "
+            "every image below the minimum and shrink every one above the maximum, so the sizes are "
+            "swapped or mistyped; give --minimum-image-size <= --maximum-image-size"
+        )
     sized = {"maximum_image_size": options.maximum_image_size,
              "target_downsample_size": options.target_downsample_size}
     for name, value in sized.items():
