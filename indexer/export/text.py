@@ -12,11 +12,12 @@ def excluded_text(excluded: dict[str, int]) -> str:
     return "excluded: " + ", ".join(f"{reason} {count:,}" for reason, count in excluded.items())
 
 
-def file_head(summary: dict) -> str:
+def file_head(summary: dict, *, timed: bool = True) -> str:
     """parquet / jsonl: what was written, or that nothing had to be."""
     if summary["up_to_date"]:
         return f"{summary['path']} is up to date ({summary['rows']:,} rows); nothing written"
-    return f"wrote {summary['rows']:,} rows to {summary['path']} in {summary['seconds']:.1f} s"
+    took = f" in {summary['seconds']:.1f} s" if timed else ""
+    return f"wrote {summary['rows']:,} rows to {summary['path']}{took}"
 
 
 def caption_counts(summary: dict, *, extras: bool = True) -> str:
@@ -40,7 +41,7 @@ def result_line(kind: str, result: object) -> str:
         if kind == "captions":
             return f"{result['rows']:,} captions under {result['root']}; {caption_counts(result)}"
         if "up_to_date" in result:
-            return f"{file_head(result)}; {excluded_text(result.get('excluded') or {})}"
+            return f"{file_head(result, timed=False)}; {excluded_text(result.get('excluded') or {})}"
     except KeyError:  # an injected exporter's own result
         pass
     return ", ".join(f"{name} {value}" for name, value in result.items())
