@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a real failure: ROOT missing, database unusable, bad option value
 EXIT_USAGE = 2  # click's own code for bad command-line usage
 EXIT_REFUSED_MEMBERS = 3  # extract finished but refused unsafe tar members
+EXIT_INCOMPLETE = 4  # an export finished but could not write (or remove) some files; rerun retries them
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, as shells report it)
 EXIT_LOCKED = 75  # another writer holds the database (EX_TEMPFAIL: try again later)
 
@@ -22,3 +23,9 @@ class IndexerError(Exception):
 
 class DatabaseLocked(IndexerError):
     exit_code = EXIT_LOCKED
+
+
+class ExportIncomplete(IndexerError):
+    """The export ran to the end but some of its files could not be written; it is recorded as stale."""
+
+    exit_code = EXIT_INCOMPLETE

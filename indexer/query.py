@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
@@ -49,6 +50,7 @@ ACTION_NAMES = {getattr(sqlite3, f"SQLITE_{name}"): name.lower().replace("_", " 
                 for name in AUTHORIZER_ACTIONS if hasattr(sqlite3, f"SQLITE_{name}")}
 
 
+LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
 SCHEMA_TABLES = ("sqlite_master", "sqlite_temp_master", "sqlite_schema", "sqlite_temp_schema")
 SCHEMA_WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
 
@@ -116,12 +118,21 @@ def execute_readonly(conn: sqlite3.Connection, guard: ReadOnlyGuard, sql: str,
                            "for each :name it uses") from exc
     except sqlite3.DatabaseError as exc:
         if guard.refused or "readonly" in str(exc) or "query_only" in str(exc):
-            refused = guard.refused or "a write"
+            refused = statement_action(sql, guard.refused or "a write")
             raise IndexerError(
                 f"`indexer query` is read-only and refused this statement ({refused}); nothing was "
                 "changed. Use SELECT (or WITH ... SELECT); the index commands are the only writers"
             ) from exc
         raise IndexerError(f"SQL error: {exc}") from exc
+
+
+def statement_action(sql: str, refused: str) -> str:
+    """The action to name in a refusal. SQLite authorizes VACUUM as an ATTACH of its scratch (or
+    INTO) database, which would read as if the user had asked to attach something."""
+    if refused.startswith("attach") and LEADING_COMMENTS.sub("", sql)[:6].lower() == "vacuum":
+        target = refused[len("attach"):].strip()
+        return f"vacuum into {target}" if target else "vacuum"
+    return refused
 
 
 def column_names(cursor: sqlite3.Cursor) -> list[str]:

@@ -145,8 +145,8 @@ def render_report(figures: dict) -> str:
                    _td(r["seconds"], True)] for r in figures["runs"]], "runs")
     exports = table(["kind", "path", "rows", "exported", "state"],
                     [[_td(e["kind"]), _td(e["path"]), _td(e["rows"], True), _td(e["exported_at"]),
-                      _td("STALE: export again" if e["stale"] else "up to date", css="stale" if e["stale"]
-                          else "")] for e in figures["exports"]], "exports")
+                      _td(_export_state(e), css="stale" if e["stale"] else "")]
+                     for e in figures["exports"]], "exports")
     title = f"indexer report: {figures['dataset']}"
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -160,3 +160,9 @@ def render_report(figures: dict) -> str:
         "<h2>Exports</h2>", exports if figures["exports"] else "<p>No export recorded.</p>",
         "</body></html>", "",
     ])
+
+
+def _export_state(export: dict) -> str:
+    if export.get("failed"):
+        return f"STALE: {export['failed']:,} files not written; export again"
+    return "STALE: export again" if export["stale"] else "up to date"

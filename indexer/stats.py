@@ -209,15 +209,25 @@ def recent_runs(conn: sqlite3.Connection, dataset: str) -> list[dict]:
 
 
 def export_figures(conn: sqlite3.Connection, dataset: str, data_version: int) -> list[dict]:
-    """Each recorded export, and whether samples changed after it was written."""
+    """Each recorded export, and whether it needs doing again (as the export_status view says):
+    samples changed after it was written, or some of its files could not be written."""
     rows = conn.execute(
-        "SELECT kind, path, rows, data_version, exported_at FROM exports WHERE dataset = ?"
+        "SELECT kind, path, rows, data_version, exported_at, failed FROM exports WHERE dataset = ?"
         " ORDER BY kind, path", (dataset,)).fetchall()
     return [
         {"kind": kind, "path": path, "rows": count, "data_version": version, "exported_at": at,
-         "stale": version < data_version}
-        for kind, path, count, version, at in rows
+         "failed": failed, "stale": version < data_version or failed > 0}
+        for kind, path, count, version, at, failed in rows
     ]
+
+
+def export_state(export: dict, data_version: int) -> str:
+    if export.get("failed"):
+        return f"STALE: {export['failed']:,} files could not be written; export again"
+    if export["stale"]:
+        return (f"STALE: made from data version {export['data_version']}, data is now {data_version};"
+                " export again")
+    return "up to date"
 
 
 BAR_WIDTH = 28
@@ -277,8 +287,7 @@ def format_stats(figures: dict) -> str:
             f" +{run['added'] or 0:,} ~{run['changed'] or 0:,} -{run['removed'] or 0:,}  {seconds}")
     lines.append("exports" if figures["exports"] else "exports: none recorded")
     for export in figures["exports"]:
-        state = (f"STALE: made from data version {export['data_version']}, data is now"
-                 f" {figures['data_version']}; export again" if export["stale"] else "up to date")
+        state = export_state(export, figures["data_version"])
         lines.append(f"  {export['kind']:<9} {export['path']}  {export['exported_at']}  {state}")
     if figures.get("derived_ready") is False:
         lines.append("note: the stats indexes are built on first use, and a running index/watch/extract"

@@ -217,6 +217,7 @@ class Exports:
     captions: bool = False
     caption_fields: tuple[str, ...] = ("short_caption",)
     where: str | None = None
+    allow_mass_removal: bool = False
     parquet: Exporter | None = None
     caption_files: Exporter | None = None
 
@@ -282,6 +283,7 @@ class Watcher:
         self.totals = Totals()
         self.phase = "starting"  # starting | scanning | following | stopping
         self.export_due = self.exports.wanted  # bring the outputs up to date once at start
+        self.export_rounds = 0
         self.conn: sqlite3.Connection | None = None
         self.dataset = ""
 
@@ -510,8 +512,13 @@ class Watcher:
         return changed
 
     def _run_exports(self) -> None:
-        """Follow-up exports; a failing export is reported and retried after the next change."""
+        """Follow-up exports; a failing export is reported and retried after the next change.
+
+        In the first round an IndexerError (a bad --where, a misspelt --caption, a mass removal
+        not confirmed) stops the watch: it is the user's option that is wrong, not the data.
+        """
         self.export_due = False
+        self.export_rounds += 1
         exports = self.exports
         common = {"dataset_id": self.dataset, "captions": exports.caption_fields,
                   "where": exports.where, "progress": False}
@@ -521,13 +528,14 @@ class Watcher:
                          {"out": exports.parquet_out, **common}))
         if exports.captions:
             jobs.append(("captions", exports.caption_files or _export_captions,
-                         {"overwrite": False, **common}))
+                         {"overwrite": False, "allow_mass_removal": exports.allow_mass_removal,
+                          **common}))
         for kind, exporter, options in jobs:
             began = time.monotonic()
             try:
                 result = exporter(self.db_path, **options)
             except IndexerError:
-                if not self.totals.exports:  # e.g. a bad --where: say so at once, not on every batch
+                if self.export_rounds == 1:  # say so at once, not as a warning on every batch
                     raise
                 self.emit({"event": "warning", "message": f"export {kind} failed: {sys.exc_info()[1]}"})
                 continue
@@ -537,6 +545,11 @@ class Watcher:
             self.totals.exports += 1
             self.emit({"event": "export", "kind": kind, "result": _plain(result),
                        "seconds": round(time.monotonic() - began, 3), "at": store.now_iso()})
+            if isinstance(result, dict) and result.get("complete") is False:
+                errors = "; ".join(result.get("errors") or ())
+                self.emit({"event": "warning", "message": (
+                    f"export {kind} incomplete: {result.get('failed', 0):,} files could not be written or "
+                    f"removed ({errors}); it is recorded as stale and retried after the next change")})
 
 
 def _plain(value: Any) -> Any:
@@ -564,6 +577,7 @@ def watch_root(
     export_captions: bool = False,
     captions: Iterable[str] = ("short_caption",),
     where: str | None = None,
+    allow_mass_removal: bool = False,
     on_batch: Emit | None = None,
     stop_event: threading.Event | None = None,
     observer_factory: Callable[[], Any] | None = None,
@@ -580,6 +594,7 @@ def watch_root(
     exports = Exports(
         parquet_out=os.fspath(export_parquet) if export_parquet else None,
         captions=export_captions, caption_fields=tuple(captions) or ("short_caption",), where=where,
+        allow_mass_removal=allow_mass_removal,
         parquet=exporters.get("parquet"), caption_files=exporters.get("captions"),
     )
     watcher = Watcher(

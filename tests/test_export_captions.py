@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from indexer import stats
+from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
 from indexer.index import index_root
 
@@ -162,3 +165,115 @@ def test_a_run_killed_while_creating_files_is_finished_by_the_next(small: Path, 
     summary = export_captions(db_path)
     assert (summary["written"], summary["left_alone"]) == (1, 0)
     assert (small / "top.txt").read_text("utf-8") == "top caption"
+
+
+@pytest.fixture
+def many(gen, data_root: Path, db_path: Path) -> Path:
+    for number in range(24):
+        put(data_root, f"m{number:02d}", gen, f"caption {number}", kind="even" if number % 2 else "odd")
+    index_root(db_path, data_root, workers=1)
+    return data_root
+
+
+def owned_records(db_path: Path) -> int:
+    return sqlite3.connect(db_path).execute("SELECT count(*) FROM caption_files").fetchone()[0]
+
+
+def test_a_misspelt_caption_field_is_refused_and_removes_nothing(cli, many: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    before = mtimes(many)
+    with pytest.raises(IndexerError) as caught:
+        export_captions(db_path, captions=("short_captoin",))
+    assert "--caption short_captoin (closest: short_caption)" in str(caught.value)
+    assert mtimes(many) == before and owned_records(db_path) == 24
+    result = cli("export", "captions", "--db", db_path, "--caption", "short_captoin", "--allow-mass-removal")
+    assert result.exit_code == 1 and "short_captoin" in result.stderr
+    assert mtimes(many) == before
+
+
+def test_removing_more_than_half_needs_confirmation(cli, many: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    before = mtimes(many)
+    with pytest.raises(IndexerError, match=r"would remove 13 of the 24 caption files .*13 excluded by the"
+                                           r" --where.*--allow-mass-removal"):
+        export_captions(db_path, where="key < 'm11'")
+    assert mtimes(many) == before and owned_records(db_path) == 24
+    assert export_captions(db_path, where="key < 'm12'")["removed"] == 12  # half: no question asked
+    export_captions(db_path)
+    nothing = cli("export", "captions", "--db", db_path, "--where", "meta ->> '$.kind' = 'none'")
+    assert nothing.exit_code == 1 and "would remove 24 of the 24" in nothing.stderr
+    assert len(txt_files(many)) == 24
+    confirmed = cli("export", "captions", "--db", db_path, "--where", "key < 'm11'", "--allow-mass-removal",
+                    "--json")
+    assert confirmed.exit_code == 0 and json.loads(confirmed.stdout)["removed"] == 13
+    assert sorted(txt_files(many)) == [f"m{n:02d}.txt" for n in range(11)]
+
+
+def test_a_handful_may_always_be_removed(small: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    assert export_captions(db_path, where="0")["removed"] == 7  # all of them, but only 7
+    assert txt_files(small) == {}
+
+
+def test_samples_gone_from_the_index_count_as_removals(many: Path, db_path: Path) -> None:
+    export_captions(db_path)
+    for number in range(13):
+        for ext in ("json", "png"):
+            (many / f"m{number:02d}.{ext}").unlink()
+    index_root(db_path, many, workers=1)
+    with pytest.raises(IndexerError, match="13 no longer in the index"):
+        export_captions(db_path)
+    assert len(txt_files(many)) == 24
+    assert export_captions(db_path, allow_mass_removal=True)["removed"] == 13
+
+
+def refuse(monkeypatch: pytest.MonkeyPatch, name: str, suffixes: tuple[str, ...]) -> None:
+    """Make os.<name> fail with EACCES for caption paths (tests run as root, who ignores modes)."""
+    real = getattr(os, name)
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(suffixes):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, denied)
+
+
+def export_state(db_path: Path) -> tuple:
+    return sqlite3.connect(db_path).execute("SELECT rows, failed, stale FROM export_status").fetchone()
+
+
+def test_files_that_cannot_be_written_make_the_export_incomplete_and_are_retried(
+        cli, small: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        refuse(patch, "open", (".txt", ".indexer-tmp"))
+        summary = export_captions(db_path)
+        assert (summary["failed"], summary["written"], summary["rows"]) == (7, 0, 0)
+        assert summary["complete"] is False
+        assert "Permission denied" in summary["errors"][0]
+        assert export_state(db_path) == (0, 7, 1)
+        figures = stats.dataset_stats(db_path, None)
+        assert figures["exports"][0]["stale"] is True
+        assert "STALE: 7 files could not be written" in stats.format_stats(figures)
+        result = cli("export", "captions", "--db", db_path, "--json")
+        assert result.exit_code == 4 and json.loads(result.stdout)["failed"] == 7
+        assert "rerun `indexer export captions`, which retries them" in result.stderr
+    assert txt_files(small) == {} and owned_records(db_path) == 0
+    retried = export_captions(db_path)
+    assert (retried["written"], retried["failed"], retried["complete"]) == (7, 0, True)
+    assert export_state(db_path) == (7, 0, 0)
+    assert cli("export", "captions", "--db", db_path).exit_code == 0
+
+
+def test_a_file_that_cannot_be_removed_is_removed_by_the_next_run(small: Path, db_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    export_captions(db_path)
+    with monkeypatch.context() as patch:
+        refuse(patch, "unlink", ("top.txt",))
+        summary = export_captions(db_path, where="key != 'top'")
+        assert (summary["removed"], summary["failed"], summary["rows"]) == (0, 1, 6)
+        assert export_state(db_path) == (6, 1, 1)
+    assert (small / "top.txt").exists()
+    again = export_captions(db_path, where="key != 'top'")
+    assert (again["removed"], again["failed"]) == (1, 0)
+    assert not (small / "top.txt").exists() and export_state(db_path) == (6, 0, 0)

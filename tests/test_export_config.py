@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -129,6 +130,30 @@ def test_cli_config_and_bad_value(cli, clean: Path, db_path: Path, tmp_path: Pat
     assert "maximum_image_size" not in entries(out)[0]
     refused = cli("export", "config", out, "--db", db_path, "--maximum-image-size", "25")
     assert refused.exit_code == 1 and "< 20" in refused.stderr
+    before = out.read_bytes()
+    swapped = cli("export", "config", out, "--db", db_path, "--minimum-image-size", "3",
+                  "--maximum-image-size", "1")
+    assert swapped.exit_code == 1 and "minimum_image_size 3.0 is larger than maximum_image_size 1.0" \
+        in swapped.stderr
+    assert out.read_bytes() == before
+    equal = cli("export", "config", out, "--db", db_path, "--minimum-image-size", "1",
+                "--maximum-image-size", "1")
+    assert equal.exit_code == 0, equal.stderr
+    assert cli("export", "config", out, "--db", db_path, "--minimum-image-size", "3",
+               "--maximum-image-size", "none", "--target-downsample-size", "none").exit_code == 0
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_the_config_file_ends_with_a_newline(cli, clean: Path, db_path: Path, tmp_path: Path,
+                                             merge: bool) -> None:
+    out = tmp_path / "nl.json"
+    if merge:
+        out.write_text('[{"id": "other", "type": "local"}]', encoding="utf-8")  # no newline of its own
+    export_config(db_path, out)
+    assert out.read_bytes().endswith(b"]\n") and not out.read_bytes().endswith(b"\n\n")
+    result = cli("export", "config", out, "--db", db_path, "--json")
+    assert result.exit_code == 0 and result.stdout.endswith("}\n")
+    assert out.read_bytes().endswith(b"]\n") and len(entries(out)) == 2 + merge
 
 
 def test_jsonl_is_imagefolder_metadata(clean: Path, db_path: Path, tmp_path: Path) -> None:
@@ -140,3 +165,32 @@ def test_jsonl_is_imagefolder_metadata(clean: Path, db_path: Path, tmp_path: Pat
         assert set(line) == {"file_name", "text"} and (clean / line["file_name"]).is_file() and line["text"]
     assert export_jsonl(db_path, out, where="width >= 1024")["up_to_date"] is True
     assert export_jsonl(db_path, out)["up_to_date"] is False
+
+
+def test_jsonl_refuses_a_misspelt_caption_and_an_empty_where(cli, clean: Path, db_path: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "metadata.jsonl"
+    typo = cli("export", "jsonl", out, "--db", db_path, "--caption", "short_captoin")
+    assert typo.exit_code == 1 and "--caption short_captoin (closest: short_caption" in typo.stderr
+    empty = cli("export", "jsonl", out, "--db", db_path, "--where", "width > 100000")
+    assert empty.exit_code == 1 and "matches none of the 40 exportable samples" in empty.stderr
+    assert not out.exists()
+
+
+def test_names_that_are_not_utf8_are_shown_escaped_and_warned_about(cli, clean: Path, db_path: Path,
+                                                                     tmp_path: Path) -> None:
+    export_captions(db_path)
+    (clean / os.fsdecode(b"bad\xff.png")).write_bytes(b"\x89PNG")  # index skips it; SimpleTuner finds it
+    (clean / os.fsdecode(b"dir\xfe")).mkdir()
+    (clean / os.fsdecode(b"dir\xfe") / "SHOUT.PNG").write_bytes(b"\x89PNG")
+    out = tmp_path / "c.json"
+    summary = export_config(db_path, out)
+    assert summary["caption_strategy"] == "parquet" and "bad\\xff.png" in summary["reason"]
+    utf8 = [w for w in summary["warnings"] if "not valid UTF-8" in w]
+    assert len(utf8) == 1 and "2 image paths" in utf8[0] and "bad\\xff.png" in utf8[0]
+    assert any("dir\\xfe/SHOUT.PNG" in w for w in summary["warnings"] if "upper-case" in w)
+    result = cli("export", "config", out, "--db", db_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["reason"] == summary["reason"]
+    with pytest.raises(IndexerError, match=r"textfile refused.*bad\\xff\.png"):
+        export_config(db_path, out, options=ConfigOptions(caption_strategy="textfile"))

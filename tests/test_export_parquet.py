@@ -227,21 +227,67 @@ def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_
 
 def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cols.parquet"
-    export_parquet(db_path, out, columns=("md5_file_hash", "short_caption2", "resolution", "nothing"))
+    export_parquet(db_path, out, columns=("md5_file_hash", "short_caption2", "resolution"))
     table = pq.read_table(out)
     assert table.schema.field("md5_file_hash").type == pa.string()
     listed = [v for v in table.column("short_caption2").to_pylist() if v]
     assert listed and all(isinstance(json.loads(v), list) for v in listed)
-    assert set(table.column("nothing").to_pylist()) == {None}
     for bad in (("width",), ("key", "key"), ('a"b',)):
         with pytest.raises(IndexerError, match="--column"):
             make_selection(None, None, bad)
 
 
-def test_empty_selection_still_writes_a_valid_file(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+def test_empty_selection_still_writes_a_valid_file(gen, tmp_path: Path) -> None:
+    root, db = tmp_path / "broken", tmp_path / "broken.sqlite"
+    root.mkdir()
+    (root / "only.json").write_text("{truncated", encoding="utf-8")
+    put(root, "only", gen, None)
+    reindex(db, root)
     out = tmp_path / "empty.parquet"
-    assert export_parquet(db_path, out, where="0")["rows"] == 0
+    summary = export_parquet(db, out, where="width > 0")  # nothing exportable: no field to check
+    assert (summary["rows"], summary["excluded"]) == (0, {"bad_json": 1})
     assert pq.read_table(out).schema.names == ["width", "height", "caption", "filename"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"captions": ("short_captoin",)}, "--caption short_captoin (closest: short_caption"),
+    ({"columns": ("sourse",)}, "--column sourse (closest: source"),
+    ({"captions": ("short_caption", "long_captoin")}, "--caption long_captoin (closest: long_caption"),
+])
+def test_a_field_no_sample_has_is_refused_with_the_closest_fields(indexed: Path, db_path: Path,
+                                                                  tmp_path: Path, options: dict,
+                                                                  message: str) -> None:
+    out = tmp_path / "typo.parquet"
+    export_parquet(db_path, out)
+    before = out.read_bytes()
+    with pytest.raises(IndexerError) as caught:
+        export_parquet(db_path, out, **options)
+    assert message in str(caught.value) and "Most common fields: " in str(caught.value)
+    assert out.read_bytes() == before
+
+
+def test_a_field_only_some_samples_have_is_accepted(gen, indexed: Path, db_path: Path,
+                                                    tmp_path: Path) -> None:
+    put(indexed, "zz_rare", gen, {"width": 640, "height": 480, "short_caption": "x", "rare": "here"})
+    reindex(db_path, indexed)
+    table = pq.read_table(export_parquet(db_path, tmp_path / "rare.parquet", columns=("rare",))["path"])
+    assert [v for v in table.column("rare").to_pylist() if v] == ["here"]
+    with pytest.raises(IndexerError, match=r"the --where has the JSON field --column rare \(only samples"):
+        export_parquet(db_path, tmp_path / "rare.parquet", columns=("rare",), where="key != 'zz_rare'")
+
+
+def test_a_where_matching_nothing_is_refused(indexed: Path, db_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "where.parquet"
+    export_parquet(db_path, out)
+    before = out.read_bytes()
+    exportable = sqlite3.connect(db_path).execute(
+        "SELECT count(*) FROM samples WHERE status = 'ok' AND width AND height").fetchone()[0]
+    with pytest.raises(IndexerError, match=f"matches none of the {exportable:,} exportable samples"):
+        export_parquet(db_path, out, where="width > 100000")
+    assert out.read_bytes() == before
+    with pytest.raises(IndexerError, match="matches none"):
+        export_parquet(db_path, tmp_path / "new.parquet", where="0")
+    assert not (tmp_path / "new.parquet").exists()
 
 
 def test_cli_json_and_errors(cli, indexed: Path, db_path: Path, tmp_path: Path) -> None:
@@ -254,6 +300,8 @@ def test_cli_json_and_errors(cli, indexed: Path, db_path: Path, tmp_path: Path) 
     assert "up to date" in again.stdout
     bad = cli("export", "parquet", out, "--db", db_path, "--where", "nope")
     assert bad.exit_code == 1 and "--where" in bad.stderr
+    typo = cli("export", "parquet", out, "--db", db_path, "--caption", "short_captoin")
+    assert typo.exit_code == 1 and "closest: short_caption" in typo.stderr
     missing = cli("export", "parquet", tmp_path / "no" / "x.parquet", "--db", db_path)
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
     assert not os.path.exists(tmp_path / "no")

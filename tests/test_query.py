@@ -51,7 +51,9 @@ WRITES = [
     ("PRAGMA user_version = 99", "pragma user_version"),
     ("PRAGMA journal_mode = DELETE", "pragma journal_mode"),
     ("PRAGMA wal_checkpoint", "pragma wal_checkpoint"),
-    ("VACUUM", "attach"),
+    ("VACUUM", "(vacuum)"),
+    ("/* tidy */ -- up\n  vacuum main", "(vacuum)"),
+    ("VACUUM INTO 'other.sqlite'", "(vacuum into other.sqlite)"),
     ("REINDEX", "reindex"),
     ("INSERT INTO samples_fts (samples_fts) VALUES ('rebuild')", "insert samples_fts"),
     ("WITH x AS (SELECT 1) DELETE FROM samples WHERE id IN (SELECT * FROM x)", "delete samples"),
@@ -207,3 +209,40 @@ def test_any_values_round_trip_through_json(indexed, values):
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(IndexerError, match="does not exist"):
         query.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
+
+
+def test_problems_with_warnings_lists_ok_samples_that_carry_one(tmp_path, gen, cli):
+    from indexer import problems
+
+    root = tmp_path / "data"
+    gen.make_dataset(root, 40, faults=0.2, seed=3)
+    (root / "zz_fine.json").write_text(json.dumps({"width": 8, "height": 8, "short_caption": "c",
+                                                   "image_name": "elsewhere.jpg"}), encoding="utf-8")
+    (root / "zz_fine.png").write_bytes(gen.png_bytes(8, 8))
+    (root / "zz_twice.json").write_text(json.dumps({"width": 8, "height": 8}), encoding="utf-8")
+    (root / "zz_twice.png").write_bytes(gen.png_bytes(8, 8))
+    (root / "zz_twice.webp").write_bytes(gen.webp_bytes(8, 8))
+    db = tmp_path / "w.sqlite"
+    index_root(db, root, workers=1)
+    conn = sqlite3.connect(db)
+    warned = dict(conn.execute("SELECT key, warning FROM samples WHERE status = 'ok' AND warning NOTNULL"))
+    plain = conn.execute("SELECT key FROM samples WHERE status != 'ok' ORDER BY key").fetchall()
+    conn.close()
+    assert {"zz_fine", "zz_twice"} <= set(warned)
+    assert [p["key"] for p in problems.list_problems(db)] == [k for (k,) in plain]
+    listed = list(problems.list_problems(db, warnings=True))
+    assert [p["key"] for p in listed] == sorted([k for (k,) in plain] + list(warned))
+    fine = next(p for p in listed if p["key"] == "zz_fine")
+    assert (fine["status"], fine["path"]) == ("ok", str(root.resolve() / "zz_fine.json"))
+    assert "elsewhere.jpg" in fine["warning"]
+    bad_json = [p["key"] for p in listed if p["status"] == "bad_json"]
+    assert bad_json
+    only = [p["key"] for p in problems.list_problems(db, statuses=["bad_json"], warnings=True)]
+    assert only == sorted(bad_json + list(warned))
+    text = cli("problems", "--db", db, "--warnings")
+    assert text.exit_code == 0
+    assert "warning: several images for zz_twice" in text.stdout
+    assert f"{len(plain):,} problem samples, {len(warned):,} ok samples with a warning" in text.stderr
+    assert "zz_fine" not in cli("problems", "--db", db).stdout
+    lines = cli("problems", "--db", db, "--warnings", "--json").stdout.splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [p["key"] for p in listed]

@@ -394,3 +394,53 @@ def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tm
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT status FROM runs").fetchone() == ("failed",)
     conn.close()
+
+
+def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, data_root, db_path):
+    from indexer.errors import IndexerError
+    from indexer.export.captions import export_captions
+
+    for number in range(24):
+        write_pair(gen, data_root, f"m{number:02d}")
+    with session(db_path, data_root, settle=0.2, export_captions=True) as events:
+        wait_for(lambda: any(e["event"] == "export" for e in events), "the export at start")
+        for number in range(13):
+            (data_root / f"m{number:02d}.json").unlink()
+            (data_root / f"m{number:02d}.png").unlink()
+        warning = wait_for(lambda: next((e["message"] for e in events if e["event"] == "warning"), None),
+                           "the refused removal")
+        assert "would remove 13 of the 24 caption files" in warning
+        assert "--allow-mass-removal" in warning
+    assert len(list(data_root.glob("*.txt"))) == 24  # nothing removed
+    assert [e["event"] for e in events].count("export") == 1
+
+    with pytest.raises(IndexerError, match="would remove 13 of the 24"):
+        watch_root(db_path, data_root, settle=0.1, workers=1, export_captions=True,
+                   observer_factory=SilentObserver)
+    assert len(list(data_root.glob("*.txt"))) == 24
+    with session(db_path, data_root, settle=0.1, export_captions=True, allow_mass_removal=True) as events:
+        wait_for(lambda: any(e["event"] == "export" for e in events), "the confirmed export")
+    assert sorted(p.stem for p in data_root.glob("*.txt")) == [f"m{n:02d}" for n in range(13, 24)]
+    assert export_captions(db_path)["removed"] == 0
+
+
+def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_root, db_path, tmp_path):
+    from indexer.cli.watch import format_event
+
+    def incomplete_captions(db, **options):
+        return {"kind": "captions", "root": str(data_root), "rows": 0, "written": 0, "overwritten": 0,
+                "unchanged": 0, "adopted": 0, "removed": 0, "left_alone": 0, "failed": 1,
+                "complete": False, "errors": ["a.txt: Permission denied"]}
+
+    write_pair(gen, data_root, "a")
+    out = tmp_path / "out.parquet"
+    with session(db_path, data_root, settle=0.1, export_parquet=str(out), export_captions=True,
+                 exporters={"captions": incomplete_captions}) as events:
+        wait_for(lambda: sum(e["event"] == "export" for e in events) == 2, "the exports at start")
+        warning = wait_for(lambda: next((e["message"] for e in events if e["event"] == "warning"), None),
+                           "the incomplete export's warning")
+    assert "export captions incomplete: 1 files" in warning and "a.txt: Permission denied" in warning
+    parquet, captions = (format_event(e) for e in events if e["event"] == "export")
+    assert f"export parquet: wrote 1 rows to {out}" in parquet and "excluded: none" in parquet
+    assert "{" not in parquet + captions
+    assert f"export captions: 0 captions under {data_root}; written 0" in captions and "FAILED 1" in captions

@@ -15,11 +15,13 @@ from indexer.cli.common import (
     resolve_db,
     show_progress,
 )
+from indexer.errors import ExportIncomplete
 from indexer.export.captions import export_captions
 from indexer.export.config import ConfigOptions, export_config
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
 from indexer.export.select import DEFAULT_CAPTIONS
+from indexer.export.text import caption_counts, excluded_text, file_head
 
 
 class OptionalFloat(click.ParamType):
@@ -54,12 +56,6 @@ def selection_options(func: Callable) -> Callable:
     return func
 
 
-def excluded_text(excluded: dict[str, int]) -> str:
-    if not excluded:
-        return "  excluded: none"
-    return "  excluded: " + ", ".join(f"{reason} {count:,}" for reason, count in excluded.items())
-
-
 def report(summary: dict, quiet: bool, as_json: bool, lines: list[str]) -> None:
     if as_json:
         print_json(summary)
@@ -83,26 +79,25 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
     summary = export_parquet(resolve_db(db), out, dataset_id=dataset_id,
                              captions=captions or DEFAULT_CAPTIONS, where=where, columns=columns,
                              progress=show_progress(quiet, as_json))
-    if summary["up_to_date"]:
-        head = f"{summary['path']} is up to date ({summary['rows']:,} rows); nothing written"
-    else:
-        head = f"wrote {summary['rows']:,} rows to {summary['path']} in {summary['seconds']:.1f} s"
-    report(summary, quiet, as_json, [head, excluded_text(summary["excluded"])])
+    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 
 @export_group.command("captions")
 @selection_options
 @click.option("--overwrite", is_flag=True, help="Also replace .txt files this tool did not write.")
+@click.option("--allow-mass-removal", is_flag=True,
+              help="Go on when the run would remove more than half of the caption files it wrote.")
 def captions_command(dataset_id: str | None, captions: tuple[str, ...], where: str | None, db: str | None,
-                     quiet: bool, as_json: bool, overwrite: bool) -> None:
+                     quiet: bool, as_json: bool, overwrite: bool, allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
     summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                              where=where, overwrite=overwrite, progress=show_progress(quiet, as_json))
+                              where=where, overwrite=overwrite, allow_mass_removal=allow_mass_removal,
+                              progress=show_progress(quiet, as_json))
     lines = [
-        f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s",
-        f"  written {summary['written']:,} (overwritten {summary['overwritten']:,})  unchanged "
-        f"{summary['unchanged']:,}  adopted {summary['adopted']:,}  removed {summary['removed']:,}",
-        excluded_text(summary["excluded"]),
+        f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s"
+        + (f" ({summary['selected']:,} selected)" if summary["selected"] != summary["rows"] else ""),
+        "  " + caption_counts(summary, extras=False),
+        "  " + excluded_text(summary["excluded"]),
     ]
     if summary["left_alone"]:
         lines.append(f"  left alone {summary['left_alone']:,} .txt files this tool did not write "
@@ -110,6 +105,12 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], where: s
     if summary["failed"]:
         lines.append(f"  failed {summary['failed']:,}: " + "; ".join(summary["errors"]))
     report(summary, quiet, as_json, lines)
+    if not summary["complete"]:
+        raise ExportIncomplete(
+            f"{summary['failed']:,} caption files under {summary['root']} could not be written or removed "
+            f"(e.g. {summary['errors'][0]}); the export is recorded as stale: fix the cause (permissions, a "
+            "read-only mount) and rerun `indexer export captions`, which retries them"
+        )
 
 
 @export_group.command("config")
@@ -158,11 +159,7 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], w
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
     summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
                            where=where, progress=show_progress(quiet, as_json))
-    if summary["up_to_date"]:
-        head = f"{summary['path']} is up to date ({summary['rows']:,} rows); nothing written"
-    else:
-        head = f"wrote {summary['rows']:,} rows to {summary['path']} in {summary['seconds']:.1f} s"
-    report(summary, quiet, as_json, [head, excluded_text(summary["excluded"])])
+    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 
 def register(group: click.Group) -> None:

@@ -63,20 +63,31 @@ def stats_command(db: str | None, dataset_id: str | None, as_json: bool, min_mp:
 @id_option()
 @click.option("--status", "statuses", type=click.Choice(problems.PROBLEM_STATUSES), multiple=True,
               help="Only these statuses (repeatable; default: every status but ok).")
+@click.option("--warnings", is_flag=True,
+              help="Also list ok samples that carry a warning (image_name disagrees, several images).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per problem, one per line.")
-def problems_command(db: str | None, dataset_id: str | None, statuses: tuple[str, ...],
+def problems_command(db: str | None, dataset_id: str | None, statuses: tuple[str, ...], warnings: bool,
                      as_json: bool) -> None:
     """Every sample whose status is not ok: the file, what is wrong and what to do."""
-    count = 0
+    count = warned = 0
     with quiet_broken_pipe():
-        for problem in problems.list_problems(resolve_db(db), dataset_id, statuses):
-            count += 1
+        for problem in problems.list_problems(resolve_db(db), dataset_id, statuses, warnings=warnings):
+            if problem["status"] == "ok":
+                warned += 1
+            else:
+                count += 1
             if as_json:
                 print_json(problem)
-            else:
-                click.echo(f"{problem['status']:<14} {problem['path']}\n    {problem['error']}")
+                continue
+            lines = [f"{problem['status']:<14} {problem['path']}"]
+            if problem["error"]:
+                lines.append(f"    {problem['error']}")
+            if warnings and problem["warning"]:
+                lines.append(f"    warning: {problem['warning']}")
+            click.echo("\n".join(lines))
     if not as_json:
-        click.echo(f"{count:,} problem samples", err=True)
+        click.echo(f"{count:,} problem samples"
+                   + (f", {warned:,} ok samples with a warning" if warnings else ""), err=True)
 
 
 @click.command("search")

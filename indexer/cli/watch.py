@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from indexer.cli.common import db_option, json_option, print_json, quiet_option, resolve_db
+from indexer.export.text import result_line
 from indexer.watch import watch_root
 
 
@@ -19,7 +20,8 @@ def format_event(event: dict) -> str:
                 f" removed {event['removed']:,}; problems: {problems or 'none'}"
                 f" ({event['samples']:,} samples, {event['seconds']:.2f} s)")
     if kind == "export":
-        return f"{clock} export {event['kind']}: {event['result']} ({event['seconds']:.2f} s)"
+        return (f"{clock} export {event['kind']}: {result_line(event['kind'], event['result'])}"
+                f" ({event['seconds']:.2f} s)")
     if kind == "stopped":
         return (f"stopped ({event['status']}): added {event['added']:,}, changed {event['changed']:,},"
                 f" removed {event['removed']:,} in {event['batches']:,} batches"
@@ -47,12 +49,14 @@ def format_event(event: dict) -> str:
               help="Caption field(s) for the exports; the first non-empty wins (default short_caption).")
 @click.option("--where", metavar="SQL", default=None,
               help="Export only samples matching this expression over samples columns.")
+@click.option("--allow-mass-removal", is_flag=True,
+              help="Let --export-captions remove more than half of the caption files it wrote.")
 @quiet_option
 @json_option
 def watch_command(root: str, db: str | None, dataset_id: str | None, workers: int | None,
                   settle: float, rescan_every: float, export_parquet: str | None,
                   export_captions: bool, captions: tuple[str, ...], where: str | None,
-                  quiet: bool, as_json: bool) -> None:
+                  allow_mass_removal: bool, quiet: bool, as_json: bool) -> None:
     """Index ROOT, then keep the index (and exports) current as samples land, until Ctrl-C / SIGTERM."""
 
     def report(event: dict) -> None:
@@ -66,7 +70,8 @@ def watch_command(root: str, db: str | None, dataset_id: str | None, workers: in
     summary = watch_root(
         resolve_db(db), root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
         workers=workers, export_parquet=export_parquet, export_captions=export_captions,
-        captions=captions or ("short_caption",), where=where, on_batch=report, handle_signals=True,
+        captions=captions or ("short_caption",), where=where, allow_mass_removal=allow_mass_removal,
+        on_batch=report, handle_signals=True,
     )
     report(summary)
 

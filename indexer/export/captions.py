@@ -10,9 +10,11 @@ JSON says, and its folder must resolve inside the dataset root.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from indexer.export.select import (
     Selection,
     Snapshot,
     caption_sql,
+    check_selection,
     excluded_summary,
     make_selection,
     open_snapshot,
@@ -45,6 +48,13 @@ RECORD_SQL = (
     "(SELECT c.caption_hash || ' ' || c.size || ' ' || c.mtime_ns FROM caption_files AS c"
     " WHERE c.dataset = samples.dataset AND c.path = samples.key || '.txt')"
 )
+# A run that would remove more than half of its caption files, and more than this many, stops
+# unless the user confirms: it is far more often a wrong --caption/--where than a real change.
+MASS_REMOVAL_MIN = 10
+STALE_REASONS = {
+    "deleted": "no longer in the index", "no_size": "without a size",
+    "where": "excluded by the --where", "no_caption": "without a caption in the --caption fields",
+}
 COUNT_NAMES = ("written", "unchanged", "adopted", "overwritten", "removed", "left_alone", "failed")
 
 
@@ -114,8 +124,12 @@ class CaptionRun:
             self.safe_dirs[folder] = known
         return known
 
-    def fail(self, rel_path: str, exc: OSError) -> None:
+    def fail(self, rel_path: str, exc: OSError, *, removing: bool = False) -> None:
+        """Count a file that could not be written (or removed); its record says what is really
+        there, so the next run tries it again."""
         self.counts["failed"] += 1
+        if not removing:
+            self.counts["not_written"] += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(f"{rel_path}: {exc.strerror or exc}")
 
@@ -127,27 +141,44 @@ def export_captions(
     captions: Sequence[str] = DEFAULT_CAPTIONS,
     where: str | None = None,
     overwrite: bool = False,
+    allow_mass_removal: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Bring the .txt files under the dataset root in line with the selection; return the counts."""
+    """Bring the .txt files under the dataset root in line with the selection; return the counts.
+
+    Everything that could refuse the run (a field no sample has, a mass removal not confirmed
+    with allow_mass_removal) is decided before the first file is touched.
+    """
     started = time.monotonic()
     selection = make_selection(captions, where)
     with open_snapshot(db_path, dataset_id) as snapshot:
         root = os.path.realpath(snapshot.root)
         if not os.path.isdir(root):
             raise IndexerError(f"dataset root {snapshot.root} is missing: mount or restore it, then rerun")
+        check_selection(snapshot, selection, refuse_empty_where=False)
+        owned, stale = count_stale(snapshot, selection)
+        if not allow_mass_removal:
+            check_mass_removal(snapshot, selection, owned, stale)
         run = CaptionRun(root, overwrite, RecordWriter(db_path, snapshot.dataset))
         try:
             exported = _write_selected(snapshot, selection, run, progress)
-            _remove_stale(snapshot, selection, run)
+            if stale:
+                _remove_stale(snapshot, selection, run)
             run.records.flush()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # keep the records of what was written
+                run.records.flush()
+            raise
         finally:
             run.records.close()
+    in_place = exported - run.counts["not_written"]
     summary = {
         "kind": "captions",
         "dataset": snapshot.dataset,
         "root": str(snapshot.root),
-        "rows": exported,
+        "rows": in_place,
+        "selected": exported,
+        "complete": not run.counts["failed"],
         **{name: run.counts[name] for name in COUNT_NAMES},
         "excluded": excluded_summary(snapshot.excluded),
         "errors": run.errors,
@@ -156,8 +187,41 @@ def export_captions(
     }
     record_export(db_path, snapshot.dataset, "captions", snapshot.root,
                   options=options_json({"captions": list(selection.captions), "where": selection.where}),
-                  data_version=snapshot.data_version, rows=exported, summary=summary)
+                  data_version=snapshot.data_version, rows=in_place, summary=summary,
+                  failed=run.counts["failed"])
     return summary
+
+
+def count_stale(snapshot: Snapshot, selection: Selection) -> tuple[int, collections.Counter]:
+    """The caption files this tool owns, and those it would remove by reason (as _remove_stale)."""
+    params: dict = {"dataset": snapshot.dataset}
+    excluded = f"WHEN CASE WHEN ({selection.where}) THEN 0 ELSE 1 END THEN 'where'" if selection.where else ""
+    sql = (
+        "SELECT reason, count(*) FROM (SELECT coalesce((SELECT CASE WHEN samples.status != 'ok'"
+        " THEN samples.status WHEN NOT coalesce(samples.width AND samples.height, 0) THEN 'no_size'"
+        f" {excluded} WHEN ({caption_sql(selection.captions, params)}) IS NULL THEN 'no_caption'"
+        " ELSE '' END FROM samples WHERE samples.dataset = c.dataset AND samples.key = c.sample_key),"
+        " 'deleted') AS reason FROM caption_files AS c WHERE c.dataset = :dataset) GROUP BY reason"
+    )
+    counts = collections.Counter(dict(run_query(snapshot.conn, sql, params, selection.where).fetchall()))
+    owned = sum(counts.values())
+    del counts[""]
+    return owned, counts
+
+
+def check_mass_removal(snapshot: Snapshot, selection: Selection, owned: int,
+                       stale: collections.Counter) -> None:
+    removing = sum(stale.values())
+    if removing <= MASS_REMOVAL_MIN or removing * 2 <= owned:
+        return
+    why = ", ".join(f"{count:,} {STALE_REASONS.get(reason, 'now ' + reason)}"
+                    for reason, count in stale.most_common())
+    raise IndexerError(
+        f"export captions would remove {removing:,} of the {owned:,} caption files it wrote under "
+        f"{snapshot.root} ({why}; --caption {' '.join(selection.captions)}"
+        f"{', --where ' + repr(selection.where) if selection.where else ''}); nothing was changed. "
+        "Check --caption and --where; if the removal is intended, rerun with --allow-mass-removal"
+    )
 
 
 def _write_selected(snapshot: Snapshot, selection: Selection, run: CaptionRun, progress: bool) -> int:
@@ -304,23 +368,24 @@ def _remove_stale(snapshot: Snapshot, selection: Selection, run: CaptionRun) -> 
         f"{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
     )
     for rel_path, size, mtime_ns in run_query(snapshot.conn, sql, params, selection.where):
-        run.records.delete(rel_path)
         full = os.path.join(run.root, rel_path)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
+            run.records.delete(rel_path)
             continue
-        except OSError as exc:
-            run.fail(rel_path, exc)
+        except OSError as exc:  # the record stays: the next run tries again
+            run.fail(rel_path, exc, removing=True)
             continue
         if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns) \
                 and run.inside_root(rel_path):
             try:
                 os.unlink(full)
             except OSError as exc:
-                run.fail(rel_path, exc)
+                run.fail(rel_path, exc, removing=True)
                 continue
             run.counts["removed"] += 1
         else:
             run.counts["left_alone"] += 1
+        run.records.delete(rel_path)
 

@@ -53,6 +53,8 @@ class ImageScan:
     without_caption_count: int = 0
     upper_case: list[str] = field(default_factory=list)
     upper_case_count: int = 0
+    not_utf8: list[str] = field(default_factory=list)  # shown with \x escapes
+    not_utf8_count: int = 0
 
 
 def export_config(
@@ -108,6 +110,13 @@ def check_sizes(options: ConfigOptions) -> None:
         raise IndexerError(
             "maximum_image_size is set without target_downsample_size: SimpleTuner refuses that; "
             "set --target-downsample-size too (or --maximum-image-size none)"
+        )
+    low, high = options.minimum_image_size, options.maximum_image_size
+    if low is not None and high is not None and low > high:
+        raise IndexerError(
+            f"minimum_image_size {low} is larger than maximum_image_size {high}: SimpleTuner would skip "
+            "every image below the minimum and shrink every one above the maximum, so the sizes are "
+            "swapped or mistyped; give --minimum-image-size <= --maximum-image-size"
         )
     sized = {"maximum_image_size": options.maximum_image_size,
              "target_downsample_size": options.target_downsample_size}
@@ -182,7 +191,16 @@ def iter_files(root: Path) -> Iterator[tuple[str, list[str]]]:
         yield ("" if rel == "." else rel.replace(os.sep, "/") + "/"), sorted(files)
 
 
+def shown(path: str) -> str:
+    """A path as text that can be printed and stored: bytes that are not UTF-8 become \\x escapes."""
+    if path.isascii():
+        return path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def scan_images(root: Path) -> ImageScan:
+    """Count what SimpleTuner would discover. A name that is not UTF-8 (which `index` skips) is
+    still an image SimpleTuner finds, so it counts, and is named escaped and warned about."""
     scan = ImageScan()
     for folder, files in iter_files(root):
         names = set(files)
@@ -190,16 +208,24 @@ def scan_images(root: Path) -> ImageScan:
             stem, dot, ext = name.rpartition(".")
             if not dot or not stem:
                 continue
-            if ext in DISCOVERED_EXTENSIONS:
+            discovered = ext in DISCOVERED_EXTENSIONS
+            if not discovered and ext.lower() not in DISCOVERED_EXTENSIONS:
+                continue
+            path = shown(folder + name)
+            if path != folder + name:
+                scan.not_utf8_count += 1
+                if len(scan.not_utf8) < EXAMPLES:
+                    scan.not_utf8.append(path)
+            if discovered:
                 scan.images += 1
                 if stem + ".txt" not in names:
                     scan.without_caption_count += 1
                     if len(scan.without_caption) < EXAMPLES:
-                        scan.without_caption.append(folder + name)
-            elif ext.lower() in DISCOVERED_EXTENSIONS:
+                        scan.without_caption.append(path)
+            else:
                 scan.upper_case_count += 1
                 if len(scan.upper_case) < EXAMPLES:
-                    scan.upper_case.append(folder + name)
+                    scan.upper_case.append(path)
     return scan
 
 
@@ -259,6 +285,12 @@ def warnings(scan: ImageScan, small: int, options: ConfigOptions) -> list[str]:
         found.append(
             f"{scan.upper_case_count:,} images have upper-case extensions SimpleTuner never discovers "
             f"(e.g. {', '.join(scan.upper_case)}); rename them to lower case and re-index"
+        )
+    if scan.not_utf8_count:
+        found.append(
+            f"{scan.not_utf8_count:,} image paths are not valid UTF-8 (e.g. {', '.join(scan.not_utf8)}): "
+            "`indexer index` skips them, so no export holds them, but SimpleTuner still finds them; "
+            "rename them (e.g. with `convmv`) and run index again"
         )
     if small:
         unit = "pixels on the short edge" if options.resolution_type == "pixel" else "megapixels"

@@ -21,6 +21,7 @@ from indexer.export.record import (
 )
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    check_selection,
     excluded_summary,
     make_selection,
     open_snapshot,
@@ -45,6 +46,7 @@ def export_jsonl(
     selection = make_selection(captions, where)
     options = options_json({"captions": list(selection.captions), "where": selection.where})
     with open_snapshot(db_path, dataset_id) as snapshot:
+        check_selection(snapshot, selection)
         previous = previous_export(snapshot.conn, snapshot.dataset, "jsonl", path)
         up_to_date = is_up_to_date(previous, options, snapshot.data_version, path)
         if up_to_date and previous is not None:

@@ -25,6 +25,7 @@ from indexer.export.select import (
     DEFAULT_CAPTIONS,
     Selection,
     Snapshot,
+    check_selection,
     column_sql,
     excluded_summary,
     make_selection,
@@ -55,6 +56,7 @@ def export_parquet(
     selection = make_selection(captions, where, columns)
     options = options_json(selection.options())
     with open_snapshot(db_path, dataset_id) as snapshot:
+        check_selection(snapshot, selection)
         previous = previous_export(snapshot.conn, snapshot.dataset, "parquet", path)
         if is_up_to_date(previous, options, snapshot.data_version, path):
             assert previous is not None

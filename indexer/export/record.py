@@ -80,8 +80,12 @@ def record_export(
     rows: int | None,
     summary: dict,
     file_path: Path | None = None,
+    failed: int = 0,
 ) -> None:
-    """Upsert the exports row in one short write transaction (never the indexer's writer lock)."""
+    """Upsert the exports row in one short write transaction (never the indexer's writer lock).
+
+    `failed` counts files the export could not write: while it is not 0 the export is stale.
+    """
     size = mtime_ns = None
     if file_path is not None:
         st = os.stat(file_path)
@@ -91,13 +95,14 @@ def record_export(
         with store.transaction(conn):
             conn.execute(
                 "INSERT INTO exports (dataset, kind, path, options, data_version, rows, exported_at,"
-                " file_size, file_mtime_ns, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " file_size, file_mtime_ns, summary, failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (dataset, kind, path) DO UPDATE SET options = excluded.options,"
                 " data_version = excluded.data_version, rows = excluded.rows,"
                 " exported_at = excluded.exported_at, file_size = excluded.file_size,"
-                " file_mtime_ns = excluded.file_mtime_ns, summary = excluded.summary",
+                " file_mtime_ns = excluded.file_mtime_ns, summary = excluded.summary,"
+                " failed = excluded.failed",
                 (dataset, kind, str(path), options, data_version, rows, store.now_iso(), size, mtime_ns,
-                 orjson.dumps(summary).decode()),
+                 orjson.dumps(summary).decode(), failed),
             )
     finally:
         conn.close()

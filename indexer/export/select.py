@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import os
 import re
 import sqlite3
@@ -37,6 +38,9 @@ SAMPLE_COLUMNS: dict[str, pa.DataType] = {
     "size_from": pa.string(), "warning": pa.string(), "data_version": pa.int64(),
 }
 WHERE_EXAMPLE = "--where \"width >= 1024 AND source != 'twitter'\""
+FIELD_SAMPLE_ROWS = 1000  # rows whose top-level keys are counted to suggest a field name
+CLOSE_FIELDS = 3
+COMMON_FIELDS = 8
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,70 @@ def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> It
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_where: bool = True) -> None:
+    """Refuse a selection that is a mistake before anything is written.
+
+    A --caption or --column field that no selected sample has would silently export nothing (and
+    make `export captions` remove its files); a --where matching none of the exportable samples
+    would write an empty file. Each probe stops at its first matching row, so a selection that is
+    fine costs a few row reads.
+    """
+    params: dict = {"dataset": snapshot.dataset}
+    within = f" AND ({selection.where})" if selection.where else ""
+    ok = "SELECT 1 FROM samples WHERE samples.dataset = :dataset AND samples.status = 'ok'"
+    exportable = ok + " AND samples.width AND samples.height"
+    if not _exists(snapshot, exportable + within, params, selection.where):
+        if selection.where and refuse_empty_where:
+            count = snapshot.conn.execute(f"SELECT count(*) FROM ({exportable})", params).fetchone()[0]
+            if count:
+                raise IndexerError(
+                    f"--where {selection.where!r} matches none of the {count:,} exportable samples "
+                    f"(status ok, with a size) of dataset {snapshot.dataset!r}; nothing was written. "
+                    "Check the condition, e.g. with `indexer query \"SELECT count(*) FROM samples "
+                    "WHERE ...\"`"
+                )
+        return  # nothing selected: there is no field to look for
+    fields = [("--caption", name) for name in selection.captions]
+    fields += [("--column", name) for name in selection.columns
+               if name not in SAMPLE_COLUMNS and name != "aspect_ratio"]
+    missing = [(option, name) for option, name in fields
+               if not _exists(snapshot, ok + within + " AND json_type(samples.meta, :field) IS NOT NULL",
+                              {**params, "field": json_path(name, option)}, selection.where)]
+    if missing:
+        raise IndexerError(missing_fields_message(snapshot, missing, selection.where))
+
+
+def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bool:
+    return run_query(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
+
+
+def common_fields(snapshot: Snapshot) -> list[str]:
+    """Top-level JSON keys of the dataset, most common first, counted over a bounded sample."""
+    rows = snapshot.conn.execute(
+        "SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = 'ok' LIMIT ?)"
+        " AS s, json_each(s.meta) AS field GROUP BY field.key ORDER BY count(*) DESC, field.key",
+        (snapshot.dataset, FIELD_SAMPLE_ROWS),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]], where: str | None) -> str:
+    known = common_fields(snapshot)
+    named = []
+    for option, name in missing:
+        close = difflib.get_close_matches(name, known, n=CLOSE_FIELDS, cutoff=0.6)
+        if name in known:
+            named.append(f"{option} {name} (only samples the --where excludes have it)")
+        else:
+            named.append(f"{option} {name}" + (f" (closest: {', '.join(close)})" if close else ""))
+    scope = " matching the --where" if where else ""
+    return (
+        f"no ok sample of dataset {snapshot.dataset!r}{scope} has the JSON field {'; '.join(named)}: "
+        "a misspelt field would export nothing, so nothing was written or removed. Most common fields: "
+        f"{', '.join(known[:COMMON_FIELDS]) or 'none'}"
+    )
 
 
 def _authorize(action: int, table: str | None, *_args: object) -> int:
