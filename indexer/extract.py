@@ -43,6 +43,7 @@ from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.index import (
     Counts,
+    compact,
     default_workers,
     json_bytes,
     problem_counts,
@@ -686,7 +687,7 @@ def record_shard(
     results = outcome.results
     for start in range(0, len(results), WRITE_BATCH):
         batch = with_partners(conn, dataset, str(root), results[start : start + WRITE_BATCH], scan_start_ns)
-        write_results(conn, dataset, batch, counts)
+        write_results(conn, dataset, [compact(*result) for result in batch], counts)
     # Captions into the full-text index now: a key split across shards is written again by a later
     # shard, and the search triggers expect every sample to be synced before it changes again.
     sync_search_index(conn)

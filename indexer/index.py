@@ -31,18 +31,26 @@ BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of the
 KEYS_PER_TASK = 256
 KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little work
 
-SAMPLE_COLUMNS = ("image", "json", "width", "height", "size_from", "status", "error", "warning",
+# The samples columns a read decides, in the order of a CompactResult's sample row.
+STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
                   "meta")
+# What a reader sends back per key: (key, sample row or None when no file is left, file rows
+# (ext, size, mtime_ns, ctime_ns, inode, racy, sig), files read). Flat tuples of str/int only:
+# they pickle several times cheaper than the reader's objects, and go to executemany as they are.
+CompactResult = tuple[str, tuple | None, list[tuple], int]
 
 
-STORED_COLUMNS = ("image_ext", "json_ext", *SAMPLE_COLUMNS[2:])
-
-
-def _stored_row(key: str, row: tuple) -> tuple:
-    """Replace the image/json paths (generated columns) by the extensions actually stored."""
-    image, json_path, *rest = row
+def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], files_read: int) -> CompactResult:
+    """A read result in the form write_results stores (computed in the reader processes)."""
     cut = len(key) + 1
-    return (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
+    file_rows = [(path[cut:], size, mtime_ns, ctime_ns, inode, racy,
+                  stat_signature(size, mtime_ns, ctime_ns, inode))
+                 for path, size, mtime_ns, ctime_ns, inode, racy in files]
+    if sample is None:
+        return key, None, file_rows, files_read
+    image, json_path, *rest = sample
+    row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
+    return key, row, file_rows, files_read
 
 
 @dataclass
@@ -225,7 +233,7 @@ def apply_changes(
     fresh = conn.execute("SELECT 1 FROM files WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
     tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
-        pending: list[tuple[str, SampleRecord | None, list[FileRecord], int]] = []
+        pending: list[CompactResult] = []
         for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers):
             pending.extend(results)
             read_bar.update(len(results))
@@ -295,12 +303,9 @@ def _current_paths(
 
 def _read_task(
     task: list[tuple[str, list[str]]], root: str, scan_start_ns: int, verify_images: bool
-) -> list[tuple[str, SampleRecord | None, list[FileRecord], int]]:
-    out = []
-    for key, paths in task:
-        sample, files, files_read = read_sample(root, key, paths, scan_start_ns, verify_images)
-        out.append((key, sample, files, files_read))
-    return out
+) -> list[CompactResult]:
+    return [compact(key, *read_sample(root, key, paths, scan_start_ns, verify_images))
+            for key, paths in task]
 
 
 def _run_tasks(
@@ -309,7 +314,7 @@ def _run_tasks(
     scan_start_ns: int,
     verify_images: bool,
     workers: int,
-) -> Iterator[list[tuple[str, SampleRecord | None, list[FileRecord], int]]]:
+) -> Iterator[list[CompactResult]]:
     """Read tasks in worker processes, yielding results in submission (key) order."""
     if workers <= 1:
         for task in tasks:
@@ -328,7 +333,7 @@ def _run_tasks(
 def write_results(
     conn: sqlite3.Connection,
     dataset: str,
-    results: list[tuple[str, SampleRecord | None, list[FileRecord], int]],
+    results: list[CompactResult],
     counts: Counts,
     fresh: bool = False,
 ) -> None:
@@ -343,7 +348,7 @@ def write_results(
     old = {} if fresh else {
         row[0]: tuple(row[1:])
         for row in conn.execute(
-            f"SELECT key, {', '.join(SAMPLE_COLUMNS)} FROM samples "
+            f"SELECT key, {', '.join(STORED_COLUMNS)} FROM samples "
             "WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
             (dataset, orjson.dumps(keys).decode()),
         )
@@ -351,26 +356,22 @@ def write_results(
     upserts = []
     deletes = []
     file_rows = []
-    for key, sample, files, files_read in results:
+    for key, row, files, files_read in results:
         counts.files_read += files_read
-        cut = len(key) + 1
-        file_rows += [(dataset, key, path[cut:], size, mtime_ns, ctime_ns, inode, racy,
-                       stat_signature(size, mtime_ns, ctime_ns, inode))
-                      for path, size, mtime_ns, ctime_ns, inode, racy in files]
+        file_rows += [(dataset, key, *record) for record in files]
         previous = old.get(key)
-        if sample is None:
+        if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
                 counts.removed += 1
             continue
-        row = sample.as_row()
         if previous == row:
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
-        upserts.append((dataset, key, *_stored_row(key, row)))
+        upserts.append((dataset, key, *row))
     with store.transaction(conn):
         if not fresh:
             conn.executemany(
@@ -388,13 +389,13 @@ def write_results(
             (dataset,),
         ).fetchall()[0][0]
         conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
-        conn.executemany(
-            f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
-            f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))}) "
-            "ON CONFLICT (dataset, key) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")),
-            [(*row, version) for row in upserts],
-        )
+        conn.executemany(SAMPLE_INSERT if fresh else SAMPLE_UPSERT, [(*row, version) for row in upserts])
+
+
+SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
+                 f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))})")
+SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
+                 + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")))
 
 
 def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:
