@@ -59,6 +59,7 @@ class Counts:
     changed: int = 0
     removed: int = 0
     files_read: int = 0
+    waited_s: float = 0.0  # time this (writer) process spent waiting for reader results
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -122,14 +123,16 @@ def update_dataset(
 ) -> dict:
     """Scan root, re-read every changed key and record the results (library entry point)."""
     scan_start_ns = time.time_ns()
+    started = time.perf_counter()
     before = _sample_count(conn, dataset)
     with bar(progress, desc="scan", unit=" files") as scan_bar:
         scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update, workers=workers)
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=progress,
                            keys_per_commit=keys_per_commit)
-    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk (issue 5)
+    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
     after = _sample_count(conn, dataset)
+    wall = time.perf_counter() - started
     return {
         "dataset": dataset,
         "root": str(root),
@@ -149,6 +152,10 @@ def update_dataset(
         "notes": no_samples_notes(root) if not scanned.files_seen else [],
         "not_files": scanned.not_files[:100],
         "not_files_count": len(scanned.not_files),
+        "readers": workers,
+        # share of the update's wall time the writer process was busy (not waiting for readers):
+        # near 1.0, the single writer bounds the run; well below, the readers do
+        "writer_busy": round(1 - counts.waited_s / wall, 3) if wall > 0 else None,
     }
 
 
@@ -199,7 +206,7 @@ def update_paths(
         conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", rows)
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=False)
-    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk (issue 5)
+    sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
     return counts
 
 
@@ -234,7 +241,7 @@ def apply_changes(
     tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
         pending: list[CompactResult] = []
-        for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers):
+        for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers, counts):
             pending.extend(results)
             read_bar.update(len(results))
             if len(pending) >= keys_per_commit:
@@ -314,8 +321,13 @@ def _run_tasks(
     scan_start_ns: int,
     verify_images: bool,
     workers: int,
+    counts: Counts,
 ) -> Iterator[list[CompactResult]]:
-    """Read tasks in worker processes, yielding results in submission (key) order."""
+    """Read tasks in worker processes, yielding results in submission (key) order.
+
+    The time spent waiting for a result is added to counts.waited_s: what is left of the wall
+    time is the writer's own work, which tells whether readers or the writer bound a run.
+    """
     if workers <= 1:
         for task in tasks:
             yield _read_task(task, root, scan_start_ns, verify_images)
@@ -325,9 +337,16 @@ def _run_tasks(
         for task in tasks:
             in_flight.append(pool.submit(_read_task, task, root, scan_start_ns, verify_images))
             if len(in_flight) >= workers * 4:
-                yield in_flight.popleft().result()
+                yield _wait(in_flight.popleft(), counts)
         while in_flight:
-            yield in_flight.popleft().result()
+            yield _wait(in_flight.popleft(), counts)
+
+
+def _wait(future: cf.Future, counts: Counts) -> list[CompactResult]:
+    started = time.perf_counter()
+    result = future.result()
+    counts.waited_s += time.perf_counter() - started
+    return result
 
 
 def write_results(
