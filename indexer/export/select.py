@@ -206,6 +206,17 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
         raise IndexerError(missing_fields_message(snapshot, missing, selection.where))
 
 
+def sample_reasons(conn: sqlite3.Connection, dataset: str) -> collections.Counter:
+    """Every sample of the dataset by why it can or cannot be exported: its status when not ok,
+    `no_size`, or `exportable` (status ok with a size: what any export can hold)."""
+    rows = conn.execute(
+        "SELECT CASE WHEN status != 'ok' THEN status WHEN NOT coalesce(width AND height, 0)"
+        " THEN 'no_size' ELSE 'exportable' END AS reason, count(*) FROM samples WHERE dataset = ?"
+        " GROUP BY reason", (dataset,),
+    ).fetchall()
+    return collections.Counter(dict(rows))
+
+
 def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bool:
     return run_query(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
 
