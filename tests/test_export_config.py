@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
@@ -194,3 +196,46 @@ def test_names_that_are_not_utf8_are_shown_escaped_and_warned_about(cli, clean: 
     assert json.loads(result.stdout)["reason"] == summary["reason"]
     with pytest.raises(IndexerError, match=r"textfile refused.*bad\\xff\.png"):
         export_config(db_path, out, options=ConfigOptions(caption_strategy="textfile"))
+
+
+def test_a_dataset_without_an_exportable_sample_gets_no_config(cli, gen, data_root: Path, db_path: Path,
+                                                               tmp_path: Path) -> None:
+    write_pair(data_root, "lonely", gen, image=False)  # missing_image
+    write_pair(data_root, "broken", gen, json_text="{")  # bad_json
+    write_pair(data_root, "torn", gen, json_text="")  # bad_json
+    index_root(db_path, data_root, workers=1)
+    export_parquet(db_path, tmp_path / "empty.parquet")  # an empty export is still written
+    out = tmp_path / "multidatabackend.json"
+    result = cli("export", "config", out, "--db", db_path)
+    assert result.exit_code == 1
+    assert "no exportable sample" in result.stderr
+    assert "3 samples (bad_json 2, missing_image 1)" in result.stderr
+    assert "indexer problems --db" in result.stderr
+    assert not out.exists()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM exports WHERE kind = 'config'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_dataset_with_no_sample_at_all_gets_no_config(gen, data_root: Path, db_path: Path,
+                                                        tmp_path: Path) -> None:
+    index_root(db_path, data_root, workers=1)
+    out = tmp_path / "c.json"
+    with pytest.raises(IndexerError, match="has no sample at all"):
+        export_config(db_path, out, options=ConfigOptions(metadata_backend="discovery"))
+    assert not out.exists()
+
+
+def test_an_empty_parquet_gets_no_config(gen, data_root: Path, db_path: Path, tmp_path: Path) -> None:
+    for key in ("a", "b"):  # exportable, but their short_caption is blank
+        write_pair(data_root, key, gen, record={"width": 1024, "height": 768, "short_caption": " ",
+                                                "long_caption": "long"})
+    index_root(db_path, data_root, workers=1)
+    parquet = tmp_path / "empty.parquet"
+    assert export_parquet(db_path, parquet)["rows"] == 0
+    out = tmp_path / "c.json"
+    with pytest.raises(IndexerError, match=r"has no rows \(excluded: no_caption 2 when it was exported\)"):
+        export_config(db_path, out)
+    assert not out.exists()
+    export_parquet(db_path, parquet, captions=("long_caption",))
+    assert export_config(db_path, out)["entry"]["parquet"]["path"] == str(parquet)

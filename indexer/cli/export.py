@@ -20,7 +20,7 @@ from indexer.export.captions import export_captions
 from indexer.export.config import ConfigOptions, export_config
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.export.select import DEFAULT_CAPTIONS
+from indexer.export.select import CAPTION_MODES, DEFAULT_CAPTIONS
 from indexer.export.text import caption_counts, excluded_text, file_head
 
 
@@ -41,12 +41,15 @@ class OptionalFloat(click.ParamType):
 
 
 def selection_options(func: Callable) -> Callable:
-    """--id, --caption, --where, --db, --quiet, --json: shared by every export of rows."""
+    """--id, --caption, --caption-mode, --where, --db, --quiet, --json: shared by every export of rows."""
     for decorator in reversed([
         id_option(),
         click.option("--caption", "captions", metavar="FIELD", multiple=True,
-                     help="Caption field; repeat for fallbacks (first non-empty wins; a list field gives "
-                          "its first non-empty item). Default: short_caption."),
+                     help="Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
+                          "list field gives its first non-empty item). Default: short_caption."),
+        click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
+                     help="first: the first non-empty --caption field; all: every non-empty one (list "
+                          "items included, duplicates dropped), one caption a line."),
         click.option("--where", metavar="SQL", default=None,
                      help="Boolean expression over samples columns, e.g. \"width >= 1024 AND "
                           "source != 'twitter'\" (read-only)."),
@@ -73,12 +76,13 @@ def export_group() -> None:
 @selection_options
 @click.option("--column", "columns", metavar="NAME", multiple=True,
               help="Extra column: key, source, long_caption, md5_file_hash, aspect_ratio or any JSON field.")
-def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...], where: str | None,
-                    db: str | None, quiet: bool, as_json: bool, columns: tuple[str, ...]) -> None:
+def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
+                    where: str | None, db: str | None, quiet: bool, as_json: bool,
+                    columns: tuple[str, ...]) -> None:
     """Write OUT: width, height, caption, filename (image path relative to the root) per sample."""
     summary = export_parquet(resolve_db(db), out, dataset_id=dataset_id,
                              captions=captions or DEFAULT_CAPTIONS, where=where, columns=columns,
-                             progress=show_progress(quiet, as_json))
+                             caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 
@@ -87,12 +91,13 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
 @click.option("--overwrite", is_flag=True, help="Also replace .txt files this tool did not write.")
 @click.option("--allow-mass-removal", is_flag=True,
               help="Go on when the run would remove more than half of the caption files it wrote.")
-def captions_command(dataset_id: str | None, captions: tuple[str, ...], where: str | None, db: str | None,
-                     quiet: bool, as_json: bool, overwrite: bool, allow_mass_removal: bool) -> None:
+def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_mode: str, where: str | None,
+                     db: str | None, quiet: bool, as_json: bool, overwrite: bool,
+                     allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
     summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
                               where=where, overwrite=overwrite, allow_mass_removal=allow_mass_removal,
-                              progress=show_progress(quiet, as_json))
+                              caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     lines = [
         f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s"
         + (f" ({summary['selected']:,} selected)" if summary["selected"] != summary["rows"] else ""),
@@ -154,11 +159,11 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
 @export_group.command("jsonl")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=str))
 @selection_options
-def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], where: str | None,
-                  db: str | None, quiet: bool, as_json: bool) -> None:
+def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
+                  where: str | None, db: str | None, quiet: bool, as_json: bool) -> None:
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
     summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                           where=where, progress=show_progress(quiet, as_json))
+                           where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 

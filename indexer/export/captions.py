@@ -143,14 +143,16 @@ def export_captions(
     overwrite: bool = False,
     allow_mass_removal: bool = False,
     progress: bool = False,
+    caption_mode: str = "first",
 ) -> dict:
     """Bring the .txt files under the dataset root in line with the selection; return the counts.
 
     Everything that could refuse the run (a field no sample has, a mass removal not confirmed
-    with allow_mass_removal) is decided before the first file is touched.
+    with allow_mass_removal) is decided before the first file is touched. With caption_mode
+    "all" a .txt holds one caption a line, as SimpleTuner splits it.
     """
     started = time.monotonic()
-    selection = make_selection(captions, where)
+    selection = make_selection(captions, where, caption_mode=caption_mode)
     with open_snapshot(db_path, dataset_id) as snapshot:
         root = os.path.realpath(snapshot.root)
         if not os.path.isdir(root):
@@ -186,14 +188,18 @@ def export_captions(
         "seconds": round(time.monotonic() - started, 3),
     }
     record_export(db_path, snapshot.dataset, "captions", snapshot.root,
-                  options=options_json({"captions": list(selection.captions), "where": selection.where}),
+                  options=options_json(selection.options()),
                   data_version=snapshot.data_version, rows=in_place, summary=summary,
                   failed=run.counts["failed"])
     return summary
 
 
 def count_stale(snapshot: Snapshot, selection: Selection) -> tuple[int, collections.Counter]:
-    """The caption files this tool owns, and those it would remove by reason (as _remove_stale)."""
+    """The caption files this tool owns, and those it would remove by reason (as _remove_stale).
+
+    caption_sql (first mode) decides "has a caption" for both caption modes: `all` finds a caption
+    exactly when first mode does.
+    """
     params: dict = {"dataset": snapshot.dataset}
     excluded = f"WHEN CASE WHEN ({selection.where}) THEN 0 ELSE 1 END THEN 'where'" if selection.where else ""
     sql = (

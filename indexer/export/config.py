@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from indexer import store
 from indexer.errors import IndexerError
 from indexer.export.record import atomic_file, output_path, record_export
-from indexer.export.select import options_json
+from indexer.export.select import options_json, sample_reasons
+from indexer.export.text import excluded_text
 
 # Extensions SimpleTuner discovers: lower case only, so `x.PNG` is never seen.
 DISCOVERED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "jxl", "avif"})
@@ -76,6 +77,7 @@ def export_config(
     conn = store.connect(db_path)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
+        check_exportable(dataset, root, sample_reasons(conn, dataset), db_path, path)
         data_version = conn.execute(
             "SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
         parquet_path = _parquet_path(conn, dataset, parquet, options)
@@ -165,7 +167,48 @@ def _parquet_path(conn: sqlite3.Connection, dataset: str, parquet: str | os.Path
             "run `indexer export parquet` to (re)create it or pass --parquet PATH"
         )
     check_parquet_columns(path)
+    check_parquet_rows(conn, dataset, path)
     return str(path)
+
+
+def check_exportable(dataset: str, root: Path, reasons: dict[str, int], db_path: str | os.PathLike[str],
+                     out: Path) -> None:
+    """Refuse a config for a dataset SimpleTuner would find nothing to train on in."""
+    if reasons.get("exportable"):
+        return
+    total = sum(reasons.values())
+    if not total:
+        raise IndexerError(
+            f"dataset {dataset!r} has no sample at all, so a config would train on nothing; {out} was not "
+            f"written. Put <key>.json + image pairs under {root} and run `indexer index {root}`"
+        )
+    counts = ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
+    raise IndexerError(
+        f"dataset {dataset!r} has no exportable sample (status ok with a width and height) among its "
+        f"{total:,} samples ({counts}): SimpleTuner would find nothing to train on, so {out} was not "
+        f"written. `indexer problems --db {db_path}` names each file and what to fix; then run "
+        f"`indexer index {root}` again"
+    )
+
+
+def check_parquet_rows(conn: sqlite3.Connection, dataset: str, path: Path) -> None:
+    """An empty Parquet makes SimpleTuner skip every image (no row: `metadata_missing`)."""
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise IndexerError(f"{path} is not a readable Parquet file ({exc}); re-export it") from exc
+    if rows:
+        return
+    found = conn.execute("SELECT summary FROM exports WHERE dataset = ? AND kind = 'parquet' AND path = ?",
+                         (dataset, str(path))).fetchone()
+    excluded = (json.loads(found[0]) if found and found[0] else {}).get("excluded") or {}
+    why = f" ({excluded_text(excluded)} when it was exported)" if excluded else ""
+    raise IndexerError(
+        f"the Parquet {path} has no rows{why}: SimpleTuner would skip every image for lack of a row, "
+        "so the config was not written. Re-export it with a --caption field the samples fill and a "
+        f"--where that keeps some (`indexer export parquet {path} --caption FIELD`), or name another "
+        "with --parquet PATH"
+    )
 
 
 def check_parquet_columns(path: Path) -> None:

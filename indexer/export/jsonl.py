@@ -39,12 +39,16 @@ def export_jsonl(
     captions: Sequence[str] = DEFAULT_CAPTIONS,
     where: str | None = None,
     progress: bool = False,
+    caption_mode: str = "first",
 ) -> dict:
-    """Write OUT unless the last export there already holds the same rows; return the summary."""
+    """Write OUT unless the last export there already holds the same rows; return the summary.
+
+    With caption_mode "all", `text` stays one string: the captions joined with "\n".
+    """
     started = time.monotonic()
     path = output_path(out, "jsonl")
-    selection = make_selection(captions, where)
-    options = options_json({"captions": list(selection.captions), "where": selection.where})
+    selection = make_selection(captions, where, caption_mode=caption_mode)
+    options = options_json(selection.options())
     with open_snapshot(db_path, dataset_id) as snapshot:
         check_selection(snapshot, selection)
         previous = previous_export(snapshot.conn, snapshot.dataset, "jsonl", path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.errors import IndexerError
 from indexer.export.record import (
     atomic_file,
     is_up_to_date,
@@ -36,6 +37,13 @@ from indexer.export.select import (
 from indexer.progress import bar
 
 ROW_GROUP_ROWS = 131_072
+ALL_CAPTIONS_REFUSED = (
+    "--caption-mode all is refused for parquet: SimpleTuner's parquet reader crashes on several "
+    "captions in one row (`unhashable type: 'list'`, 3.1.6 and 4.10.1 with caption_strategy parquet); "
+    "nothing was written. Give every caption to SimpleTuner as caption files instead: `indexer export "
+    "captions --caption-mode all` (one caption a line), then caption_strategy textfile (`indexer export "
+    "config --caption-strategy textfile`); keep this Parquet in first mode for its sizes"
+)
 BASE_SCHEMA = [("width", pa.int64()), ("height", pa.int64()), ("caption", pa.string()),
                ("filename", pa.string())]
 
@@ -49,11 +57,14 @@ def export_parquet(
     where: str | None = None,
     columns: Sequence[str] = (),
     progress: bool = False,
+    caption_mode: str = "first",
 ) -> dict:
     """Write OUT unless the last export there already holds the same rows; return the summary."""
     started = time.monotonic()
+    selection = make_selection(captions, where, columns, caption_mode)
+    if selection.caption_mode == "all":
+        raise IndexerError(ALL_CAPTIONS_REFUSED)
     path = output_path(out, "parquet")
-    selection = make_selection(captions, where, columns)
     options = options_json(selection.options())
     with open_snapshot(db_path, dataset_id) as snapshot:
         check_selection(snapshot, selection)

@@ -25,11 +25,14 @@ from indexer import store
 from indexer.errors import IndexerError
 
 DEFAULT_CAPTIONS = ("short_caption",)
+# first: the first non-empty --caption field (today's single caption); all: every non-empty one.
+CAPTION_MODES = ("first", "all")
 BATCH_ROWS = 20_000
 SNAPSHOT_CACHE_KIB = 8192
 # Characters stripped from both ends of a caption: a trailing newline would otherwise become an
 # empty extra caption in a SimpleTuner .txt file.
 TRIM = "char(32, 9, 10, 13)"
+STRIP = " \t\n\r"  # the same characters, for captions joined in Python
 FIELD_NAME = re.compile(r"^[^\"\\\x00-\x1f]+$")
 DEFAULT_COLUMNS = ("width", "height", "caption", "filename")
 # Output columns read straight from a samples column, with their Arrow type.
@@ -47,12 +50,15 @@ COMMON_FIELDS = 8
 class Selection:
     """The options that decide which rows an export holds and what their caption is."""
 
-    captions: tuple[str, ...] = DEFAULT_CAPTIONS
+    captions: tuple[str, ...] = DEFAULT_CAPTIONS  # () for an export without captions
     where: str | None = None
     columns: tuple[str, ...] = ()
+    caption_mode: str = "first"
 
     def options(self) -> dict:
-        return {"captions": list(self.captions), "where": self.where, "columns": list(self.columns)}
+        """What shapes the rows, as recorded in exports.options: a change is never "up to date"."""
+        return {"captions": list(self.captions), "caption_mode": self.caption_mode, "where": self.where,
+                "columns": list(self.columns)}
 
 
 @dataclass
@@ -67,8 +73,10 @@ class Snapshot:
 
 
 def make_selection(captions: Sequence[str] | None, where: str | None,
-                   columns: Sequence[str] = ()) -> Selection:
+                   columns: Sequence[str] = (), caption_mode: str = "first") -> Selection:
     """Validate the user's options once, before any file is touched."""
+    if caption_mode not in CAPTION_MODES:
+        raise IndexerError(f"--caption-mode {caption_mode!r}: use {' or '.join(CAPTION_MODES)}")
     captions = tuple(captions or DEFAULT_CAPTIONS)
     for name in captions:
         json_path(name, "--caption")
@@ -80,10 +88,19 @@ def make_selection(captions: Sequence[str] | None, where: str | None,
         if name in seen:
             raise IndexerError(f"--column {name} is given twice; give each column once")
         seen.add(name)
+    return Selection(captions, clean_where(where), tuple(columns), caption_mode)
+
+
+def size_selection(where: str | None) -> Selection:
+    """A selection for an export that holds sizes only: a sample needs no caption to be in it."""
+    return Selection(captions=(), where=clean_where(where))
+
+
+def clean_where(where: str | None) -> str | None:
     where = where.strip() if where and where.strip() else None
     if where is not None:
         check_where_text(where)
-    return Selection(captions, where, tuple(columns))
+    return where
 
 
 def json_path(name: str, option: str) -> str:
@@ -137,6 +154,38 @@ def caption_sql(captions: Sequence[str], params: dict) -> str:
             f" AS item WHERE item.type = 'text' AND trim(item.value, {TRIM}) != '' LIMIT 1) END"
         )
     return parts[0] if len(parts) == 1 else "coalesce(" + ", ".join(parts) + ")"
+
+
+def all_captions_sql(captions: Sequence[str], params: dict) -> str:
+    """The raw value of every --caption field as one JSON array, for join_captions to flatten."""
+    parts = []
+    for number, name in enumerate(captions):
+        param = f"caption{number}"
+        params[param] = json_path(name, "--caption")
+        parts.append(f"samples.meta -> :{param}")
+    return f"json_array({', '.join(parts)})"
+
+
+def join_captions(values_json: str) -> str | None:
+    """`--caption-mode all`: every non-empty text of the fields in order (list items included,
+    nested lists and non-text values skipped, as in first mode), each stripped like first mode's
+    caption, duplicates dropped, joined with "\n" (a SimpleTuner caption .txt holds one caption a
+    line). A line break inside one field is kept, as in first mode. None when there is none, so a
+    sample is excluded as `no_caption` exactly when first mode excludes it."""
+    found: dict[str, None] = {}
+    for value in orjson.loads(values_json):
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and (text := item.strip(STRIP)):
+                found.setdefault(text)
+    return "\n".join(found) if found else None
+
+
+def caption_column_sql(selection: Selection, params: dict) -> str:
+    if not selection.captions:
+        return "NULL"
+    if selection.caption_mode == "all":
+        return all_captions_sql(selection.captions, params)
+    return caption_sql(selection.captions, params)
 
 
 def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
@@ -206,6 +255,17 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
         raise IndexerError(missing_fields_message(snapshot, missing, selection.where))
 
 
+def sample_reasons(conn: sqlite3.Connection, dataset: str) -> collections.Counter:
+    """Every sample of the dataset by why it can or cannot be exported: its status when not ok,
+    `no_size`, or `exportable` (status ok with a size: what any export can hold)."""
+    rows = conn.execute(
+        "SELECT CASE WHEN status != 'ok' THEN status WHEN NOT coalesce(width AND height, 0)"
+        " THEN 'no_size' ELSE 'exportable' END AS reason, count(*) FROM samples WHERE dataset = ?"
+        " GROUP BY reason", (dataset,),
+    ).fetchall()
+    return collections.Counter(dict(rows))
+
+
 def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bool:
     return run_query(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
 
@@ -270,18 +330,21 @@ def select_rows(
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
-    Excluded samples are counted into snapshot.excluded by the first reason that applies.
+    Excluded samples are counted into snapshot.excluded by the first reason that applies. The
+    caption follows selection.caption_mode (None in a selection without captions).
     """
     params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
     keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
     sql = (
-        f"SELECT samples.status, {keep}, {caption_sql(selection.captions, params)}, samples.key,"
+        f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.key,"
         " samples.image, samples.width, samples.height"
         + "".join(f", {expr}" for expr in extra_sql)
         + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
     )
     cursor = run_query(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
+    joined = selection.caption_mode == "all" and bool(selection.captions)
+    caption_needed = bool(selection.captions)
     while True:
         try:
             rows = cursor.fetchmany(BATCH_ROWS)
@@ -297,7 +360,7 @@ def select_rows(
                 excluded["no_size"] += 1
             elif not kept:
                 excluded["where"] += 1
-            elif caption is None:
+            elif (caption := join_captions(caption) if joined else caption) is None and caption_needed:
                 excluded["no_caption"] += 1
             elif not safe_relative(image):
                 excluded["unsafe_path"] += 1
