@@ -1,4 +1,4 @@
-"""`indexer export parquet|captions|config|jsonl`: thin commands over indexer.export."""
+"""`indexer export parquet|captions|config|jsonl|kohya|aitk`: thin commands over indexer.export."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from indexer.errors import ExportIncomplete
 from indexer.export.captions import export_captions
 from indexer.export.config import ConfigOptions, export_config
 from indexer.export.jsonl import export_jsonl
+from indexer.export.kohya import export_kohya
 from indexer.export.parquet import export_parquet
 from indexer.export.select import CAPTION_MODES, DEFAULT_CAPTIONS
-from indexer.export.text import caption_counts, excluded_text, file_head
+from indexer.export.text import caption_counts, counts_text, excluded_text, file_head
 
 
 class OptionalFloat(click.ParamType):
@@ -68,7 +69,8 @@ def report(summary: dict, quiet: bool, as_json: bool, lines: list[str]) -> None:
 
 @click.group("export")
 def export_group() -> None:
-    """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl."""
+    """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl,
+    sd-scripts metadata, ai-toolkit's size cache."""
 
 
 @export_group.command("parquet")
@@ -165,6 +167,25 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
     summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
                            where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
+
+
+@export_group.command("kohya")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@selection_options
+@click.option("--relative", is_flag=True,
+              help="Write image paths relative to the dataset root (then sd-scripts' --train_data_dir "
+                   "must be the root); default: absolute paths, right whatever train_data_dir is.")
+def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
+                  where: str | None, db: str | None, quiet: bool, as_json: bool, relative: bool) -> None:
+    """Write OUT.jsonl as sd-scripts fine-tuning metadata: image_path, caption, image_size."""
+    summary = export_kohya(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
+                           where=where, caption_mode=caption_mode, relative=relative,
+                           progress=show_progress(quiet, as_json))
+    lines = [file_head(summary), "  " + excluded_text(summary["excluded"])]
+    if summary["sizes_left_out"]:
+        lines.append("  image_size left out, sd-scripts measures these itself: "
+                     + counts_text(summary["sizes_left_out"]))
+    report(summary, quiet, as_json, lines)
 
 
 def register(group: click.Group) -> None:

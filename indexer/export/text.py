@@ -6,10 +6,13 @@ Kept free of pyarrow and the export code, so `watch` can format results without 
 from __future__ import annotations
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """`reason 1,234, other 5` (or `none`)."""
+    return ", ".join(f"{reason} {count:,}" for reason, count in counts.items()) or "none"
+
+
 def excluded_text(excluded: dict[str, int]) -> str:
-    if not excluded:
-        return "excluded: none"
-    return "excluded: " + ", ".join(f"{reason} {count:,}" for reason, count in excluded.items())
+    return "excluded: " + counts_text(excluded)
 
 
 def file_head(summary: dict, *, timed: bool = True) -> str:
