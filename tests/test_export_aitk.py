@@ -193,8 +193,12 @@ def test_existing_entries_are_kept_only_while_they_match(gen, dataset: Path, db_
     (dataset / "rotated.json").write_text(json.dumps({"short_caption": "x", "width": 1200, "height": 800}))
     (tmp_path / "outside.png").write_bytes(b"o")
     index_root(db_path, dataset, workers=1)
+    (dataset / ".thumbs").mkdir()
+    (dataset / ".thumbs" / "t.png").write_bytes(b"t")  # ai-toolkit never walks into it
     st = rotated.stat()
     outside = os.stat(tmp_path / "outside.png")
+    hidden = os.stat(dataset / ".thumbs" / "t.png")
+    orphan = os.stat(dataset / "orphan.png")
     any_image = next(image for image in recorded_sizes(db_path) if image.endswith(".png"))
     cache_file = dataset / CACHE_NAME
     cache_file.write_text(json.dumps({
@@ -204,14 +208,16 @@ def test_existing_entries_are_kept_only_while_they_match(gen, dataset: Path, db_
         "/orphan.png": [5, 5, "0:0"],  # stale signature
         "/../outside.png": [1, 1, f"{outside.st_size}:{int(outside.st_mtime)}"],  # outside the root
         f"/{any_image}": [1, 1, "wrong"],
+        "/.thumbs/t.png": [1, 1, f"{hidden.st_size}:{int(hidden.st_mtime)}"],
+        "//orphan.png": [5, 5, f"{orphan.st_size}:{int(orphan.st_mtime)}"],  # never looked up
     }))
     summary = export_aitk(db_path)
-    assert (summary["existing"], summary["kept"], summary["dropped"]) == ("merged", 1, 3)
+    assert (summary["existing"], summary["kept"], summary["dropped"]) == ("merged", 1, 5)
     sizes = aitk_sizes(str(dataset.resolve()))
     assert sizes["rotated.jpg"] == (800, 1200) and sizes["orphan.png"] is None
     assert sizes[any_image] == recorded_sizes(db_path)[any_image]
     document = json.loads(cache_file.read_text())
-    assert "/../outside.png" not in document and "/gone.png" not in document
+    assert not {"/../outside.png", "/gone.png", "/.thumbs/t.png", "//orphan.png"} & set(document)
     cache_file.write_text(json.dumps({"__version__": "0.1.1", "/rotated.jpg": [800, 1200, "x"]}))
     old = export_aitk(db_path)
     assert old["existing"].startswith("replaced (not version 0.1.2") and old["kept"] == 0

@@ -88,14 +88,18 @@ class CacheBuild:
             return
         self.entries[key] = [width, height, signature(size, mtime_ns)]
 
+    def skipped_by_walk(self, inner: str) -> bool:
+        """ai-toolkit's walk of the folder never yields this path: a hidden folder or file on the
+        way, or a file directly in a `_controls` folder."""
+        full = os.path.join(self.folder, inner)
+        return any(part.startswith(".") for part in inner.split(os.sep)) \
+            or os.path.basename(os.path.dirname(full)) == CONTROLS_FOLDER
+
     def reason(self, image: str, width: int, height: int, size: int | None, racy: int | None) -> str | None:
         if not image.startswith(self.prefix):
             return "outside_folder"
-        inner = image[len(self.prefix):]
-        full = os.path.join(self.folder, inner)
-        if any(part.startswith(".") for part in inner.split("/")) \
-                or os.path.basename(os.path.dirname(full)) == CONTROLS_FOLDER:
-            return "not_loaded"  # ai-toolkit's walk skips it
+        if self.skipped_by_walk(image[len(self.prefix):]):
+            return "not_loaded"
         if size is None:
             return "no_file_record"
         if racy:
@@ -231,7 +235,7 @@ def still_valid(key: str, value: object, build: CacheBuild) -> bool:
     full = build.folder + key  # the path ai-toolkit cut the key from
     inner = os.path.relpath(full, build.folder)
     if inner.startswith("..") or os.path.join(build.folder, inner) != full \
-            or full.replace(build.folder, "") != key:
+            or full.replace(build.folder, "") != key or build.skipped_by_walk(inner):
         return False  # not a path ai-toolkit's walk yields, so never looked up
     real = os.path.realpath(full)
     if not real.startswith(build.root + os.sep):
