@@ -16,6 +16,7 @@ from indexer.cli.common import (
     show_progress,
 )
 from indexer.errors import ExportIncomplete
+from indexer.export.aitk import export_aitk
 from indexer.export.captions import export_captions
 from indexer.export.config import ConfigOptions, export_config
 from indexer.export.jsonl import export_jsonl
@@ -186,6 +187,33 @@ def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
         lines.append("  image_size left out, sd-scripts measures these itself: "
                      + counts_text(summary["sizes_left_out"]))
     report(summary, quiet, as_json, lines)
+
+
+@export_group.command("aitk")
+@id_option()
+@click.option("--where", metavar="SQL", default=None,
+              help="Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
+@click.option("--folder", metavar="DIR", default=None,
+              help="ai-toolkit's folder_path, exactly as in its config: the dataset root (default) or a "
+                   "folder under it; keys are relative to it and images outside it are left out.")
+@db_option
+@quiet_option
+@json_option
+def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, db: str | None,
+                 quiet: bool, as_json: bool) -> None:
+    """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
+    summary = export_aitk(resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
+                          progress=show_progress(quiet, as_json))
+    if summary["up_to_date"]:
+        head = f"{summary['path']} is up to date ({summary['rows']:,} images); nothing written"
+    elif summary["existing"] == "merged":
+        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']}, merged with the existing "
+                f"file: kept {summary['kept']:,} of its other entries, dropped {summary['dropped']:,}")
+    else:
+        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']} "
+                f"(existing file: {summary['existing']})")
+    report(summary, quiet, as_json, [head, "  " + excluded_text(summary["excluded"]),
+                                     f"  ai-toolkit's folder_path must be exactly {summary['folder']}"])
 
 
 def register(group: click.Group) -> None:

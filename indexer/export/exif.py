@@ -44,6 +44,25 @@ def is_jpeg(image: str) -> bool:
     return image.rpartition(".")[2].lower() in JPEG_EXTENSIONS
 
 
+def size_doubt(full: str, image: str, width: int, height: int) -> str | None:
+    """Why (width, height) may not be the image's size for a trainer, or None when it is.
+
+    Only JPEGs are read: one whose orientation swaps the axes (stored and displayed sizes differ,
+    and the index may hold either), one whose stored size differs from the index's (the JSON's
+    size is wrong), one that cannot be parsed. A trainer should measure those itself.
+    """
+    if not is_jpeg(image):
+        return None
+    header = read_jpeg_header(full)
+    if header is None:
+        return "unreadable_jpeg"
+    if header.swaps_axes:
+        return "exif_rotated"
+    if (header.width, header.height) != (width, height):
+        return "size_differs"
+    return None
+
+
 def read_jpeg_header(path: str) -> JpegHeader | None:
     """The header of a regular JPEG file, or None when it cannot be read or parsed (then no
     size of ours can be trusted for it). Non-blocking open: a FIFO put in an image's place

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from indexer.errors import IndexerError
-from indexer.export.exif import is_jpeg, read_jpeg_header
+from indexer.export.exif import size_doubt
 from indexer.export.jsonl import write_json_lines
 from indexer.export.record import output_path
 from indexer.export.select import DEFAULT_CAPTIONS, Snapshot, make_selection
@@ -77,7 +77,7 @@ class KohyaLines:
         for _key, image, width, height, caption in batch:
             full = os.path.join(root, image)
             line: dict = {"image_path": image if self.relative else full, "caption": caption}
-            reason = untrusted_size(full, image, width, height)
+            reason = size_doubt(full, image, width, height)
             if reason is None:
                 line["image_size"] = [width, height]
             else:
@@ -85,22 +85,3 @@ class KohyaLines:
             lines.append(orjson.dumps(line) + b"\n")
         self.counts["sizes_left_out"] = dict(sorted(self.left_out.items()))
         return b"".join(lines)
-
-
-def untrusted_size(full: str, image: str, width: int, height: int) -> str | None:
-    """Why (width, height) may not be the stored size sd-scripts would measure, or None.
-
-    JPEGs only (their header is read here): one whose EXIF orientation swaps the axes (the
-    index's size may be the rotated one), one whose stored size differs from the index's, one
-    that cannot be parsed. sd-scripts measures those itself.
-    """
-    if not is_jpeg(image):
-        return None
-    header = read_jpeg_header(full)
-    if header is None:
-        return "unreadable_jpeg"
-    if header.swaps_axes:
-        return "exif_rotated"
-    if (header.width, header.height) != (width, height):
-        return "size_differs"
-    return None

@@ -370,6 +370,18 @@ def select_rows(
             yield batch
 
 
+def image_file_stat_sql() -> list[str]:
+    """Extra select_rows columns: the image file's size, mtime_ns and racy flag, as the index
+    recorded them when it last looked at the file.
+
+    This is the ONLY place an export reads file stat data (the `files` table): if the ingest
+    moves those columns into `samples`, only this function changes.
+    """
+    record = ("FROM files AS f WHERE f.dataset = samples.dataset AND f.key = samples.key"
+              " AND f.ext = samples.image_ext")
+    return [f"(SELECT f.{column} {record})" for column in ("size", "mtime_ns", "racy")]
+
+
 def safe_relative(path: str | None) -> bool:
     """A root-relative, '/'-separated path that cannot climb out of the root."""
     if not path or path.startswith("/") or "\\" in path or "\x00" in path:
