@@ -32,9 +32,14 @@ PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more t
 
 
 def split_sample_path(path: str) -> tuple[str, str] | None:
-    """(key, lower-case extension) of a sample file path, or None for files that are not samples."""
+    """(key, lower-case extension) of a sample file path, or None for files that are not samples.
+
+    Hidden files (a name starting with '.') are never samples: tools keep their own files there
+    (ai-toolkit's `.aitk_size.json`, macOS's `._x.png` resource forks).
+    """
     dot = path.rfind(".")
-    if dot <= path.rfind("/") + 1:  # no extension, or a dot-file such as ".json"
+    name_start = path.rfind("/") + 1
+    if dot <= name_start or path[name_start] == ".":  # no extension, or a hidden file
         return None
     extension = path[dot + 1 :].lower()
     if extension not in SAMPLE_EXTENSIONS:
@@ -154,7 +159,7 @@ def walk(
                                    if not name.startswith(STAGING_PREFIX)]
                         candidates = [
                             entry for entry in chunk
-                            if (dot := entry.name.rfind(".")) > 0
+                            if (dot := entry.name.rfind(".")) > 0 and entry.name[0] != "."
                             and entry.name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
                         ]
                         files = [entry.name for entry in candidates if _is_file(entry)]

@@ -172,7 +172,8 @@ def test_images_ai_toolkit_would_measure_differently_are_left_out(gen, settled, 
         (data_root / name).with_suffix(".json").write_text(json.dumps(caption))
     index_root(db_path, data_root, workers=1)
     summary = export_aitk(db_path)
-    assert summary["excluded"] == {"exif_rotated": 1, "size_differs": 1, "not_loaded": 3}
+    # .dot.png is a hidden file, never indexed; the hidden folder and _controls are ai-toolkit's skips
+    assert summary["excluded"] == {"exif_rotated": 1, "size_differs": 1, "not_loaded": 2}
     sizes = aitk_sizes(str(data_root.resolve()))
     assert sizes == {"rotated.jpg": None, "lying.jpg": None, "flipped.jpg": (1200, 800),
                      "plain.jpeg": (1200, 800)}

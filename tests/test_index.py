@@ -594,3 +594,14 @@ def test_a_root_without_samples_says_so_and_points_at_extract(tmp_path, db_path,
     assert summary["samples"] == 0 and len(summary["notes"]) == 2
     assert "data-000001.tgz" in summary["notes"][1] and "part/data-000000.tar" in summary["notes"][1]
     assert "indexer extract" in summary["notes"][1]
+
+
+def test_hidden_files_are_never_samples(data_root, db_path, gen, no_racy):
+    write_pair(data_root, "x", gen)
+    (data_root / ".aitk_size.json").write_text('{"__version__": "0.1.2"}')
+    (data_root / "._x.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    write_pair(data_root, "sub/.hidden", gen)
+    summary = run(db_path, data_root)
+    assert set(samples(db_path)) == {"x"} and summary["files_seen"] == 2
+    assert scan.split_sample_path("sub/.hidden.json") is None
+    assert scan.split_sample_path("sub/visible.json") == ("sub/visible", "json")
