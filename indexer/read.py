@@ -80,6 +80,15 @@ def _json_error(data: bytes, exc: Exception) -> str:
     return f"invalid JSON ({exc}); the file is truncated or corrupt"
 
 
+def stored_size(handle) -> tuple[int, int]:
+    """The size as stored in the header, ignoring EXIF orientation: what the JSON's width/height
+    and kohya mean. imagesize 2.x applies the rotation unless told not to; 1.4 never does."""
+    try:
+        return imagesize.get(handle, exif_rotation=False)
+    except TypeError:  # imagesize 1.4 has no exif_rotation
+        return imagesize.get(handle)
+
+
 def image_header_size(path: str, size: int) -> tuple[int, int] | str:
     """(width, height) from the image header without decoding pixels, or the reason it failed."""
     if size == 0:
@@ -92,7 +101,7 @@ def image_header_size(path: str, size: int) -> tuple[int, int] | str:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return "not a regular file"
-            width, height = imagesize.get(handle)
+            width, height = stored_size(handle)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # imagesize raises assorted errors on damaged headers

@@ -605,3 +605,13 @@ def test_hidden_files_are_never_samples(data_root, db_path, gen, no_racy):
     assert set(samples(db_path)) == {"x"} and summary["files_seen"] == 2
     assert scan.split_sample_path("sub/.hidden.json") is None
     assert scan.split_sample_path("sub/visible.json") == ("sub/visible", "json")
+
+
+def test_header_size_is_the_stored_size_whatever_the_exif_orientation(data_root, db_path, gen, no_racy):
+    from helpers_export import exif_jpeg
+
+    (data_root / "turned.jpg").write_bytes(exif_jpeg(gen, 1200, 800, 6))  # displayed as 800x1200
+    (data_root / "turned.json").write_text(json.dumps({"short_caption": "no size in the JSON"}))
+    run(db_path, data_root)
+    row = samples(db_path)["turned"]
+    assert (row["width"], row["height"], row["size_from"]) == (1200, 800, "image")
