@@ -1,7 +1,7 @@
 """The `index` stage: scan, read what changed in worker processes, write in sorted batches.
 
-Crash safety comes from writing a key's file records and its sample row in the same transaction:
-a run killed before a batch commits leaves those files unrecorded, so the next run sees them again.
+Crash safety comes from a key's stat records living in its sample row (schema 009): a run killed
+before a batch commits leaves those files unrecorded, so the next run sees them again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import STAGING_PREFIX, scan, split_sample_path, stat_signature
+from indexer.scan import NEVER_MATCHES, STAGING_PREFIX, scan, split_sample_path, stat_signature
 from indexer.search import sync_search_index
 from indexer.workers import process_pool
 
@@ -34,23 +34,36 @@ KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little
 # The samples columns a read decides, in the order of a CompactResult's sample row.
 STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
                   "meta")
-# What a reader sends back per key: (key, sample row or None when no file is left, file rows
-# (ext, size, mtime_ns, ctime_ns, inode, racy, sig), files read). Flat tuples of str/int only:
-# they pickle several times cheaper than the reader's objects, and go to executemany as they are.
-CompactResult = tuple[str, tuple | None, list[tuple], int]
+# The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
+# trust) gets signature -1, which never matches, so the next run reads it again.
+STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files")
+RACY_SIGNATURE = NEVER_MATCHES
+# What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
+# left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
+# times cheaper than the reader's objects, and go to executemany as they are.
+CompactResult = tuple[str, tuple | None, tuple | None, int]
 
 
 def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], files_read: int) -> CompactResult:
     """A read result in the form write_results stores (computed in the reader processes)."""
-    cut = len(key) + 1
-    file_rows = [(path[cut:], size, mtime_ns, ctime_ns, inode, racy,
-                  stat_signature(size, mtime_ns, ctime_ns, inode))
-                 for path, size, mtime_ns, ctime_ns, inode, racy in files]
     if sample is None:
-        return key, None, file_rows, files_read
+        return key, None, None, files_read
+    json_stat = image_stat = None
+    others = []
+    for path, size, mtime_ns, ctime_ns, inode, racy in files:
+        sig = RACY_SIGNATURE if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
+        if path == sample.json:
+            json_stat = (size, sig)
+        elif path == sample.image:
+            image_stat = (size, mtime_ns, sig)
+        else:
+            others.append([path[len(key) + 1 :], size, mtime_ns, sig])
     image, json_path, *rest = sample
+    cut = len(key) + 1
     row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
-    return key, row, file_rows, files_read
+    stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
+             orjson.dumps(sorted(others)).decode() if others else None)
+    return key, row, stats, files_read
 
 
 @dataclass
@@ -236,8 +249,8 @@ def apply_changes(
         return counts
     if total >= BULK_MIN_KEYS and total * 2 >= _sample_count(conn, dataset):
         defer_derived(conn)  # built again on first use, off the critical path
-    # A dataset with no stored file yet (a first run) has nothing to merge with or replace.
-    fresh = conn.execute("SELECT 1 FROM files WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
+    # A dataset with no stored sample yet (a first run) has nothing to merge with or replace.
+    fresh = conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
     tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
         pending: list[CompactResult] = []
@@ -356,7 +369,7 @@ def write_results(
     counts: Counts,
     fresh: bool = False,
 ) -> None:
-    """Record a batch of keys: file rows and sample rows together, in one transaction.
+    """Record a batch of keys (content and stat records in one row per sample), in one transaction.
 
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
@@ -364,43 +377,38 @@ def write_results(
     fresh: no key of the batch has stored rows yet (a first run), so nothing is looked up or deleted.
     """
     keys = [key for key, *_ in results]
+    width = len(STORED_COLUMNS)
     old = {} if fresh else {
-        row[0]: tuple(row[1:])
+        row[0]: (row[1 : width + 1], row[width + 1 :])
         for row in conn.execute(
-            f"SELECT key, {', '.join(STORED_COLUMNS)} FROM samples "
+            f"SELECT key, {', '.join(STORED_COLUMNS + STAT_COLUMNS)} FROM samples "
             "WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
             (dataset, orjson.dumps(keys).decode()),
         )
     }
     upserts = []
     deletes = []
-    file_rows = []
-    for key, row, files, files_read in results:
+    restats = []  # same content, files touched: new stat records, no new data_version
+    for key, row, stats, files_read in results:
         counts.files_read += files_read
-        file_rows += [(dataset, key, *record) for record in files]
         previous = old.get(key)
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
                 counts.removed += 1
             continue
-        if previous == row:
+        if previous is not None and previous[0] == row:
+            if previous[1] != stats:
+                restats.append((*stats, dataset, key))
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
-        upserts.append((dataset, key, *row))
+        upserts.append((dataset, key, *row, *stats))
     with store.transaction(conn):
-        if not fresh:
-            conn.executemany(
-                "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
-            )
-        conn.executemany(
-            "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy, sig)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            file_rows,
-        )
+        if restats:
+            conn.executemany(STAT_UPDATE, restats)
         if not upserts and not deletes:
             return
         version = conn.execute(
@@ -411,10 +419,13 @@ def write_results(
         conn.executemany(SAMPLE_INSERT if fresh else SAMPLE_UPSERT, [(*row, version) for row in upserts])
 
 
-SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
-                 f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))})")
+_WRITTEN = (*STORED_COLUMNS, *STAT_COLUMNS, "data_version")
+SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(_WRITTEN)}) "
+                 f"VALUES ({', '.join('?' * (len(_WRITTEN) + 2))})")
 SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
-                 + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")))
+                 + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN))
+STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)}"
+               " WHERE dataset = ? AND key = ?")
 
 
 def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from indexer.workers import process_pool
 
@@ -57,6 +58,18 @@ def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
             ^ ctime_ns * 0x165667B19E3779F9 ^ inode * 0x27D4EB2F165667C5) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+# One page of stored stat records in one walk of the table (rowid order, no index lookups):
+# "path\0signature" of each JSON, then of each image, each joined by \0 (group_concat skips the
+# NULLs of samples without one), the page's row count and its last id (the next page starts after).
+SNAPSHOT_PAGE_SQL = """
+SELECT group_concat(key || '.' || json_ext || char(0) || json_sig, char(0)),
+       group_concat(key || '.' || image_ext || char(0) || image_sig, char(0)),
+       count(*), max(id)
+FROM (SELECT id, key, json_ext, json_sig, image_ext, image_sig FROM samples
+      WHERE id > ? AND +dataset = ? ORDER BY id LIMIT ?)
+"""
+
+
 class Snapshot:
     """The stored file records of one dataset as sorted (path hash, stat signature) arrays."""
 
@@ -71,29 +84,32 @@ class Snapshot:
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, dataset: str) -> Snapshot:
-        """Read the records a page at a time, each page as ONE string from group_concat.
+        """Read the records a page of samples at a time, each page as ONE string from group_concat.
 
         Two million rows fetched as Python tuples cost most of a no-change rerun at 1M samples;
-        one string per page split in C is ~3x cheaper. Pages follow the primary key (keyset).
+        one string per page split in C is ~3x cheaper.
+        Racy records are stored with signature NEVER_MATCHES already.
         """
         hashes: list[np.ndarray] = []
         signatures: list[np.ndarray] = []
-        after = ("", "")
+        after = 0
         while True:
-            page = conn.execute(
-                "SELECT group_concat(path || char(0) || signature, char(0)), count(*) FROM ("
-                f" SELECT path, CASE WHEN racy THEN {NEVER_MATCHES} ELSE sig END AS signature"
-                " FROM files WHERE dataset = ? AND (key, ext) > (?, ?) ORDER BY key, ext LIMIT ?)",
-                (dataset, *after, SNAPSHOT_PAGE),
-            ).fetchone()
-            if not page[1]:
+            page = conn.execute(SNAPSHOT_PAGE_SQL, (after, dataset, SNAPSHOT_PAGE)).fetchone()
+            json_entries, image_entries, rows, after = page
+            if not rows:
                 break
-            fields = page[0].split("\0")
-            paths = fields[0::2]
-            hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
-            signatures.append(np.array(fields[1::2], dtype=np.int64))
-            last = paths[-1]
-            after = (last[: last.rfind(".")], last[last.rfind(".") + 1 :])
+            for entries in (json_entries, image_entries):
+                if entries:
+                    fields = entries.split("\0")
+                    paths = fields[0::2]
+                    hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
+                    signatures.append(np.array(fields[1::2], dtype=np.int64))
+        others = [(f"{key}.{ext}", sig) for key, files in conn.execute(
+            "SELECT key, other_files FROM samples WHERE dataset = ? AND other_files IS NOT NULL", (dataset,))
+            for ext, _size, _mtime_ns, sig in orjson.loads(files)]
+        if others:
+            hashes.append(np.fromiter((hash(path) for path, _ in others), dtype=np.int64, count=len(others)))
+            signatures.append(np.array([sig for _, sig in others], dtype=np.int64))
         if not hashes:
             return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
         return cls(np.concatenate(hashes), np.concatenate(signatures))

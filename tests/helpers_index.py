@@ -38,7 +38,7 @@ def samples(db: Path) -> dict[str, dict]:
 def files(db: Path) -> list[tuple]:
     conn = sqlite3.connect(db)
     rows = conn.execute(
-        "SELECT dataset, path, size, mtime_ns, ctime_ns, inode FROM files ORDER BY dataset, path"
+        "SELECT dataset, path, size, sig FROM files ORDER BY dataset, path"
     ).fetchall()
     conn.close()
     return rows

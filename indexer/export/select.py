@@ -374,12 +374,10 @@ def image_file_stat_sql() -> list[str]:
     """Extra select_rows columns: the image file's size, mtime_ns and racy flag, as the index
     recorded them when it last looked at the file.
 
-    This is the ONLY place an export reads file stat data (the `files` table): if the ingest
-    moves those columns into `samples`, only this function changes.
+    This is the ONLY place an export reads file stat data (columns of the sample row since
+    schema 009; image_sig -1 marks a racy record).
     """
-    record = ("FROM files AS f WHERE f.dataset = samples.dataset AND f.key = samples.key"
-              " AND f.ext = samples.image_ext")
-    return [f"(SELECT f.{column} {record})" for column in ("size", "mtime_ns", "racy")]
+    return ["samples.image_size", "samples.image_mtime_ns", "samples.image_sig = -1"]
 
 
 def safe_relative(path: str | None) -> bool:
