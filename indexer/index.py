@@ -265,71 +265,66 @@ def apply_changes(
     return counts
 
 
-def _tasks(
-    conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False
-) -> Iterator[list[tuple[str, list[str]]]]:
+# A read task: (key, its current paths joined by NUL) per key. One string a key pickles several
+# times cheaper than a list of paths, and the reader splits it.
+Task = list[tuple[str, str]]
+
+
+def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
     """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists.
 
-    The changes are copied once in key order and read back in pages with fetchall: a cursor left
-    open across the batches' write transactions would pin this connection's read snapshot (SQLite
-    keeps it for the open statement), and the next BEGIN IMMEDIATE after any other process wrote
-    would fail at once with "database is locked" (a stale snapshot bypasses the busy timeout).
+    SQLite groups and sorts the changes into one row a key, read back in pages with fetchall: a
+    cursor left open across the batches' write transactions would pin this connection's read
+    snapshot (SQLite keeps it for the open statement), and the next BEGIN IMMEDIATE after any other
+    process wrote would fail at once with "database is locked" (a stale snapshot bypasses the busy
+    timeout).
     """
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
-    conn.execute("CREATE TEMP TABLE scan_order AS SELECT key, path, op FROM scan_changes ORDER BY key, path")
-    changes: dict[str, list[tuple[str, str]]] = {}
+    conn.execute(
+        "CREATE TEMP TABLE scan_order AS SELECT key, group_concat(op || path, char(0)) AS changes"
+        " FROM scan_changes GROUP BY key ORDER BY key"
+    )
     after = 0
     while rows := conn.execute(
-        "SELECT rowid, key, path, op FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
-        (after, keys_per_task * 4),
+        "SELECT rowid, key, changes FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, keys_per_task),
     ).fetchall():
         after = rows[-1][0]
-        for _rowid, key, path, op in rows:
-            changes.setdefault(key, []).append((path, op))
-        if len(changes) > keys_per_task:
-            last = rows[-1][1]  # the last key may continue in the next page
-            ready = {k: v for k, v in changes.items() if k != last}
-            changes = {last: changes[last]}
-            yield _current_paths(conn, dataset, ready, fresh)
-    if changes:
-        yield _current_paths(conn, dataset, changes, fresh)
+        if fresh:  # nothing stored to merge: every change is a new file ('U' + path)
+            yield [(key, changes.replace("\0U", "\0")[1:]) for _rowid, key, changes in rows]
+        else:
+            yield _current_paths(conn, dataset, [(key, changes) for _rowid, key, changes in rows])
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
 
 
-def _current_paths(
-    conn: sqlite3.Connection, dataset: str, changes: dict[str, list[tuple[str, str]]],
-    fresh: bool = False,
-) -> list[tuple[str, list[str]]]:
-    """Each key's files now: the stored ones, minus deletions, plus new or modified ones."""
-    if fresh:
-        return [(key, sorted(path for path, _op in ops)) for key, ops in changes.items()]
+def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[str, str]]) -> Task:
+    """Each key's files now: the stored ones, minus deletions ('D'), plus new or modified ones ('U')."""
     stored: dict[str, set[str]] = collections.defaultdict(set)
     for key, path in conn.execute(
         "SELECT key, path FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-        (dataset, orjson.dumps(list(changes)).decode()),
+        (dataset, orjson.dumps([key for key, _changes in changes]).decode()),
     ):
         stored[key].add(path)
     tasks = []
-    for key, ops in changes.items():
+    for key, ops in changes:
         paths = stored.get(key, set())
-        for path, op in ops:
-            if op == "D":
-                paths.discard(path)
+        for change in ops.split("\0"):
+            if change[0] == "D":
+                paths.discard(change[1:])
             else:
-                paths.add(path)
-        tasks.append((key, sorted(paths)))
+                paths.add(change[1:])
+        tasks.append((key, "\0".join(sorted(paths))))
     return tasks
 
 
-def _read_task(
-    task: list[tuple[str, list[str]]], root: str, scan_start_ns: int, verify_images: bool
-) -> list[CompactResult]:
-    return [compact(key, *read_sample(root, key, paths, scan_start_ns, verify_images))
+def _read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
+    return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
+                                      verify_images))
             for key, paths in task]
 
 
 def _run_tasks(
-    tasks: Iterable[list[tuple[str, list[str]]]],
+    tasks: Iterable[Task],
     root: str,
     scan_start_ns: int,
     verify_images: bool,

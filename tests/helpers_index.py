@@ -42,3 +42,11 @@ def files(db: Path) -> list[tuple]:
     ).fetchall()
     conn.close()
     return rows
+
+
+def same_files(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal file records, where a racy one (signature -1: too young to trust when it was read)
+    matches any signature: whether a file was still racy depends on when each run looked."""
+    if [row[:3] for row in a] != [row[:3] for row in b]:
+        return False
+    return all(x[3] == y[3] or -1 in (x[3], y[3]) for x, y in zip(a, b, strict=True))
