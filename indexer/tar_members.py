@@ -112,7 +112,7 @@ def iter_members(path: str | os.PathLike[str], *, want_data: Callable[[str], int
     """
     name = os.fspath(path)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block the open
     except OSError as exc:
         raise TarReadError(name, f"cannot open it ({exc.strerror}); check the path and its permissions") \
             from None

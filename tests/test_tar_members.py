@@ -434,6 +434,10 @@ def test_files_that_are_not_tars(tmp_path: Path) -> None:
         members(text)
     with pytest.raises(TarReadError, match="not a regular file"):
         members(tmp_path)
+    fifo = tmp_path / "pipe.tar"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer without O_NONBLOCK
+    with pytest.raises(TarReadError, match="not a regular file"):
+        members(fifo)
     with pytest.raises(TarReadError, match="cannot open it"):
         members(tmp_path / "missing.tar")
 
