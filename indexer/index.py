@@ -451,8 +451,11 @@ def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> 
 
 
 def json_bytes(conn: sqlite3.Connection, dataset: str) -> int:
+    """The dataset's JSON bytes: one column of the sample rows, plus the rare extra spellings."""
     row = conn.execute(
-        "SELECT coalesce(sum(size), 0) FROM files WHERE dataset = ? AND lower(ext) = 'json'",
+        "SELECT coalesce(sum(json_size), 0) + (SELECT coalesce(sum(o.value ->> 1), 0)"
+        " FROM samples AS s, json_each(s.other_files) AS o WHERE s.dataset = ?1"
+        " AND s.other_files IS NOT NULL AND lower(o.value ->> 0) = 'json') FROM samples WHERE dataset = ?1",
         (dataset,),
     ).fetchone()
     return int(row[0])
