@@ -23,8 +23,9 @@ from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import NEVER_MATCHES, STAGING_PREFIX, scan, split_sample_path, stat_signature
+from indexer.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
 from indexer.search import sync_search_index
+from indexer.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
 from indexer.workers import process_pool
 
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
@@ -36,8 +37,10 @@ STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "stat
                   "meta")
 # The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
 # trust) gets signature -1, which never matches, so the next run reads it again.
-STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files")
+STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
+                "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
 RACY_SIGNATURE = NEVER_MATCHES
+SHARD_AT = STAT_COLUMNS.index("shard")
 # What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
 # left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
 # times cheaper than the reader's objects, and go to executemany as they are.
@@ -62,7 +65,7 @@ def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], file
     cut = len(key) + 1
     row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
     stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
-             orjson.dumps(sorted(others)).decode() if others else None)
+             orjson.dumps(sorted(others)).decode() if others else None, None, None, None)
     return key, row, stats, files_read
 
 
@@ -143,6 +146,17 @@ def update_dataset(
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=progress,
                            keys_per_commit=keys_per_commit)
+    tars = [p for p in scanned.archives if is_shard_name(p)]
+    compressed = [p for p in scanned.archives if is_compressed_shard_name(p)]
+    shard_counts = ShardCounts(compressed=compressed)
+    if tars or conn.execute("SELECT 1 FROM tar_shards WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
+        if tars and not before:
+            defer_derived(conn)  # a first contact with shards is a bulk write
+        shard_counts = update_shards(
+            conn, dataset, root, tars, workers=workers, verify_images=verify_images, counts=counts,
+            write_results=write_results,
+            skipped_prefixes=tuple(prefix for prefix, _reason in scanned.unreadable if prefix))
+        shard_counts.compressed = compressed
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
     after = _sample_count(conn, dataset)
     wall = time.perf_counter() - started
@@ -158,11 +172,14 @@ def update_dataset(
         "problems": problem_counts(conn, dataset),
         "files_seen": scanned.files_seen,
         "files_read": counts.files_read,
-        "json_bytes": cached_json_bytes(conn, dataset, recount=bool(scanned.changed_files)),
+        "json_bytes": cached_json_bytes(conn, dataset,
+                                        recount=bool(scanned.changed_files or shard_counts.read
+                                                     or shard_counts.removed)),
+        "shards": shard_counts.summary(),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
         "bad_names": scanned.bad_names[:100],
         "bad_names_count": len(scanned.bad_names),
-        "notes": no_samples_notes(root) if not scanned.files_seen else [],
+        "notes": no_samples_notes(root, scanned.files_seen, tars, compressed),
         "not_files": scanned.not_files[:100],
         "not_files_count": len(scanned.not_files),
         "readers": workers,
@@ -172,22 +189,16 @@ def update_dataset(
     }
 
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def no_samples_notes(root: Path, shown: int = 3) -> list[str]:
-    """What to tell a user whose ROOT holds no sample file at all (often: the shards, unextracted)."""
-    shards: list[str] = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)]
-        shards += [os.path.relpath(os.path.join(folder, n), root) for n in names
-                   if n.lower().endswith(SHARD_SUFFIXES)]
-        if len(shards) >= shown:
-            break
-    notes = [f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {root}"]
-    if shards:
-        notes.append(f"it holds tar shards ({', '.join(sorted(shards)[:shown])}): unpack and index them"
-                     f" with `indexer extract {root}/*.tar --to DIR`, then use DIR")
+def no_samples_notes(root: Path, files_seen: int, tars: list[str], compressed: list[str]) -> list[str]:
+    """What to tell a user whose ROOT holds no sample file, or shards that cannot be read in place."""
+    notes = []
+    if not files_seen and not tars:
+        notes.append(f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {root}")
+    if compressed:
+        shown = ", ".join(sorted(compressed)[:3])
+        notes.append(f"compressed tar shards ({shown}) cannot be read in place (offsets into a compressed"
+                     f" stream mean nothing): decompress them (e.g. gunzip) and index again, or unpack"
+                     f" them with `indexer extract {root}/SHARD --to DIR` and index DIR")
     return notes
 
 
@@ -363,8 +374,12 @@ def write_results(
     results: list[CompactResult],
     counts: Counts,
     fresh: bool = False,
+    origin: str | None = None,
 ) -> None:
     """Record a batch of keys (content and stat records in one row per sample), in one transaction.
+
+    origin: where the batch's files are (a shard's path, or None for loose files). A key whose
+    sample comes from elsewhere is left to its owner (shards.py records such duplicates).
 
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
@@ -387,6 +402,8 @@ def write_results(
     for key, row, stats, files_read in results:
         counts.files_read += files_read
         previous = old.get(key)
+        if previous is not None and previous[1][SHARD_AT] != origin:
+            continue  # another origin holds this key
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))

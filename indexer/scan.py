@@ -135,15 +135,20 @@ class ScanResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder prefix, reason)
     bad_names: list[str] = field(default_factory=list)  # paths that are not valid UTF-8, skipped
     not_files: list[str] = field(default_factory=list)  # "path: what it is" for FIFOs, folders...
+    archives: list[str] = field(default_factory=list)  # tar shards (and compressed tars) found
 
     @property
     def changed_files(self) -> int:
         return self.new + self.modified + self.deleted
 
 
+# Names that may be tar shards (case variants spelled out: endswith with a tuple is one C call).
+ARCHIVE_ENDINGS = (".tar", ".TAR", ".Tar", ".tgz", ".TGZ", ".gz", ".GZ", ".bz2", ".xz", ".zst")
+
+
 def walk(
     root: str, unreadable: list[tuple[str, str]], bad_names: list[str] | None = None,
-    not_files: list[str] | None = None,
+    not_files: list[str] | None = None, archives: list[str] | None = None,
 ) -> Iterator[tuple[int, str, list[str]]]:
     """Yield (dir fd, relative folder prefix, chunk of sample file names) for every real folder.
 
@@ -152,7 +157,8 @@ def walk(
     are not valid UTF-8 (SQLite text cannot hold them) are reported in `bad_names` and skipped.
     Entries named like sample files that are not regular files (a FIFO would block the reader that
     opens it forever; a folder named `x.json`, a socket, a device, a dangling symlink) are reported
-    in `not_files` and never yielded.
+    in `not_files` and never yielded. Regular files that look like tar archives are listed in
+    `archives` (relative paths), for the shards read in place.
     """
     bad_names = [] if bad_names is None else bad_names
     not_files = [] if not_files is None else not_files
@@ -179,6 +185,11 @@ def walk(
                             and entry.name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
                         ]
                         files = [entry.name for entry in candidates if _is_file(entry)]
+                        if archives is not None:
+                            found = [entry.name for entry in chunk
+                                     if entry.name.endswith(ARCHIVE_ENDINGS) and entry.name[0] != "."
+                                     and _is_file(entry)]
+                            archives += [prefix + name for name in _utf8(found, prefix, bad_names)]
                         if len(files) < len(candidates):
                             not_files += [f"{prefix}{entry.name}: {what_it_is(entry)}"
                                           for entry in candidates if not _is_file(entry)]
@@ -273,7 +284,8 @@ def scan(
     pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
     in_flight: collections.deque = collections.deque()
     try:
-        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files):
+        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files,
+                                      result.archives):
             paths = [prefix + name for name in names]
             known, index = snapshot.lookup(paths)
             if not known.all():

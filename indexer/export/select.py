@@ -327,17 +327,20 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 
 def select_rows(
     snapshot: Snapshot, selection: Selection, extra_sql: Sequence[str] = (), extra_params: dict | None = None,
+    in_shards: bool = False,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
     Excluded samples are counted into snapshot.excluded by the first reason that applies. The
-    caption follows selection.caption_mode (None in a selection without captions).
+    caption follows selection.caption_mode (None in a selection without captions). Samples inside
+    tar shards have no file a trainer could open by path: only an export for tar readers
+    (in_shards=True, webshart) takes them, and it takes nothing else.
     """
     params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
     keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
     sql = (
-        f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.key,"
-        " samples.image, samples.width, samples.height"
+        f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.shard IS NOT NULL,"
+        " samples.key, samples.image, samples.width, samples.height"
         + "".join(f", {expr}" for expr in extra_sql)
         + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
     )
@@ -353,8 +356,10 @@ def select_rows(
         if not rows:
             return
         batch = []
-        for status, kept, caption, key, image, width, height, *extra in rows:
-            if status != "ok":
+        for status, kept, caption, in_shard, key, image, width, height, *extra in rows:
+            if in_shard != in_shards:
+                excluded["in_tar_shard" if in_shard else "not_in_tar_shard"] += 1
+            elif status != "ok":
                 excluded[status] += 1
             elif not width or not height:
                 excluded["no_size"] += 1
