@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -76,6 +76,8 @@ class Counts:
     removed: int = 0
     files_read: int = 0
     waited_s: float = 0.0  # time this (writer) process spent waiting for reader results
+    # keys two origins hold: (key, origin that lost it, origin that owns it); see write_results
+    conflicts: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -378,8 +380,10 @@ def write_results(
 ) -> None:
     """Record a batch of keys (content and stat records in one row per sample), in one transaction.
 
-    origin: where the batch's files are (a shard's path, or None for loose files). A key whose
-    sample comes from elsewhere is left to its owner (shards.py records such duplicates).
+    origin: where the batch's files are (a shard's path, or None for loose files). A key two
+    origins hold belongs to loose files first, then to the shard first in path order, whatever
+    order they were seen in (so an incremental index equals a fresh one); each such meeting is
+    noted in counts.conflicts for shards.py to record.
 
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
@@ -403,7 +407,12 @@ def write_results(
         counts.files_read += files_read
         previous = old.get(key)
         if previous is not None and previous[1][SHARD_AT] != origin:
-            continue  # another origin holds this key
+            holder = previous[1][SHARD_AT]
+            if row is None or _rank(holder) < _rank(origin):
+                if row is not None:
+                    counts.conflicts.append((key, origin, holder))
+                continue  # the holder keeps it
+            counts.conflicts.append((key, holder, origin))
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
@@ -438,6 +447,11 @@ SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
                  + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN))
 STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)}"
                " WHERE dataset = ? AND key = ?")
+
+
+def _rank(origin: str | None) -> tuple[int, str]:
+    """Who owns a key that several origins hold: loose files, then shards in path order."""
+    return (0, "") if origin is None else (1, origin)
 
 
 def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:

@@ -142,6 +142,10 @@ def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: lis
     """Bring the samples of the shards under root up to date: read new or changed shards, forget
     removed ones; `write_results` is the index's batch writer (one home for the write rules)."""
     shard_counts = ShardCounts(seen=len(found))
+    with store.transaction(conn):  # loose files that took a key over from a shard, this run
+        for key, loser, owner in counts.conflicts:
+            if loser is not None:
+                note_duplicate(conn, dataset, loser, key, owner)
     stored = {path: tuple(rest) for path, *rest in conn.execute(
         "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ?", (dataset,))}
     current = {}
@@ -187,40 +191,47 @@ def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bo
 def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts, write_results,
                   shard_counts: ShardCounts) -> None:
     """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again)."""
-    owners = _owners(conn, dataset, shard)
-    duplicates = [[key, owner] for key, owner in owners.items() if owner != shard.path]
-    results = [result for result in shard.results if owners.get(result[0], shard.path) == shard.path]
-    kept = {result[0] for result in results}
+    results = list(shard.results)
+    fresh = {result[0] for result in results}
     results += [(key, None, None, 0) for (key,) in conn.execute(
-        "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in kept]
+        "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in fresh]
     results.sort(key=lambda result: result[0])
+    seen_conflicts = len(counts.conflicts)
     for start in range(0, len(results), WRITE_BATCH):
         write_results(conn, dataset, results[start : start + WRITE_BATCH], counts, origin=shard.path)
+    conflicts = counts.conflicts[seen_conflicts:]
+    lost = [[key, owner] for key, loser, owner in conflicts if loser == shard.path]
     with store.transaction(conn):
         conn.execute(
             "INSERT OR REPLACE INTO tar_shards (dataset, path, size, mtime_ns, ctime_ns, inode, members,"
             " samples, refusals, duplicates, error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (dataset, shard.path, *shard.stat, shard.members, len(kept),
+            (dataset, shard.path, *shard.stat, shard.members, len(fresh) - len(lost),
              orjson.dumps(shard.refusals).decode() if shard.refusals else None,
-             orjson.dumps(duplicates).decode() if duplicates else None, shard.error, store.now_iso()),
+             orjson.dumps(lost).decode() if lost else None, shard.error, store.now_iso()),
         )
+        for key, loser, owner in conflicts:  # keys this shard took over from a later shard
+            if loser not in (None, shard.path):
+                note_duplicate(conn, dataset, loser, key, owner)
     shard_counts.read += 1
     shard_counts.members += shard.members
     shard_counts.bytes_read += shard.bytes_read
     shard_counts.refused += len(shard.refusals)
-    shard_counts.duplicates += [f"{key}: in {shard.path} and in {owner or 'loose files'}; using "
-                                f"{owner or 'the loose files'}" for key, owner in duplicates]
+    shard_counts.duplicates += [f"{key}: in {loser or 'loose files'} and in {owner or 'loose files'};"
+                                f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
     if shard.error:
         shard_counts.errors.append(shard.error)
 
 
-def _owners(conn: sqlite3.Connection, dataset: str, shard: ShardRead) -> dict[str, str | None]:
-    """For the shard's keys that already have a sample: who holds it (a shard path, or None for
-    loose files)."""
-    keys = orjson.dumps([result[0] for result in shard.results]).decode()
-    return {key: owner for key, owner in conn.execute(
-        "SELECT key, shard FROM samples WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-        (dataset, keys))}
+def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str, owner: str | None) -> None:
+    """Remember in `shard`'s row that another origin owns one of its keys (read it again when the
+    owner lets go)."""
+    row = conn.execute("SELECT duplicates FROM tar_shards WHERE dataset = ? AND path = ?",
+                       (dataset, shard)).fetchone()
+    if row is None:
+        return
+    duplicates = [entry for entry in orjson.loads(row[0] or "[]") if entry[0] != key] + [[key, owner]]
+    conn.execute("UPDATE tar_shards SET duplicates = ? WHERE dataset = ? AND path = ?",
+                 (orjson.dumps(duplicates).decode(), dataset, shard))
 
 
 def _forget_shard(conn: sqlite3.Connection, dataset: str, rel: str, counts, write_results) -> None:
