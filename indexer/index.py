@@ -226,6 +226,8 @@ def update_paths(
         if parts is None or not _is_utf8(path):  # a scan reports bad names; events skip them
             continue
         exists = os.path.isfile(os.path.join(root, path))
+        if exists and path.endswith(".json") and os.path.isfile(os.path.join(root, path[:-5] + ".tar")):
+            continue  # a shard's webshart index (scan.shard_index_path), not a sample
         rows.append((parts[0], path, "U" if exists else "D"))
     with store.transaction(conn, "DEFERRED"):
         conn.execute("DELETE FROM scan_changes")

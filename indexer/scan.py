@@ -317,6 +317,7 @@ def scan(
         flush()
         _find_deleted(conn, dataset, root, snapshot, result, pending)
         flush()
+        _drop_shard_indexes(conn, result.archives)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -325,6 +326,22 @@ def scan(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return result
+
+
+def shard_index_path(archive: str) -> str | None:
+    """`X.json` beside `X.tar` is the shard's webshart index (`export webshart` writes it), not a
+    sample's JSON."""
+    return archive[:-4] + ".json" if archive.lower().endswith(".tar") else None
+
+
+def _drop_shard_indexes(conn: sqlite3.Connection, archives: list[str]) -> None:
+    """Shard indexes are never samples: drop them from the changes, and from the records if an
+    earlier run (before the shard was there) took one for a sample's JSON."""
+    indexes = [path for path in map(shard_index_path, archives) if path]
+    if indexes:
+        conn.executemany("DELETE FROM scan_changes WHERE path = ?", [(path,) for path in indexes])
+        conn.executemany("INSERT INTO scan_changes VALUES (?, ?, 'D')",
+                         [(path[: path.rfind(".")], path) for path in indexes])
 
 
 def stat_signatures(fd: int, names: list[str]) -> np.ndarray:

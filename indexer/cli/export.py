@@ -1,4 +1,4 @@
-"""`indexer export parquet|captions|config|jsonl|kohya|aitk`: thin commands over indexer.export."""
+"""`indexer export parquet|captions|config|jsonl|kohya|aitk|webshart`: thin commands over indexer.export."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from indexer.export.kohya import export_kohya
 from indexer.export.parquet import export_parquet
 from indexer.export.select import CAPTION_MODES, DEFAULT_CAPTIONS
 from indexer.export.text import caption_counts, counts_text, excluded_text, file_head
+from indexer.export.webshart import export_webshart
 
 
 class OptionalFloat(click.ParamType):
@@ -143,6 +144,10 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
               help="VAE cache folder (default: OUT's folder/cache/vae/ID).")
 @click.option("--text-embeds-cache-dir", metavar="DIR", default=None,
               help="Text embeds cache folder (default: OUT's folder/cache/text).")
+@click.option("--backend", type=click.Choice(["local", "webshart"]), default="local", show_default=True,
+              help="local: image files + Parquet; webshart: tar shards read in place (SimpleTuner 4.x).")
+@click.option("--webshart-cache-dir", metavar="DIR", default=None,
+              help="webshart bucket cache (default: OUT's folder/cache/webshart/ID).")
 def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool, as_json: bool,
                    parquet: str | None, **settings: object) -> None:
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
@@ -157,6 +162,22 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
     if not as_json:
         for warning in summary["warnings"]:
             click.echo(f"warning: {warning}", err=True)
+
+
+@export_group.command("webshart")
+@selection_options
+@click.option("--metadata", metavar="DIR", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Write the indexes under DIR (at the shards' relative paths) instead of beside them.")
+def webshart_command(dataset_id: str | None, captions: tuple[str, ...], caption_mode: str, where: str | None,
+                     db: str | None, quiet: bool, as_json: bool, metadata: str | None) -> None:
+    """Write X.json beside each indexed X.tar (or under --metadata): webshart's index, with sizes and
+    captions, for SimpleTuner's `type: webshart`."""
+    summary = export_webshart(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
+                              where=where, caption_mode=caption_mode, metadata=metadata,
+                              progress=show_progress(quiet, as_json))
+    head = (f"webshart indexes under {summary['path']}: {summary['rows']:,} samples in {summary['shards']:,}"
+            f" shards; written {summary['written']:,}, unchanged {summary['unchanged']:,}")
+    report(summary, quiet, as_json, [head, "  " + excluded_text(summary["excluded"])])
 
 
 @export_group.command("jsonl")

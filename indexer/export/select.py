@@ -328,13 +328,14 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 def select_rows(
     snapshot: Snapshot, selection: Selection, extra_sql: Sequence[str] = (), extra_params: dict | None = None,
     in_shards: bool = False,
+    shard: str | None = None,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
     Excluded samples are counted into snapshot.excluded by the first reason that applies. The
     caption follows selection.caption_mode (None in a selection without captions). Samples inside
     tar shards have no file a trainer could open by path: only an export for tar readers
-    (in_shards=True, webshart) takes them, and it takes nothing else.
+    (in_shards=True, webshart) takes them, and it takes nothing else; `shard` keeps one shard's.
     """
     params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
     keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
@@ -342,8 +343,12 @@ def select_rows(
         f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.shard IS NOT NULL,"
         " samples.key, samples.image, samples.width, samples.height"
         + "".join(f", {expr}" for expr in extra_sql)
-        + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
+        + " FROM samples WHERE samples.dataset = :dataset"
+        + (" AND samples.shard = :shard" if shard is not None else "")
+        + " ORDER BY samples.key"
     )
+    if shard is not None:
+        params["shard"] = shard
     cursor = run_query(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)
