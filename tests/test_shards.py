@@ -201,3 +201,67 @@ def test_loose_files_own_a_key_before_any_shard(tmp_path, gen):
         (root / name).unlink()
     index_root(db, root, workers=1)
     assert rows(db)[0][3:5] == (100, 100)
+
+
+def webshart_index(path: Path) -> dict:
+    """Parse an index the way webshart 0.6.0 requires it (checked by scripts/check_webshart.py)."""
+    index = json.loads(path.read_text())
+    assert isinstance(index["filesize"], int) and isinstance(index["files"], dict)
+    for entry in index["files"].values():
+        assert all(type(entry[name]) is int and entry[name] >= 0
+                   for name in ("offset", "length", "width", "height"))
+    return index
+
+
+def test_webshart_indexes_hold_offsets_sizes_and_captions(tmp_path, gen, cli):
+    from indexer.export.webshart import export_webshart
+
+    shards = tmp_path / "shards"
+    long_record = {"width": 1024, "height": 768, "short_caption": "caption of a2", "long_caption": "long a2"}
+    members = {**pair(gen, "a1"), **pair(gen, "a2", size=(1024, 768), record=long_record),
+               "a3.json": json.dumps({"short_caption": " several ", "long_caption": "long",
+                                      "width": 10, "height": 20}).encode(), "a3.jpg": gen.jpeg_bytes(10, 20)}
+    make_shard(shards / "part" / "a.tar", members)
+    db = tmp_path / "db.sqlite"
+    index_root(db, shards, workers=1)
+    first = export_webshart(db)
+    assert (first["rows"], first["written"], first["shards"]) == (3, 1, 1)
+    index = webshart_index(shards / "part" / "a.json")
+    assert index["filesize"] == (shards / "part" / "a.tar").stat().st_size
+    data = (shards / "part" / "a.tar").read_bytes()
+    for name, entry in index["files"].items():
+        assert data[entry["offset"] : entry["offset"] + entry["length"]] == members[name]
+    assert index["files"]["a2.png"]["width"] == 1024 and index["files"]["a1.png"]["captions"] == "caption of a1"
+    assert export_webshart(db)["up_to_date"]  # same bytes: nothing written
+    # every caption as a list, and a --where that filters the training set without touching the tar
+    export_webshart(db, captions=("short_caption", "long_caption"), caption_mode="all", where="width > 100")
+    index = webshart_index(shards / "part" / "a.json")
+    assert set(index["files"]) == {"a1.png", "a2.png"}
+    assert index["files"]["a1.png"]["captions"] == ["caption of a1"]
+    assert index["files"]["a2.png"]["captions"] == ["caption of a2", "long a2"]
+    again = index_root(db, shards, workers=1)  # the index beside the shard is not a sample
+    assert again["samples"] == 3 and again["files_read"] == 0
+    metadata = tmp_path / "meta"
+    metadata.mkdir()
+    result = cli("export", "webshart", "--db", db, "--metadata", metadata, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert webshart_index(metadata / "part" / "a.json")["files"].keys() == {"a1.png", "a2.png", "a3.jpg"}
+    config = cli("export", "config", tmp_path / "multidatabackend.json", "--db", db, "--backend", "webshart")
+    assert config.exit_code == 0, config.stderr
+    entry = json.loads((tmp_path / "multidatabackend.json").read_text())[0]
+    assert entry["type"] == "webshart" and entry["source"] == str(shards.resolve())
+    assert entry["metadata"] == str(metadata) and entry["metadata_backend"] == entry["caption_strategy"]
+    assert entry["webshart"]["cache_dir"].startswith(str(tmp_path))
+
+
+def test_webshart_refuses_a_shard_changed_since_it_was_indexed(tmp_path, gen):
+    from indexer.errors import IndexerError
+    from indexer.export.webshart import export_webshart
+
+    make_shard(tmp_path / "shards" / "a.tar", pair(gen, "a1"))
+    db = tmp_path / "db.sqlite"
+    index_root(db, tmp_path / "shards", workers=1)
+    make_shard(tmp_path / "shards" / "a.tar", {**pair(gen, "zz"), **pair(gen, "a1")})  # offsets moved
+    with pytest.raises(IndexerError, match="changed since it was indexed"):
+        export_webshart(db)
+    assert not (tmp_path / "shards" / "a.json").exists()

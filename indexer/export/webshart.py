@@ -57,15 +57,16 @@ def export_webshart(
         root = snapshot.root
         target = metadata_folder(metadata, root)
         check_selection(snapshot, selection)
-        shards = snapshot.conn.execute("SELECT path, size FROM tar_shards WHERE dataset = ? ORDER BY path",
-                                       (snapshot.dataset,)).fetchall()
+        shards = snapshot.conn.execute(
+            "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ? ORDER BY path",
+            (snapshot.dataset,)).fetchall()
         if not shards:
             raise IndexerError(f"dataset {snapshot.dataset} has no tar shards indexed in place: run "
                                f"`indexer index {root}` on the folder that holds the .tar files first")
         with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar:
-            for shard, recorded_size in shards:
+            for shard, *recorded in shards:
                 files = shard_files(snapshot, selection, shard)
-                index = {"path": Path(shard).name, "filesize": current_size(root, shard, recorded_size),
+                index = {"path": Path(shard).name, "filesize": current_size(root, shard, tuple(recorded)),
                          "files": files}
                 rows += len(files)
                 if write_if_changed(index_path(target, shard), orjson.dumps(index)):
@@ -110,17 +111,18 @@ def shard_files(snapshot, selection, shard: str) -> dict[str, dict]:
     return files
 
 
-def current_size(root: Path, shard: str, recorded_size: int) -> int:
-    """The shard's size now; a shard that changed since it was indexed has stale offsets."""
+def current_size(root: Path, shard: str, recorded: tuple[int, int, int, int]) -> int:
+    """The shard's size now. A shard that changed since it was indexed (size, mtime, ctime or inode
+    moved, as the index itself decides) has stale offsets."""
     try:
-        size = os.stat(root / shard).st_size
+        st = os.stat(root / shard)
     except OSError as exc:
         raise IndexerError(f"shard {root / shard} is gone ({exc.strerror}): run `indexer index {root}`"
                            " again, then export") from exc
-    if size != recorded_size:
+    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != recorded:
         raise IndexerError(f"shard {root / shard} changed since it was indexed (its offsets would be wrong):"
                            f" run `indexer index {root}` again, then export. Nothing more was written")
-    return size
+    return st.st_size
 
 
 def index_path(target: Path, shard: str) -> Path:
