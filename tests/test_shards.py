@@ -231,7 +231,8 @@ def test_webshart_indexes_hold_offsets_sizes_and_captions(tmp_path, gen, cli):
     data = (shards / "part" / "a.tar").read_bytes()
     for name, entry in index["files"].items():
         assert data[entry["offset"] : entry["offset"] + entry["length"]] == members[name]
-    assert index["files"]["a2.png"]["width"] == 1024 and index["files"]["a1.png"]["captions"] == "caption of a1"
+    assert index["files"]["a2.png"]["width"] == 1024
+    assert index["files"]["a1.png"]["captions"] == "caption of a1"
     assert export_webshart(db)["up_to_date"]  # same bytes: nothing written
     # every caption as a list, and a --where that filters the training set without touching the tar
     export_webshart(db, captions=("short_caption", "long_caption"), caption_mode="all", where="width > 100")
