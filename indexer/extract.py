@@ -48,6 +48,7 @@ from indexer.index import (
     json_bytes,
     problem_counts,
     resolve_root,
+    stored_files,
     write_results,
 )
 from indexer.progress import bar
@@ -716,12 +717,7 @@ def with_partners(
     the recorded ones, and, when the shard brought only its JSON or only its image, a partner
     already on disk. Pairs inside one shard (the webdataset norm) need none of this.
     """
-    stored: dict[str, dict[str, int]] = collections.defaultdict(dict)
-    for key, path, sig in conn.execute(
-        "SELECT key, path, sig FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-        (dataset, orjson.dumps([result[0] for result in results]).decode()),
-    ):
-        stored[key][path] = sig
+    stored = stored_files(conn, dataset, [result[0] for result in results])
     completed: list[Result] = []
     for key, sample, files, files_read in results:
         own = {record[0] for record in files}
@@ -742,7 +738,7 @@ def _partner_paths(key: str) -> list[str]:
     return [f"{key}.{ext}" for ext in sorted(SAMPLE_EXTENSIONS)]
 
 
-def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int]) -> FileRecord:
+def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int | None]) -> FileRecord:
     """Files this shard wrote are not racy; a stored file that did not change stays trusted (a
     racy one is stored with a signature that never matches, so it keeps being re-checked)."""
     path, size, mtime_ns, ctime_ns, inode, _racy = record

@@ -314,15 +314,10 @@ def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bo
 
 def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[str, str]]) -> Task:
     """Each key's files now: the stored ones, minus deletions ('D'), plus new or modified ones ('U')."""
-    stored: dict[str, set[str]] = collections.defaultdict(set)
-    for key, path in conn.execute(
-        "SELECT key, path FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-        (dataset, orjson.dumps([key for key, _changes in changes]).decode()),
-    ):
-        stored[key].add(path)
+    stored = stored_files(conn, dataset, [key for key, _changes in changes])
     tasks = []
     for key, ops in changes:
-        paths = stored.get(key, set())
+        paths = set(stored.get(key, ()))
         for change in ops.split("\0"):
             if change[0] == "D":
                 paths.discard(change[1:])
@@ -330,6 +325,24 @@ def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[s
                 paths.add(change[1:])
         tasks.append((key, "\0".join(sorted(paths))))
     return tasks
+
+
+def stored_files(conn: sqlite3.Connection, dataset: str, keys: list[str]) -> dict[str, dict[str, int | None]]:
+    """The loose files recorded for these keys, {key: {path: stat signature}}, straight from the
+    sample rows: the `files` view cannot push an IN list into its UNION (it would scan them all)."""
+    found: dict[str, dict[str, int | None]] = collections.defaultdict(dict)
+    for key, json_ext, json_sig, image_ext, image_sig, others in conn.execute(
+        "SELECT key, json_ext, json_sig, image_ext, image_sig, other_files FROM samples WHERE dataset = ?"
+        " AND key IN (SELECT value FROM json_each(?)) AND shard IS NULL",
+        (dataset, orjson.dumps(keys).decode()),
+    ):
+        if json_ext is not None:
+            found[key][f"{key}.{json_ext}"] = json_sig
+        if image_ext is not None:
+            found[key][f"{key}.{image_ext}"] = image_sig
+        for ext, _size, _mtime_ns, sig in orjson.loads(others) if others else ():
+            found[key][f"{key}.{ext}"] = sig
+    return found
 
 
 def _read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
