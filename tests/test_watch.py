@@ -23,7 +23,11 @@ from hypothesis import strategies as st
 
 from indexer import store
 from indexer.errors import DatabaseLocked
-from indexer.watch import Debouncer, EventInbox, inotify_limit_message, watch_root
+from indexer.export.registry import follow_up_exports
+from indexer.watch import watch_root
+from indexer.watch.debounce import Debouncer
+from indexer.watch.events import EventInbox
+from indexer.watch.observer import inotify_limit_message
 
 POLL = 0.1
 
@@ -185,6 +189,16 @@ class SilentObserver:
         pass
 
 
+EXPORT_OPTIONS = ("export_parquet", "export_captions", "captions", "where", "allow_mass_removal",
+                  "exporters")
+
+
+def watch(db: Path, root: Path, **options):
+    """watch_root with the exports the CLI would build from the same options."""
+    exports = {name: options.pop(name) for name in EXPORT_OPTIONS if name in options}
+    return watch_root(db, root, after_change=follow_up_exports(db, **exports), **options)
+
+
 @contextlib.contextmanager
 def session(db: Path, root: Path, **options):
     """Run watch_root in a thread; yields the list of events it reports."""
@@ -194,8 +208,8 @@ def session(db: Path, root: Path, **options):
 
     def target() -> None:
         try:
-            outcome["summary"] = watch_root(db, root, on_batch=events.append, stop_event=stop,
-                                            workers=1, **options)
+            outcome["summary"] = watch(db, root, on_batch=events.append, stop_event=stop,
+                                       workers=1, **options)
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -388,7 +402,7 @@ def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tm
 
     write_pair(gen, data_root, "a")
     with pytest.raises(IndexerError):
-        watch_root(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
+        watch(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
                    export_parquet=str(tmp_path / "out.parquet"), observer_factory=SilentObserver)
     assert statuses(db_path) == {"a": "ok"}  # the catch-up was committed before the export failed
     conn = sqlite3.connect(db_path)
@@ -415,7 +429,7 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
     assert [e["event"] for e in events].count("export") == 1
 
     with pytest.raises(IndexerError, match="would remove 13 of the 24"):
-        watch_root(db_path, data_root, settle=0.1, workers=1, export_captions=True,
+        watch(db_path, data_root, settle=0.1, workers=1, export_captions=True,
                    observer_factory=SilentObserver)
     assert len(list(data_root.glob("*.txt"))) == 24
     with session(db_path, data_root, settle=0.1, export_captions=True, allow_mass_removal=True) as events:

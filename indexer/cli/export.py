@@ -16,13 +16,9 @@ from indexer.cli.common import (
     show_progress,
 )
 from indexer.errors import ExportIncomplete
-from indexer.export.aitk import export_aitk
-from indexer.export.captions import export_captions
-from indexer.export.config import ConfigOptions, export_config
-from indexer.export.jsonl import export_jsonl
-from indexer.export.kohya import export_kohya
-from indexer.export.parquet import export_parquet
-from indexer.export.select import CAPTION_MODES, DEFAULT_CAPTIONS
+from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
+from indexer.export.config import ConfigOptions
+from indexer.export.registry import run_export
 from indexer.export.text import caption_counts, counts_text, excluded_text, file_head
 
 
@@ -48,7 +44,8 @@ def selection_options(func: Callable) -> Callable:
         id_option(),
         click.option("--caption", "captions", metavar="FIELD", multiple=True,
                      help="Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
-                          "list field gives its first non-empty item). Default: short_caption."),
+                          "list field gives its first non-empty item). "
+                          f"Default: {', '.join(DEFAULT_CAPTIONS)}."),
         click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
                      help="first: the first non-empty --caption field; all: every non-empty one (list "
                           "items included, duplicates dropped), one caption a line."),
@@ -83,9 +80,9 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
                     where: str | None, db: str | None, quiet: bool, as_json: bool,
                     columns: tuple[str, ...]) -> None:
     """Write OUT: width, height, caption, filename (image path relative to the root) per sample."""
-    summary = export_parquet(resolve_db(db), out, dataset_id=dataset_id,
-                             captions=captions or DEFAULT_CAPTIONS, where=where, columns=columns,
-                             caption_mode=caption_mode, progress=show_progress(quiet, as_json))
+    summary = run_export("parquet", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, columns=columns, caption_mode=caption_mode,
+                         progress=show_progress(quiet, as_json))
     report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 
@@ -98,9 +95,9 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
                      db: str | None, quiet: bool, as_json: bool, overwrite: bool,
                      allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
-    summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                              where=where, overwrite=overwrite, allow_mass_removal=allow_mass_removal,
-                              caption_mode=caption_mode, progress=show_progress(quiet, as_json))
+    summary = run_export("captions", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
+                         overwrite=overwrite, allow_mass_removal=allow_mass_removal,
+                         caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     lines = [
         f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s"
         + (f" ({summary['selected']:,} selected)" if summary["selected"] != summary["rows"] else ""),
@@ -146,8 +143,8 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
 def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool, as_json: bool,
                    parquet: str | None, **settings: object) -> None:
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
-    summary = export_config(resolve_db(db), out, dataset_id=dataset_id, parquet=parquet,
-                            options=ConfigOptions(**settings))  # type: ignore[arg-type]
+    summary = run_export("config", resolve_db(db), out=out, dataset_id=dataset_id, parquet=parquet,
+                         options=ConfigOptions(**settings))  # type: ignore[arg-type]
     action = "replaced" if summary["replaced"] else "added"
     lines = [
         f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
@@ -165,8 +162,8 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
 def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
                   where: str | None, db: str | None, quiet: bool, as_json: bool) -> None:
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
-    summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                           where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
+    summary = run_export("jsonl", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
     report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
 
 
@@ -179,9 +176,9 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
 def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
                   where: str | None, db: str | None, quiet: bool, as_json: bool, relative: bool) -> None:
     """Write OUT.jsonl as sd-scripts fine-tuning metadata: image_path, caption, image_size."""
-    summary = export_kohya(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                           where=where, caption_mode=caption_mode, relative=relative,
-                           progress=show_progress(quiet, as_json))
+    summary = run_export("kohya", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, caption_mode=caption_mode, relative=relative,
+                         progress=show_progress(quiet, as_json))
     lines = [file_head(summary), "  " + excluded_text(summary["excluded"])]
     if summary["sizes_left_out"]:
         lines.append("  image_size left out, sd-scripts measures these itself: "
@@ -202,8 +199,8 @@ def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
 def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, db: str | None,
                  quiet: bool, as_json: bool) -> None:
     """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
-    summary = export_aitk(resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
-                          progress=show_progress(quiet, as_json))
+    summary = run_export("aitk", resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
+                         progress=show_progress(quiet, as_json))
     if summary["up_to_date"]:
         head = f"{summary['path']} is up to date ({summary['rows']:,} images); nothing written"
     elif summary["existing"] == "merged":

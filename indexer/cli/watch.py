@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from indexer.cli.common import db_option, json_option, print_json, quiet_option, resolve_db
+from indexer.export import DEFAULT_CAPTIONS
+from indexer.export.registry import follow_up_exports
 from indexer.export.text import result_line
 from indexer.watch import watch_root
 
@@ -46,7 +48,8 @@ def format_event(event: dict) -> str:
 @click.option("--export-captions", is_flag=True,
               help="Update caption .txt files beside the images after each batch that changed samples.")
 @click.option("--caption", "captions", metavar="FIELD", multiple=True,
-              help="Caption field(s) for the exports; the first non-empty wins (default short_caption).")
+              help="Caption field(s) for the exports; the first non-empty wins "
+                   f"(default {', '.join(DEFAULT_CAPTIONS)}).")
 @click.option("--where", metavar="SQL", default=None,
               help="Export only samples matching this expression over samples columns.")
 @click.option("--allow-mass-removal", is_flag=True,
@@ -67,12 +70,11 @@ def watch_command(root: str, db: str | None, dataset_id: str | None, workers: in
         elif not quiet:
             click.echo(format_event(event))
 
-    summary = watch_root(
-        resolve_db(db), root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
-        workers=workers, export_parquet=export_parquet, export_captions=export_captions,
-        captions=captions or ("short_caption",), where=where, allow_mass_removal=allow_mass_removal,
-        on_batch=report, handle_signals=True,
-    )
+    db_path = resolve_db(db)
+    exports = follow_up_exports(db_path, export_parquet=export_parquet, export_captions=export_captions,
+                                captions=captions, where=where, allow_mass_removal=allow_mass_removal)
+    summary = watch_root(db_path, root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
+                         workers=workers, after_change=exports, on_batch=report, handle_signals=True)
     report(summary)
 
 

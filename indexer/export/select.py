@@ -23,10 +23,8 @@ import pyarrow as pa
 
 from indexer import store
 from indexer.errors import IndexerError
+from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
 
-DEFAULT_CAPTIONS = ("short_caption",)
-# first: the first non-empty --caption field (today's single caption); all: every non-empty one.
-CAPTION_MODES = ("first", "all")
 BATCH_ROWS = 20_000
 SNAPSHOT_CACHE_KIB = 8192
 # Characters stripped from both ends of a caption: a trailing newline would otherwise become an
