@@ -39,6 +39,7 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.index import (
@@ -53,7 +54,6 @@ from indexer.index import (
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
-from indexer.search import sync_search_index
 from indexer.workers import init_worker
 
 STAGING_NAME = STAGING_PREFIX + "extract-"

@@ -19,12 +19,12 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import STAGING_PREFIX, scan, split_sample_path, stat_signature
-from indexer.search import sync_search_index
 from indexer.workers import process_pool
 
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import query
 from indexer.errors import IndexerError
 from indexer.index import index_root
+from indexer.inspect import query
+from indexer.render import rows
 
 
 @pytest.fixture
@@ -174,7 +175,7 @@ def test_results_stream_in_bounded_batches(indexed, monkeypatch):
             return original(size)
 
         cursor.fetchmany = fetch  # type: ignore[method-assign]
-        count = query.write_jsonl(["i"], query.iter_rows(cursor), out)  # type: ignore[arg-type]
+        count = rows.write_jsonl(["i"], query.iter_rows(cursor), out)  # type: ignore[arg-type]
     finally:
         conn.close()
     assert count == 100
@@ -185,7 +186,7 @@ def test_results_stream_in_bounded_batches(indexed, monkeypatch):
 
 def test_duplicate_column_names_are_kept_apart(indexed):
     out = io.StringIO()
-    query.run_query(indexed, "SELECT 1 AS a, 2 AS a", out, fmt="jsonl")
+    rows.run_query(indexed, "SELECT 1 AS a, 2 AS a", out, fmt="jsonl")
     assert json.loads(out.getvalue()) == {"a": 1, "a_2": 2}
 
 
@@ -199,7 +200,7 @@ def test_any_values_round_trip_through_json(indexed, values):
     try:
         cursor = query.execute_readonly(conn, guard, sql, params)
         out = io.StringIO()
-        query.write_jsonl(query.column_names(cursor), query.iter_rows(cursor), out)
+        rows.write_jsonl(query.column_names(cursor), query.iter_rows(cursor), out)
     finally:
         conn.close()
     got = json.loads(out.getvalue())
@@ -208,11 +209,11 @@ def test_any_values_round_trip_through_json(indexed, values):
 
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(IndexerError, match="does not exist"):
-        query.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
+        rows.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
 
 
 def test_problems_with_warnings_lists_ok_samples_that_carry_one(tmp_path, gen, cli):
-    from indexer import problems
+    from indexer.inspect import problems
 
     root = tmp_path / "data"
     gen.make_dataset(root, 40, faults=0.2, seed=3)

@@ -439,7 +439,7 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
 
 
 def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_root, db_path, tmp_path):
-    from indexer.cli.watch import format_event
+    from indexer.render.runs import format_event
 
     def incomplete_captions(db, **options):
         return {"kind": "captions", "root": str(data_root), "rows": 0, "written": 0, "overwritten": 0,

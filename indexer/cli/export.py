@@ -19,7 +19,7 @@ from indexer.errors import ExportIncomplete
 from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
 from indexer.export.config import ConfigOptions
 from indexer.export.registry import run_export
-from indexer.export.text import caption_counts, counts_text, excluded_text, file_head
+from indexer.render.exports import export_text
 
 
 class OptionalFloat(click.ParamType):
@@ -58,11 +58,11 @@ def selection_options(func: Callable) -> Callable:
     return func
 
 
-def report(summary: dict, quiet: bool, as_json: bool, lines: list[str]) -> None:
+def report(summary: dict, quiet: bool, as_json: bool) -> None:
     if as_json:
         print_json(summary)
     elif not quiet:
-        click.echo("\n".join(lines))
+        click.echo(export_text(summary))
 
 
 @click.group("export")
@@ -83,7 +83,7 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
     summary = run_export("parquet", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, columns=columns, caption_mode=caption_mode,
                          progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
+    report(summary, quiet, as_json)
 
 
 @export_group.command("captions")
@@ -98,18 +98,7 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
     summary = run_export("captions", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
                          overwrite=overwrite, allow_mass_removal=allow_mass_removal,
                          caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    lines = [
-        f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s"
-        + (f" ({summary['selected']:,} selected)" if summary["selected"] != summary["rows"] else ""),
-        "  " + caption_counts(summary, extras=False),
-        "  " + excluded_text(summary["excluded"]),
-    ]
-    if summary["left_alone"]:
-        lines.append(f"  left alone {summary['left_alone']:,} .txt files this tool did not write "
-                     "(--overwrite replaces them)")
-    if summary["failed"]:
-        lines.append(f"  failed {summary['failed']:,}: " + "; ".join(summary["errors"]))
-    report(summary, quiet, as_json, lines)
+    report(summary, quiet, as_json)
     if not summary["complete"]:
         raise ExportIncomplete(
             f"{summary['failed']:,} caption files under {summary['root']} could not be written or removed "
@@ -145,12 +134,7 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
     summary = run_export("config", resolve_db(db), out=out, dataset_id=dataset_id, parquet=parquet,
                          options=ConfigOptions(**settings))  # type: ignore[arg-type]
-    action = "replaced" if summary["replaced"] else "added"
-    lines = [
-        f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
-        f"  caption_strategy {summary['caption_strategy']}: {summary['reason']}",
-    ]
-    report(summary, quiet, as_json, lines)
+    report(summary, quiet, as_json)
     if not as_json:
         for warning in summary["warnings"]:
             click.echo(f"warning: {warning}", err=True)
@@ -164,7 +148,7 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
     summary = run_export("jsonl", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
+    report(summary, quiet, as_json)
 
 
 @export_group.command("kohya")
@@ -179,11 +163,7 @@ def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
     summary = run_export("kohya", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, caption_mode=caption_mode, relative=relative,
                          progress=show_progress(quiet, as_json))
-    lines = [file_head(summary), "  " + excluded_text(summary["excluded"])]
-    if summary["sizes_left_out"]:
-        lines.append("  image_size left out, sd-scripts measures these itself: "
-                     + counts_text(summary["sizes_left_out"]))
-    report(summary, quiet, as_json, lines)
+    report(summary, quiet, as_json)
 
 
 @export_group.command("aitk")
@@ -201,16 +181,7 @@ def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, 
     """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
     summary = run_export("aitk", resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
                          progress=show_progress(quiet, as_json))
-    if summary["up_to_date"]:
-        head = f"{summary['path']} is up to date ({summary['rows']:,} images); nothing written"
-    elif summary["existing"] == "merged":
-        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']}, merged with the existing "
-                f"file: kept {summary['kept']:,} of its other entries, dropped {summary['dropped']:,}")
-    else:
-        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']} "
-                f"(existing file: {summary['existing']})")
-    report(summary, quiet, as_json, [head, "  " + excluded_text(summary["excluded"]),
-                                     f"  ai-toolkit's folder_path must be exactly {summary['folder']}"])
+    report(summary, quiet, as_json)
 
 
 def register(group: click.Group) -> None:

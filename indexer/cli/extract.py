@@ -14,9 +14,7 @@ from indexer.cli.common import (
 )
 from indexer.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED_MEMBERS
 from indexer.extract import extract_shards
-from indexer.report_text import human_bytes
-
-REFUSALS_SHOWN = 20
+from indexer.render.runs import extract_problem_lines, format_extract_summary
 
 
 @click.command("extract")
@@ -45,7 +43,7 @@ def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id
     elif not quiet:
         click.echo(format_extract_summary(summary))
     if not as_json:
-        for line in problem_lines(summary):
+        for line in extract_problem_lines(summary):
             click.echo(line, err=True)
     raise SystemExit(exit_code(summary))
 
@@ -56,31 +54,6 @@ def exit_code(summary: dict) -> int:
     if summary["refused"]:
         return EXIT_REFUSED_MEMBERS
     return EXIT_OK
-
-
-def format_extract_summary(summary: dict) -> str:
-    problems = summary.get("problems") or {}
-    listed = ", ".join(f"{status} {count:,}" for status, count in problems.items()) or "none"
-    return "\n".join([
-        f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
-        f" in {summary['seconds']:.1f} s",
-        f"  shards: {summary['shards_done']} extracted, {summary['shards_skipped']} skipped (finished"
-        f" before), {summary['shards_failed']} failed; {summary['members']:,} members,"
-        f" {human_bytes(summary['bytes'])} read, {summary['refused']:,} refused",
-        f"  samples added {summary['added']:,}  changed {summary['changed']:,};"
-        f" files read back {summary['files_read']:,}",
-        f"  problems: {listed}" + ("  (see the samples.error column)" if problems else ""),
-    ])
-
-
-def problem_lines(summary: dict) -> list[str]:
-    """Refused members and failed shards, one line each, for stderr."""
-    lines = [f"refused: {r['shard']}: {r['member']!r}: {r['reason']}"
-             for r in summary["refusals"][:REFUSALS_SHOWN]]
-    if summary["refused"] > REFUSALS_SHOWN:
-        lines.append(f"refused: ... and {summary['refused'] - REFUSALS_SHOWN:,} more (see --json)")
-    lines.extend(f"error: {failure['error']}" for failure in summary["failures"])
-    return lines
 
 
 def register(group: click.Group) -> None:

@@ -13,7 +13,7 @@ from indexer.cli.common import (
     show_progress,
 )
 from indexer.index import index_root
-from indexer.report_text import format_index_summary
+from indexer.render.runs import format_index_summary
 
 
 @click.command("index")

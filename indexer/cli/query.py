@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import click
 
-from indexer import problems, query, report_html, search, stats
 from indexer.cli.common import db_option, id_option, json_option, print_json, resolve_db
+from indexer.inspect import problems, search, stats
+from indexer.inspect.query import parse_params
+from indexer.render import html, listings, rows
+from indexer.render.stats import format_stats
 
 
 @contextlib.contextmanager
@@ -28,14 +31,14 @@ def quiet_broken_pipe() -> Iterator[None]:
 @click.command("query")
 @click.argument("sql")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(query.FORMATS), default="table", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(rows.FORMATS), default="table", show_default=True,
               help="table (aligned for a terminal; long cells cut), csv, json (one array) or jsonl.")
 @click.option("-p", "--param", "params", metavar="NAME=VALUE", multiple=True,
               help="Bind :NAME in the SQL to VALUE (text); repeatable.")
 def query_command(sql: str, db: str | None, fmt: str, params: tuple[str, ...]) -> None:
     """Run one read-only SQL statement and stream its rows; any write is refused (exit 1)."""
     with quiet_broken_pipe():
-        query.run_query(resolve_db(db), sql, sys.stdout, fmt=fmt, params=query.parse_params(params))
+        rows.run_query(resolve_db(db), sql, sys.stdout, fmt=fmt, params=parse_params(params))
 
 
 @click.command("stats")
@@ -55,7 +58,7 @@ def stats_command(db: str | None, dataset_id: str | None, as_json: bool, min_mp:
         if as_json:
             print_json(figures)
         else:
-            click.echo(stats.format_stats(figures))
+            click.echo(format_stats(figures))
 
 
 @click.command("problems")
@@ -79,15 +82,9 @@ def problems_command(db: str | None, dataset_id: str | None, statuses: tuple[str
             if as_json:
                 print_json(problem)
                 continue
-            lines = [f"{problem['status']:<14} {problem['path']}"]
-            if problem["error"]:
-                lines.append(f"    {problem['error']}")
-            if warnings and problem["warning"]:
-                lines.append(f"    warning: {problem['warning']}")
-            click.echo("\n".join(lines))
+            click.echo(listings.problem_lines(problem, warnings=warnings))
     if not as_json:
-        click.echo(f"{count:,} problem samples"
-                   + (f", {warned:,} ok samples with a warning" if warnings else ""), err=True)
+        click.echo(listings.problems_footer(count, warned, warnings=warnings), err=True)
 
 
 @click.command("search")
@@ -113,21 +110,10 @@ def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | Non
             if as_json:
                 print_json(hit)
             else:
-                caption = (hit["short_caption"] or "").replace("\n", " ")
-                caption = caption if len(caption) <= 100 else caption[:99] + "…"
-                click.echo(f"{rank:>3}. {hit['path'] or hit['json']}\n     {caption}")
-    if not hits:
-        click.echo(f"no sample matches {text!r}", err=True)
-    if capped:
-        click.echo(f"note: more than {search.RANK_CAP:,} samples match: these are the best of the first"
-                   f" {search.RANK_CAP:,}; add words to narrow the search", err=True)
-    pending = search.search_status(db_path)
-    if pending is None:
-        click.echo("note: the search index is built on first use and a running index/watch/extract holds"
-                   " the database: results may miss samples; search again when it is done", err=True)
-    elif pending:
-        click.echo(f"note: {pending:,} samples are not searchable yet (an index run is going on or was"
-                   " stopped; run `indexer index` again)", err=True)
+                click.echo(listings.hit_lines(rank, hit))
+    for note in listings.search_notes(text, hits=len(hits), capped=capped, rank_cap=search.RANK_CAP,
+                                      pending=search.search_status(db_path)):
+        click.echo(note, err=True)
 
 
 @click.command("report")
@@ -136,7 +122,7 @@ def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | Non
 @id_option()
 def report_command(out: str, db: str | None, dataset_id: str | None) -> None:
     """Write a self-contained HTML page with the stats drawn as charts (no network, no scripts)."""
-    path = report_html.write_report(resolve_db(db), out, dataset_id)
+    path = html.write_report(resolve_db(db), out, dataset_id)
     click.echo(f"wrote {path}", err=True)
 
 

@@ -7,28 +7,8 @@ import click
 from indexer.cli.common import db_option, json_option, print_json, quiet_option, resolve_db
 from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.registry import follow_up_exports
-from indexer.export.text import result_line
+from indexer.render.runs import format_event
 from indexer.watch import watch_root
-
-
-def format_event(event: dict) -> str:
-    """One human line per batch / rescan / export (the --json object holds the same facts)."""
-    kind = event.get("event")
-    clock = (event.get("at") or "")[11:19]
-    if kind in ("batch", "rescan"):
-        what = f"batch of {event['paths']:,} paths" if kind == "batch" else f"{event['reason']} scan"
-        problems = ", ".join(f"{status} {count:,}" for status, count in event["problems"].items())
-        return (f"{clock} {what}: added {event['added']:,}, changed {event['changed']:,},"
-                f" removed {event['removed']:,}; problems: {problems or 'none'}"
-                f" ({event['samples']:,} samples, {event['seconds']:.2f} s)")
-    if kind == "export":
-        return (f"{clock} export {event['kind']}: {result_line(event['kind'], event['result'])}"
-                f" ({event['seconds']:.2f} s)")
-    if kind == "stopped":
-        return (f"stopped ({event['status']}): added {event['added']:,}, changed {event['changed']:,},"
-                f" removed {event['removed']:,} in {event['batches']:,} batches"
-                f" and {event['rescans']:,} scans; {event['samples']:,} samples in the database")
-    return str(event)
 
 
 @click.command("watch")

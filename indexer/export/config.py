@@ -19,7 +19,7 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.export.record import atomic_file, output_path, record_export
 from indexer.export.select import options_json, sample_reasons
-from indexer.export.text import excluded_text
+from indexer.wording import counts_text
 
 # Extensions SimpleTuner discovers: lower case only, so `x.PNG` is never seen.
 DISCOVERED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "jxl", "avif"})
@@ -182,7 +182,7 @@ def check_exportable(dataset: str, root: Path, reasons: dict[str, int], db_path:
             f"dataset {dataset!r} has no sample at all, so a config would train on nothing; {out} was not "
             f"written. Put <key>.json + image pairs under {root} and run `indexer index {root}`"
         )
-    counts = ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
+    counts = counts_text(dict(sorted(reasons.items())))
     raise IndexerError(
         f"dataset {dataset!r} has no exportable sample (status ok with a width and height) among its "
         f"{total:,} samples ({counts}): SimpleTuner would find nothing to train on, so {out} was not "
@@ -202,7 +202,7 @@ def check_parquet_rows(conn: sqlite3.Connection, dataset: str, path: Path) -> No
     found = conn.execute("SELECT summary FROM exports WHERE dataset = ? AND kind = 'parquet' AND path = ?",
                          (dataset, str(path))).fetchone()
     excluded = (json.loads(found[0]) if found and found[0] else {}).get("excluded") or {}
-    why = f" ({excluded_text(excluded)} when it was exported)" if excluded else ""
+    why = f" (excluded: {counts_text(excluded)} when it was exported)" if excluded else ""
     raise IndexerError(
         f"the Parquet {path} has no rows{why}: SimpleTuner would skip every image for lack of a row, "
         "so the config was not written. Re-export it with a --caption field the samples fill and a "

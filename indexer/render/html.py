@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from indexer import stats
 from indexer.errors import IndexerError
+from indexer.inspect import stats
 
 ROW_HEIGHT = 22
 LABEL_WIDTH = 170
