@@ -39,6 +39,7 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
@@ -47,7 +48,6 @@ from indexer.index import (
     compact,
     default_workers,
     json_bytes,
-    problem_counts,
     resolve_root,
     write_results,
 )

@@ -19,6 +19,8 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.counts import problem_counts
+from indexer.db.counts import sample_count as _sample_count
 from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
@@ -415,22 +417,6 @@ SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)
                  f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))})")
 SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
                  + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")))
-
-
-def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:
-    return conn.execute("SELECT count(*) FROM samples WHERE dataset = ?", (dataset,)).fetchone()[0]
-
-
-def problem_counts(conn: sqlite3.Connection, dataset: str) -> dict[str, int]:
-    return dict(
-        conn.execute(
-            # two index ranges around 'ok', not a walk over every ok row
-            "SELECT status, count(*) FROM samples WHERE dataset = ?1 AND status < 'ok' GROUP BY status"
-            " UNION ALL SELECT status, count(*) FROM samples WHERE dataset = ?1 AND status > 'ok'"
-            " GROUP BY status ORDER BY status",
-            (dataset,),
-        ).fetchall()
-    )
 
 
 def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> int:

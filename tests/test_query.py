@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from indexer.db import readonly
 from indexer.errors import IndexerError
 from indexer.index import index_root
 from indexer.inspect import query
@@ -161,7 +162,7 @@ class RecordingCursor:
 def test_results_stream_in_bounded_batches(indexed, monkeypatch):
     """Rows are pulled FETCH_ROWS at a time and written before the next batch is fetched."""
     monkeypatch.setattr(query, "FETCH_ROWS", 7)
-    conn, guard = query.connect_readonly(indexed)
+    conn, guard = readonly.connect_readonly(indexed)
     try:
         cursor = RecordingCursor(query.execute_readonly(
             conn, guard, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)"
@@ -196,7 +197,7 @@ def test_duplicate_column_names_are_kept_apart(indexed):
 def test_any_values_round_trip_through_json(indexed, values):
     sql = "SELECT " + ", ".join(f":v{i} AS c{i}" for i in range(len(values))) if values else "SELECT 1 AS c"
     params = {f"v{i}": v for i, v in enumerate(values)}
-    conn, guard = query.connect_readonly(indexed)
+    conn, guard = readonly.connect_readonly(indexed)
     try:
         cursor = query.execute_readonly(conn, guard, sql, params)
         out = io.StringIO()

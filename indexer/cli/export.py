@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
 from indexer.cli.common import (
+    caption_option,
     db_option,
     id_option,
     json_option,
-    print_json,
+    options,
     quiet_option,
     resolve_db,
+    show,
     show_progress,
+    where_option,
 )
 from indexer.errors import ExportIncomplete
-from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
+from indexer.export import CAPTION_MODES
 from indexer.export.config import ConfigOptions
 from indexer.export.registry import run_export
 from indexer.render.exports import export_text
@@ -38,31 +39,16 @@ class OptionalFloat(click.ParamType):
             self.fail(f"{value!r} is not a number (or `none`)", param, ctx)
 
 
-def selection_options(func: Callable) -> Callable:
-    """--id, --caption, --caption-mode, --where, --db, --quiet, --json: shared by every export of rows."""
-    for decorator in reversed([
-        id_option(),
-        click.option("--caption", "captions", metavar="FIELD", multiple=True,
-                     help="Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
-                          "list field gives its first non-empty item). "
-                          f"Default: {', '.join(DEFAULT_CAPTIONS)}."),
-        click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
-                     help="first: the first non-empty --caption field; all: every non-empty one (list "
-                          "items included, duplicates dropped), one caption a line."),
-        click.option("--where", metavar="SQL", default=None,
-                     help="Boolean expression over samples columns, e.g. \"width >= 1024 AND "
-                          "source != 'twitter'\" (read-only)."),
-        db_option, quiet_option, json_option,
-    ]):
-        func = decorator(func)
-    return func
-
-
-def report(summary: dict, quiet: bool, as_json: bool) -> None:
-    if as_json:
-        print_json(summary)
-    elif not quiet:
-        click.echo(export_text(summary))
+selection_options = options(
+    id_option(),
+    caption_option("Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
+                   "list field gives its first non-empty item)"),
+    click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
+                 help="first: the first non-empty --caption field; all: every non-empty one (list "
+                      "items included, duplicates dropped), one caption a line."),
+    where_option(),
+    db_option, quiet_option, json_option,
+)  # --id, --caption, --caption-mode, --where, --db, --quiet, --json: every export of rows
 
 
 @click.group("export")
@@ -83,7 +69,7 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
     summary = run_export("parquet", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, columns=columns, caption_mode=caption_mode,
                          progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("captions")
@@ -98,7 +84,7 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
     summary = run_export("captions", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
                          overwrite=overwrite, allow_mass_removal=allow_mass_removal,
                          caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
     if not summary["complete"]:
         raise ExportIncomplete(
             f"{summary['failed']:,} caption files under {summary['root']} could not be written or removed "
@@ -117,14 +103,17 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
               help="Parquet the entry points at (default: the dataset's last `export parquet`).")
 @click.option("--caption-strategy", type=click.Choice(["textfile", "parquet"]), default=None,
               help="Force it (default: textfile only when every image has its .txt, else parquet).")
-@click.option("--metadata-backend", type=click.Choice(["parquet", "discovery"]), default="parquet",
+@click.option("--metadata-backend", type=click.Choice(["parquet", "discovery"]),
+              default=ConfigOptions.metadata_backend, show_default=True)
+@click.option("--resolution", type=float, default=ConfigOptions.resolution, show_default=True)
+@click.option("--resolution-type", type=click.Choice(["area", "pixel", "pixel_area"]),
+              default=ConfigOptions.resolution_type, show_default=True)
+@click.option("--minimum-image-size", type=OptionalFloat(), default=ConfigOptions.minimum_image_size,
               show_default=True)
-@click.option("--resolution", type=float, default=1.0, show_default=True)
-@click.option("--resolution-type", type=click.Choice(["area", "pixel", "pixel_area"]), default="area",
+@click.option("--maximum-image-size", type=OptionalFloat(), default=ConfigOptions.maximum_image_size,
               show_default=True)
-@click.option("--minimum-image-size", type=OptionalFloat(), default=0.75, show_default=True)
-@click.option("--maximum-image-size", type=OptionalFloat(), default=2.0, show_default=True)
-@click.option("--target-downsample-size", type=OptionalFloat(), default=1.75, show_default=True)
+@click.option("--target-downsample-size", type=OptionalFloat(),
+              default=ConfigOptions.target_downsample_size, show_default=True)
 @click.option("--cache-dir-vae", metavar="DIR", default=None,
               help="VAE cache folder (default: OUT's folder/cache/vae/ID).")
 @click.option("--text-embeds-cache-dir", metavar="DIR", default=None,
@@ -134,7 +123,7 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
     summary = run_export("config", resolve_db(db), out=out, dataset_id=dataset_id, parquet=parquet,
                          options=ConfigOptions(**settings))  # type: ignore[arg-type]
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
     if not as_json:
         for warning in summary["warnings"]:
             click.echo(f"warning: {warning}", err=True)
@@ -148,7 +137,7 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
     summary = run_export("jsonl", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("kohya")
@@ -163,13 +152,12 @@ def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
     summary = run_export("kohya", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
                          where=where, caption_mode=caption_mode, relative=relative,
                          progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("aitk")
 @id_option()
-@click.option("--where", metavar="SQL", default=None,
-              help="Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
+@where_option("Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
 @click.option("--folder", metavar="DIR", default=None,
               help="ai-toolkit's folder_path, exactly as in its config: the dataset root (default) or a "
                    "folder under it; keys are relative to it and images outside it are left out.")
@@ -181,7 +169,7 @@ def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, 
     """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
     summary = run_export("aitk", resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
                          progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 def register(group: click.Group) -> None:

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli.common import (
-    db_option,
-    json_option,
-    print_json,
-    quiet_option,
-    resolve_db,
-    show_progress,
-)
+from indexer.cli.common import json_option, quiet_option, resolve_db, show, show_progress, writer_options
 from indexer.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED_MEMBERS
 from indexer.extract import extract_shards
 from indexer.render.runs import extract_problem_lines, format_extract_summary
@@ -21,11 +14,8 @@ from indexer.render.runs import extract_problem_lines, format_extract_summary
 @click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
 @click.option("--to", "to", required=True, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
               help="Folder the members land in, as `tar xf SHARD -C DIR` puts them (created if missing).")
-@db_option
-@click.option("--id", "dataset_id", metavar="NAME", default=None,
-              help="Dataset id (default: DIR's folder name, the id `indexer index DIR` uses).")
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Shards extracted at once, one process each (default: CPU count).")
+@writer_options("Dataset id (default: DIR's folder name, the id `indexer index DIR` uses).",
+                "Shards extracted at once, one process each (default: CPU count).")
 @quiet_option
 @json_option
 def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id: str | None,
@@ -38,10 +28,7 @@ def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id
     """
     summary = extract_shards(resolve_db(db), shards, to, dataset_id=dataset_id, workers=workers,
                              progress=show_progress(quiet, as_json))
-    if as_json:
-        print_json(summary)
-    elif not quiet:
-        click.echo(format_extract_summary(summary))
+    show(summary, format_extract_summary, as_json=as_json, quiet=quiet)
     if not as_json:
         for line in extract_problem_lines(summary):
             click.echo(line, err=True)

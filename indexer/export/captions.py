@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from indexer import store
+from indexer.db.counts import sample_count
+from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export.record import record_export
 from indexer.export.select import (
@@ -203,7 +205,7 @@ def count_stale(snapshot: Snapshot, selection: Selection) -> tuple[int, collecti
     params: dict = {"dataset": snapshot.dataset}
     excluded = f"WHEN CASE WHEN ({selection.where}) THEN 0 ELSE 1 END THEN 'where'" if selection.where else ""
     sql = (
-        "SELECT reason, count(*) FROM (SELECT coalesce((SELECT CASE WHEN samples.status != 'ok'"
+        f"SELECT reason, count(*) FROM (SELECT coalesce((SELECT CASE WHEN samples.status != '{Status.OK}'"
         " THEN samples.status WHEN NOT coalesce(samples.width AND samples.height, 0) THEN 'no_size'"
         f" {excluded} WHEN ({caption_sql(selection.captions, params)}) IS NULL THEN 'no_caption'"
         " ELSE '' END FROM samples WHERE samples.dataset = c.dataset AND samples.key = c.sample_key),"
@@ -231,10 +233,7 @@ def check_mass_removal(snapshot: Snapshot, selection: Selection, owned: int,
 
 
 def _write_selected(snapshot: Snapshot, selection: Selection, run: CaptionRun, progress: bool) -> int:
-    total = None
-    if progress:
-        total = snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
-                                      (snapshot.dataset,)).fetchone()[0]
+    total = sample_count(snapshot.conn, snapshot.dataset) if progress else None
     exported = 0
     with bar(progress, desc="captions", unit=" samples", total=total) as progress_bar:
         for batch in select_rows(snapshot, selection, [RECORD_SQL]):
@@ -370,8 +369,8 @@ def _remove_stale(snapshot: Snapshot, selection: Selection, run: CaptionRun) -> 
     sql = (
         "SELECT c.path, c.size, c.mtime_ns FROM caption_files AS c WHERE c.dataset = :dataset"
         " AND NOT EXISTS (SELECT 1 FROM samples WHERE samples.dataset = c.dataset"
-        " AND samples.key = c.sample_key AND samples.status = 'ok' AND samples.width AND samples.height"
-        f"{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
+        f" AND samples.key = c.sample_key AND samples.status = '{Status.OK}' AND samples.width"
+        f" AND samples.height{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
     )
     for rel_path, size, mtime_ns in run_query(snapshot.conn, sql, params, selection.where):
         full = os.path.join(run.root, rel_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from indexer import store
+from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export.record import atomic_file, output_path, record_export
 from indexer.export.select import options_json, sample_reasons
@@ -317,7 +318,7 @@ def count_small_images(conn: sqlite3.Connection, dataset: str, options: ConfigOp
         test = "width * height < :minimum"
         minimum = options.minimum_image_size * 1_000_000
     return conn.execute(
-        f"SELECT count(*) FROM samples WHERE dataset = :dataset AND status = 'ok' AND {test}",
+        f"SELECT count(*) FROM samples WHERE dataset = :dataset AND status = '{Status.OK}' AND {test}",
         {"dataset": dataset, "minimum": minimum},
     ).fetchone()[0]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.db.counts import sample_count
 from indexer.errors import IndexerError
 from indexer.export.record import (
     atomic_file,
@@ -95,7 +96,7 @@ def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema,
 def write_parquet(snapshot: Snapshot, selection: Selection, temp: Path, progress: bool) -> int:
     """Each fetched batch becomes compact Arrow data at once; row groups are cut at ROW_GROUP_ROWS."""
     schema, extra_sql, params = parquet_schema(snapshot, selection)
-    total = _sample_count(snapshot) if progress else None
+    total = sample_count(snapshot.conn, snapshot.dataset) if progress else None
     written = 0
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
@@ -121,11 +122,6 @@ def _record_batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
     ordered = [columns[2], columns[3], columns[4], columns[1], *columns[5:]]
     arrays = [pa.array(values, type=field.type) for values, field in zip(ordered, schema, strict=True)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _sample_count(snapshot: Snapshot) -> int:
-    return snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
-                                 (snapshot.dataset,)).fetchone()[0]
 
 
 def _summary(snapshot: Snapshot, path: Path, rows: int, excluded: dict, up_to_date: bool,

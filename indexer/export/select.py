@@ -1,9 +1,9 @@
 """Which samples an export writes, and with what caption: shared by every export kind.
 
 Selection happens in one read transaction (a snapshot), so the rows and the data_version recorded
-with the export agree even while `index` or `watch` writes to the same database. The snapshot
-connection is `query_only`, and a user's `--where` is checked before it runs, so an export never
-writes through it.
+with the export agree even while `index` or `watch` writes to the same database. The snapshot is
+the read-only connection of db/readonly.py, and a user's `--where` is checked before it runs, so
+an export never writes through it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import orjson
 import pyarrow as pa
 
 from indexer import store
+from indexer.db.readonly import connect_readonly
+from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
 
@@ -207,10 +209,8 @@ def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> It
         raise IndexerError(
             f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
         )
-    conn = store.connect(db_path)
+    conn, _guard = connect_readonly(db_path, upgrade=True, cache_kib=SNAPSHOT_CACHE_KIB)
     try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute(f"PRAGMA cache_size = -{SNAPSHOT_CACHE_KIB}")  # one pass in key order: no reuse
         dataset, root = store.resolve_dataset(conn, dataset_id)
         conn.execute("BEGIN")
         version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
@@ -230,7 +230,7 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
     """
     params: dict = {"dataset": snapshot.dataset}
     within = f" AND ({selection.where})" if selection.where else ""
-    ok = "SELECT 1 FROM samples WHERE samples.dataset = :dataset AND samples.status = 'ok'"
+    ok = f"SELECT 1 FROM samples WHERE samples.dataset = :dataset AND samples.status = '{Status.OK}'"
     exportable = ok + " AND samples.width AND samples.height"
     if not _exists(snapshot, exportable + within, params, selection.where):
         if selection.where and refuse_empty_where:
@@ -257,7 +257,7 @@ def sample_reasons(conn: sqlite3.Connection, dataset: str) -> collections.Counte
     """Every sample of the dataset by why it can or cannot be exported: its status when not ok,
     `no_size`, or `exportable` (status ok with a size: what any export can hold)."""
     rows = conn.execute(
-        "SELECT CASE WHEN status != 'ok' THEN status WHEN NOT coalesce(width AND height, 0)"
+        f"SELECT CASE WHEN status != '{Status.OK}' THEN status WHEN NOT coalesce(width AND height, 0)"
         " THEN 'no_size' ELSE 'exportable' END AS reason, count(*) FROM samples WHERE dataset = ?"
         " GROUP BY reason", (dataset,),
     ).fetchall()
@@ -271,8 +271,8 @@ def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bo
 def common_fields(snapshot: Snapshot) -> list[str]:
     """Top-level JSON keys of the dataset, most common first, counted over a bounded sample."""
     rows = snapshot.conn.execute(
-        "SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = 'ok' LIMIT ?)"
-        " AS s, json_each(s.meta) AS field GROUP BY field.key ORDER BY count(*) DESC, field.key",
+        f"SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = '{Status.OK}'"
+        " LIMIT ?) AS s, json_each(s.meta) AS field GROUP BY field.key ORDER BY count(*) DESC, field.key",
         (snapshot.dataset, FIELD_SAMPLE_ROWS),
     ).fetchall()
     return [row[0] for row in rows]
@@ -295,23 +295,13 @@ def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]
     )
 
 
-def _authorize(action: int, table: str | None, *_args: object) -> int:
-    """Reading only. SQLite itself reports an UPDATE of sqlite_master while it sets up json_each."""
-    allowed = (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
-    if action in allowed or (action == sqlite3.SQLITE_UPDATE and table == "sqlite_master"):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
 def run_query(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
-    """Prepare under an authorizer that allows reading only; SQL errors name the --where."""
-    conn.set_authorizer(_authorize)
+    """Run SQL holding the user's --where on the snapshot (whose guard allows reading only); an
+    SQL error names the --where."""
     try:
         return conn.execute(sql, params)
     except sqlite3.Error as exc:
         raise where_error(where, exc) from exc
-    finally:
-        conn.set_authorizer(None)
 
 
 def where_error(where: str | None, exc: Exception) -> IndexerError:
@@ -352,7 +342,7 @@ def select_rows(
             return
         batch = []
         for status, kept, caption, key, image, width, height, *extra in rows:
-            if status != "ok":
+            if status != Status.OK:
                 excluded[status] += 1
             elif not width or not height:
                 excluded["no_size"] += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from indexer import store
 from indexer.db.fts import pending_count
+from indexer.db.readonly import reading
 from indexer.derived import ensure_derived
 from indexer.errors import IndexerError
 
@@ -93,8 +94,7 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
     """
     rank_cap = RANK_CAP if rank_cap is None else rank_cap
     ensure_derived(db_path, progress)
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         dataset, root = store.resolve_dataset(conn, dataset_id)
         unscored, params = _candidates(conn, text, raw, dataset, scored=False)
         params["cap"] = rank_cap
@@ -107,39 +107,25 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
             SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption, top.score
             FROM ({first} ORDER BY score LIMIT :limit) AS top
             JOIN samples AS s ON s.id = top.id ORDER BY top.score""", params)
-        return [_hit(root, row) for row in rows], capped
-    finally:
-        conn.close()
+    return [_hit(root, row) for row in rows], capped
 
 
 def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
                   raw: bool = False) -> int:
     ensure_derived(db_path)
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
         candidates, params = _candidates(conn, text, raw, dataset)
         return _run(conn, text, raw, f"SELECT count(*) FROM ({candidates})", params)[0][0]
-    finally:
-        conn.close()
 
 
 def search_status(db_path: str | os.PathLike[str]) -> int | None:
     """Samples not searchable yet (an index run is going on, or one was killed before its end);
     None when the whole full-text index awaits its build (a running bulk index holds the database)."""
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         if conn.execute("SELECT 1 FROM deferred_structures WHERE type = 'trigger'").fetchone():
             return None
         return pending_count(conn)
-    finally:
-        conn.close()
-
-
-def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
-    conn = store.connect(db_path, readonly=True)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
 
 
 def _run(conn: sqlite3.Connection, text: str, raw: bool, sql: str, params: dict) -> list[tuple]:

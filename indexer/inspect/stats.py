@@ -17,9 +17,10 @@ from collections.abc import Iterable
 import orjson
 
 from indexer import store
+from indexer.db.counts import status_counts
+from indexer.db.readonly import reading
 from indexer.derived import ensure_derived
 
-STATUSES = ("ok", "missing_image", "missing_json", "bad_json", "bad_image")
 CAPTION_FIELDS = ("short_caption", "long_caption")  # the caption columns with a length index
 HASH_FIELDS = {"file_hash": "md5_file_hash", "pil_hash": "md5_pil_hash"}
 # SimpleTuner's area rules (resolution_type: area) at their usual 0.75-2.0 megapixels, 1 MP = 1e6 px.
@@ -47,25 +48,19 @@ def dataset_stats(db_path: str | os.PathLike[str], dataset_id: str | None, *,
     The narrow indexes the figures come from are built here if a bulk index deferred them.
     """
     derived_ready = ensure_derived(db_path, progress)
-    conn = store.connect(db_path, readonly=True)
-    try:
-        conn.execute("PRAGMA query_only = ON")
+    with reading(db_path) as conn:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
         figures = collect_stats(conn, dataset, min_megapixels=min_megapixels,
                                 max_megapixels=max_megapixels)
-        figures["derived_ready"] = derived_ready
-        return figures
-    finally:
-        conn.close()
+    figures["derived_ready"] = derived_ready
+    return figures
 
 
 def collect_stats(conn: sqlite3.Connection, dataset: str, *, min_megapixels: float = MIN_MEGAPIXELS,
                   max_megapixels: float = MAX_MEGAPIXELS) -> dict:
     root, data_version = conn.execute(
         "SELECT root, data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()
-    status = {name: 0 for name in STATUSES}
-    status.update(conn.execute(
-        "SELECT status, count(*) FROM samples WHERE dataset = ? GROUP BY status", (dataset,)).fetchall())
+    status = status_counts(conn, dataset)
     groups = conn.execute(
         "SELECT source, width, height, lower(image_ext), count(*) FROM samples WHERE dataset = ?"
         " GROUP BY source, width, height, image_ext", (dataset,)).fetchall()

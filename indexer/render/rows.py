@@ -15,8 +15,9 @@ from typing import Any, TextIO
 
 import orjson
 
+from indexer.db.readonly import connect_readonly
 from indexer.errors import IndexerError
-from indexer.inspect.query import column_names, connect_readonly, execute_readonly, iter_rows
+from indexer.inspect.query import column_names, execute_readonly, iter_rows
 
 FORMATS = ("table", "csv", "json", "jsonl")
 TABLE_PREVIEW_ROWS = 1000  # the table format sizes its columns from this many rows

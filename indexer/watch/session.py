@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from indexer import index, store
+from indexer.db.counts import problem_counts, sample_count
 from indexer.derived import build_derived
 from indexer.errors import IndexerError
 from indexer.scan import RACY_WINDOW_NS, STAGING_PREFIX, split_sample_path, walk
@@ -86,7 +85,7 @@ class Watcher:
         return {
             "dataset": self.dataset, "root": str(self.root), "added": t.added, "changed": t.changed,
             "removed": t.removed, "batches": t.batches, "rescans": t.rescans, "exports": t.exports,
-            "samples": self._sample_count(), "problems": index.problem_counts(self.conn, self.dataset),
+            "samples": self._sample_count(), "problems": problem_counts(self.conn, self.dataset),
             "pending": len(self.debouncer),
             "seconds": round(time.monotonic() - self.started, 3),
         }
@@ -181,17 +180,12 @@ class Watcher:
     def _problems_among(self, paths: Iterable[str]) -> dict[str, int]:
         """Statuses other than ok among this batch's samples (the whole dataset's are in `stats`)."""
         assert self.conn is not None
-        keys = sorted({split_sample_path(p)[0] for p in paths})  # type: ignore[index]
-        return dict(self.conn.execute(
-            "SELECT status, count(*) FROM samples WHERE dataset = ? AND status != 'ok' "
-            "AND key IN (SELECT value FROM json_each(?)) GROUP BY status ORDER BY status",
-            (self.dataset, orjson.dumps(keys).decode()),
-        ).fetchall())
+        keys = {split_sample_path(p)[0] for p in paths}  # type: ignore[index]
+        return problem_counts(self.conn, self.dataset, keys)
 
     def _sample_count(self) -> int:
         assert self.conn is not None
-        return self.conn.execute(
-            "SELECT count(*) FROM samples WHERE dataset = ?", (self.dataset,)).fetchone()[0]
+        return sample_count(self.conn, self.dataset)
 
     def _rescan(self, reason: str) -> bool:
         """A full diff of ROOT against the database; returns whether any sample changed."""
