@@ -33,7 +33,11 @@ EXAMPLES = 5
 
 @dataclass
 class ConfigOptions:
-    """The entry's tunables, with the seed preset's values as defaults; None leaves a key out."""
+    """The entry's tunables; None leaves a key out.
+
+    The defaults are for 1-megapixel training by area: resolution 1.0 megapixels, images below
+    0.75 MP skipped, those above 2.0 MP downsampled to 1.75 MP first.
+    """
 
     resolution: float = 1.0
     resolution_type: str = "area"

@@ -23,8 +23,8 @@ from indexer.export.record import (
 )
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
     Selection,
-    Snapshot,
     check_selection,
     excluded_summary,
     make_selection,
@@ -35,7 +35,7 @@ from indexer.export.select import (
 from indexer.progress import bar
 
 # Turns one batch of selected rows into the lines to write (each ending in b"\n").
-LineEncoder = Callable[[Snapshot, list[tuple]], bytes]
+LineEncoder = Callable[[ReadSnapshot, list[tuple]], bytes]
 
 
 def export_jsonl(
@@ -57,7 +57,7 @@ def export_jsonl(
                             _imagefolder_lines, dataset_id=dataset_id, progress=progress)
 
 
-def _imagefolder_lines(_snapshot: Snapshot, batch: list[tuple]) -> bytes:
+def _imagefolder_lines(_snapshot: ReadSnapshot, batch: list[tuple]) -> bytes:
     return b"".join(orjson.dumps({"file_name": image, "text": caption}) + b"\n"
                     for _key, image, _width, _height, caption in batch)
 

@@ -25,8 +25,8 @@ from indexer.export.record import (
 )
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
     Selection,
-    Snapshot,
     check_selection,
     column_sql,
     excluded_summary,
@@ -82,7 +82,7 @@ def export_parquet(
     return summary
 
 
-def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
+def parquet_schema(snapshot: ReadSnapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
     params: dict = {}
     fields = list(BASE_SCHEMA)
     extra_sql = []
@@ -93,7 +93,7 @@ def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema,
     return pa.schema(fields), extra_sql, params
 
 
-def write_parquet(snapshot: Snapshot, selection: Selection, temp: Path, progress: bool) -> int:
+def write_parquet(snapshot: ReadSnapshot, selection: Selection, temp: Path, progress: bool) -> int:
     """Each fetched batch becomes compact Arrow data at once; row groups are cut at ROW_GROUP_ROWS."""
     schema, extra_sql, params = parquet_schema(snapshot, selection)
     total = sample_count(snapshot.conn, snapshot.dataset) if progress else None
@@ -124,7 +124,7 @@ def _record_batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _summary(snapshot: Snapshot, path: Path, rows: int, excluded: dict, up_to_date: bool,
+def _summary(snapshot: ReadSnapshot, path: Path, rows: int, excluded: dict, up_to_date: bool,
              started: float) -> dict:
     return {
         "kind": "parquet",

@@ -35,8 +35,8 @@ TRIM = "char(32, 9, 10, 13)"
 STRIP = " \t\n\r"  # the same characters, for captions joined in Python
 FIELD_NAME = re.compile(r"^[^\"\\\x00-\x1f]+$")
 DEFAULT_COLUMNS = ("width", "height", "caption", "filename")
-# Output columns read straight from a samples column, with their Arrow type.
-SAMPLE_COLUMNS: dict[str, pa.DataType] = {
+# Output columns read straight from a samples column, with their Arrow type (--column NAME).
+SAMPLE_COLUMN_TYPES: dict[str, pa.DataType] = {
     "id": pa.int64(), "key": pa.string(), "image": pa.string(), "json": pa.string(),
     "size_from": pa.string(), "warning": pa.string(), "data_version": pa.int64(),
 }
@@ -62,8 +62,9 @@ class Selection:
 
 
 @dataclass
-class Snapshot:
-    """A read transaction over one dataset."""
+class ReadSnapshot:
+    """A read transaction over one dataset: the rows an export holds and the data_version it
+    records come from the same moment (not scan.Snapshot, the stored file records of a scan)."""
 
     conn: sqlite3.Connection
     dataset: str
@@ -190,8 +191,8 @@ def caption_column_sql(selection: Selection, params: dict) -> str:
 
 def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
     """SQL and Arrow type of an extra output column: a samples column or any JSON field as text."""
-    if name in SAMPLE_COLUMNS:
-        return f"samples.{name}", SAMPLE_COLUMNS[name]
+    if name in SAMPLE_COLUMN_TYPES:
+        return f"samples.{name}", SAMPLE_COLUMN_TYPES[name]
     if name == "aspect_ratio":
         return "round(CAST(samples.width AS REAL) / samples.height, 4)", pa.float64()
     param = f"column{number}"
@@ -203,7 +204,7 @@ def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
 
 
 @contextlib.contextmanager
-def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[Snapshot]:
+def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[ReadSnapshot]:
     """A query-only connection holding one read transaction for the whole selection."""
     if not os.path.exists(db_path):
         raise IndexerError(
@@ -214,13 +215,13 @@ def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> It
         dataset, root = store.resolve_dataset(conn, dataset_id)
         conn.execute("BEGIN")
         version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
-        yield Snapshot(conn, dataset, root, int(version))
+        yield ReadSnapshot(conn, dataset, root, int(version))
         conn.execute("COMMIT")
     finally:
         conn.close()
 
 
-def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_where: bool = True) -> None:
+def check_selection(snapshot: ReadSnapshot, selection: Selection, *, refuse_empty_where: bool = True) -> None:
     """Refuse a selection that is a mistake before anything is written.
 
     A --caption or --column field that no selected sample has would silently export nothing (and
@@ -245,7 +246,7 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
         return  # nothing selected: there is no field to look for
     fields = [("--caption", name) for name in selection.captions]
     fields += [("--column", name) for name in selection.columns
-               if name not in SAMPLE_COLUMNS and name != "aspect_ratio"]
+               if name not in SAMPLE_COLUMN_TYPES and name != "aspect_ratio"]
     missing = [(option, name) for option, name in fields
                if not _exists(snapshot, ok + within + " AND json_type(samples.meta, :field) IS NOT NULL",
                               {**params, "field": json_path(name, option)}, selection.where)]
@@ -264,11 +265,11 @@ def sample_reasons(conn: sqlite3.Connection, dataset: str) -> collections.Counte
     return collections.Counter(dict(rows))
 
 
-def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bool:
-    return run_query(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
+def _exists(snapshot: ReadSnapshot, sql: str, params: dict, where: str | None) -> bool:
+    return execute_where(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
 
 
-def common_fields(snapshot: Snapshot) -> list[str]:
+def common_fields(snapshot: ReadSnapshot) -> list[str]:
     """Top-level JSON keys of the dataset, most common first, counted over a bounded sample."""
     rows = snapshot.conn.execute(
         f"SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = '{Status.OK}'"
@@ -278,7 +279,8 @@ def common_fields(snapshot: Snapshot) -> list[str]:
     return [row[0] for row in rows]
 
 
-def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]], where: str | None) -> str:
+def missing_fields_message(snapshot: ReadSnapshot, missing: Sequence[tuple[str, str]],
+                           where: str | None) -> str:
     known = common_fields(snapshot)
     named = []
     for option, name in missing:
@@ -295,7 +297,7 @@ def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]
     )
 
 
-def run_query(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
+def execute_where(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
     """Run SQL holding the user's --where on the snapshot (whose guard allows reading only); an
     SQL error names the --where."""
     try:
@@ -314,7 +316,8 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 
 
 def select_rows(
-    snapshot: Snapshot, selection: Selection, extra_sql: Sequence[str] = (), extra_params: dict | None = None,
+    snapshot: ReadSnapshot, selection: Selection, extra_sql: Sequence[str] = (),
+    extra_params: dict | None = None,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
@@ -329,7 +332,7 @@ def select_rows(
         + "".join(f", {expr}" for expr in extra_sql)
         + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
     )
-    cursor = run_query(snapshot.conn, sql, params, selection.where)
+    cursor = execute_where(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)
     caption_needed = bool(selection.captions)
