@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,17 +17,15 @@ import pyarrow.parquet as pq
 from indexer import store
 from indexer.db.status import Status
 from indexer.errors import IndexerError
+from indexer.export.discovery import ImageScan, scan_images
 from indexer.export.record import atomic_file, output_path, record_export
 from indexer.export.select import options_json, sample_reasons
 from indexer.wording import counts_text
 
-# Extensions SimpleTuner discovers: lower case only, so `x.PNG` is never seen.
-DISCOVERED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "jxl", "avif"})
-UNDISCOVERED_EXTENSIONS = frozenset(e.upper() for e in DISCOVERED_EXTENSIONS) | {"Jpg", "Png", "Jpeg"}
 PARQUET_COLUMNS = {"filename_column": "filename", "caption_column": "caption",
                    "width_column": "width", "height_column": "height"}
 TEXT_EMBEDS_ID = "text-embeds"
-EXAMPLES = 5
+
 
 
 @dataclass
@@ -48,19 +45,6 @@ class ConfigOptions:
     caption_strategy: str | None = None  # None: choose textfile or parquet from what is on disk
     cache_dir_vae: str | None = None
     text_embeds_cache_dir: str | None = None
-
-
-@dataclass
-class ImageScan:
-    """What SimpleTuner's recursive discovery of the root would find."""
-
-    images: int = 0
-    without_caption: list[str] = field(default_factory=list)
-    without_caption_count: int = 0
-    upper_case: list[str] = field(default_factory=list)
-    upper_case_count: int = 0
-    not_utf8: list[str] = field(default_factory=list)  # shown with \x escapes
-    not_utf8_count: int = 0
 
 
 def export_config(
@@ -229,52 +213,6 @@ def check_parquet_columns(path: Path) -> None:
         )
     if str(schema.field("filename").type) not in ("string", "large_string"):
         raise IndexerError(f"{path}: column filename must hold strings for SimpleTuner to match files")
-
-
-def iter_files(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """(folder relative to root, file names) for every folder, symlinked folders not entered."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".indexer-"))
-        rel = os.path.relpath(folder, root)
-        yield ("" if rel == "." else rel.replace(os.sep, "/") + "/"), sorted(files)
-
-
-def shown(path: str) -> str:
-    """A path as text that can be printed and stored: bytes that are not UTF-8 become \\x escapes."""
-    if path.isascii():
-        return path
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def scan_images(root: Path) -> ImageScan:
-    """Count what SimpleTuner would discover. A name that is not UTF-8 (which `index` skips) is
-    still an image SimpleTuner finds, so it counts, and is named escaped and warned about."""
-    scan = ImageScan()
-    for folder, files in iter_files(root):
-        names = set(files)
-        for name in files:
-            stem, dot, ext = name.rpartition(".")
-            if not dot or not stem:
-                continue
-            discovered = ext in DISCOVERED_EXTENSIONS
-            if not discovered and ext.lower() not in DISCOVERED_EXTENSIONS:
-                continue
-            path = shown(folder + name)
-            if path != folder + name:
-                scan.not_utf8_count += 1
-                if len(scan.not_utf8) < EXAMPLES:
-                    scan.not_utf8.append(path)
-            if discovered:
-                scan.images += 1
-                if stem + ".txt" not in names:
-                    scan.without_caption_count += 1
-                    if len(scan.without_caption) < EXAMPLES:
-                        scan.without_caption.append(path)
-            else:
-                scan.upper_case_count += 1
-                if len(scan.upper_case) < EXAMPLES:
-                    scan.upper_case.append(path)
-    return scan
 
 
 def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_exported: bool,

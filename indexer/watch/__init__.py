@@ -16,41 +16,23 @@ polling), session.py (the loop: batches and rescans), follow.py (follow-up actio
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Mapping
 from typing import Any
 
-from indexer.watch.follow import Emit, FollowUp
+from indexer.watch.follow import FollowUp
 from indexer.watch.session import Watcher
 
-__all__ = ["FollowUp", "watch_root"]
+__all__ = ["FollowUp", "Watcher", "watch_root"]
 
 
-def watch_root(
-    db_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    *,
-    dataset_id: str | None = None,
-    settle: float = 2.0,
-    rescan_every: float = 600.0,
-    workers: int | None = None,
-    after_change: Mapping[str, FollowUp] | None = None,
-    on_batch: Emit | None = None,
-    stop_event: threading.Event | None = None,
-    observer_factory: Callable[[], Any] | None = None,
-    handle_signals: bool = False,
-) -> dict:
-    """Keep the index of ROOT current until stop_event is set; returns the session summary.
+def watch_root(db_path: str | os.PathLike[str], root: str | os.PathLike[str], *,
+               handle_signals: bool = False, **options: Any) -> dict:
+    """Keep the index of ROOT current until `stop_event` is set; returns the session summary.
 
-    `after_change` maps a name to an action called with the dataset id once at start and after
-    each burst of changes (e.g. `indexer.export.registry.follow_up_exports(...)`); its result is
-    reported as an `export` event. `on_batch` receives one dict per batch, rescan, export and
-    warning (key "event" says which). `handle_signals` (main thread only) makes SIGINT/SIGTERM
-    stop the session cleanly.
+    The options are Watcher's: `dataset_id`, `settle` (2 s), `rescan_every` (600 s), `workers`,
+    `after_change` (a name -> action called with the dataset id once at start and after each
+    burst of changes, e.g. `indexer.export.registry.follow_up_exports(...)`; its result is
+    reported as an `export` event), `on_batch` (receives one dict per batch, rescan, export and
+    warning; key "event" says which), `stop_event` and `observer_factory` (for tests).
+    `handle_signals` (main thread only) makes SIGINT/SIGTERM stop the session cleanly.
     """
-    watcher = Watcher(
-        db_path, root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
-        workers=workers, after_change=after_change, on_batch=on_batch, stop_event=stop_event,
-        observer_factory=observer_factory,
-    )
-    return watcher.run(handle_signals=handle_signals)
+    return Watcher(db_path, root, **options).run(handle_signals=handle_signals)
