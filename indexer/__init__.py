@@ -25,6 +25,7 @@ API = {
     "export_jsonl": "indexer.export.jsonl",
     "export_kohya": "indexer.export.kohya",
     "export_aitk": "indexer.export.aitk",
+    "export_webshart": "indexer.export.webshart",
     "dataset_stats": "indexer.inspect.stats",
     "list_problems": "indexer.inspect.problems",
     "search": "indexer.inspect.search",

@@ -16,8 +16,9 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.progress import bar
 
-# samples_status stays: `problems`, the run summaries and every export filter on it.
-KEPT_INDEXES = ("samples_status",)
+# Kept by bulk writes: `problems`, the run summaries and every export filter on samples_status;
+# the rerun diff finds the rare samples with other files through samples_other_files.
+KEPT_INDEXES = ("samples_status", "samples_other_files")
 FTS_TRIGGERS = "samples_fts_%"
 
 

@@ -53,7 +53,13 @@ from indexer.index import (
 )
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
+from indexer.scan import (
+    JSON_EXTENSION,
+    SAMPLE_EXTENSIONS,
+    STAGING_PREFIX,
+    split_sample_path,
+    stat_signature,
+)
 from indexer.workers import init_worker
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
@@ -706,18 +712,16 @@ def with_partners(
 ) -> list[Result]:
     """Complete keys whose other files came from elsewhere (another shard, or already in the root).
 
-    write_results replaces all file records of a key, so a key is re-read with every file it has:
+    write_results replaces a key's whole stat record, so a key is re-read with every file it has:
     the recorded ones, and, when the shard brought only its JSON or only its image, a partner
     already on disk. Pairs inside one shard (the webdataset norm) need none of this.
     """
-    stored: dict[str, dict[str, FileRecord]] = collections.defaultdict(dict)
-    for key, ext, *record in conn.execute(
-        "SELECT key, ext, size, mtime_ns, ctime_ns, inode, racy FROM files WHERE dataset = ?"
-        " AND key IN (SELECT value FROM json_each(?))",
+    stored: dict[str, dict[str, int]] = collections.defaultdict(dict)
+    for key, path, sig in conn.execute(
+        "SELECT key, path, sig FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
         (dataset, orjson.dumps([result[0] for result in results]).decode()),
     ):
-        path = f"{key}.{ext}"
-        stored[key][path] = (path, *record)  # type: ignore[assignment]
+        stored[key][path] = sig
     completed: list[Result] = []
     for key, sample, files, files_read in results:
         own = {record[0] for record in files}
@@ -738,13 +742,12 @@ def _partner_paths(key: str) -> list[str]:
     return [f"{key}.{ext}" for ext in sorted(SAMPLE_EXTENSIONS)]
 
 
-def _keep_known(record: FileRecord, own: set[str], stored: dict[str, FileRecord]) -> FileRecord:
-    """Files this shard wrote are not racy; a stored file that did not change keeps its flag."""
-    if record[0] in own:
+def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int]) -> FileRecord:
+    """Files this shard wrote are not racy; a stored file that did not change stays trusted (a
+    racy one is stored with a signature that never matches, so it keeps being re-checked)."""
+    path, size, mtime_ns, ctime_ns, inode, _racy = record
+    if path in own or stored.get(path) == stat_signature(size, mtime_ns, ctime_ns, inode):
         return _not_racy(record)
-    previous = stored.get(record[0])
-    if previous is not None and previous[1:5] == record[1:5]:
-        return (*record[:5], previous[5])  # type: ignore[return-value]
     return record
 
 

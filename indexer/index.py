@@ -1,7 +1,7 @@
 """The `index` stage: scan, read what changed in worker processes, write in sorted batches.
 
-Crash safety comes from writing a key's file records and its sample row in the same transaction:
-a run killed before a batch commits leaves those files unrecorded, so the next run sees them again.
+Crash safety comes from a key's stat records living in its sample row (schema 009): a run killed
+before a batch commits leaves those files unrecorded, so the next run sees them again.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -26,7 +26,8 @@ from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import STAGING_PREFIX, scan, split_sample_path, stat_signature
+from indexer.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
+from indexer.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
 from indexer.workers import process_pool
 
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
@@ -36,23 +37,38 @@ KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little
 # The samples columns a read decides, in the order of a CompactResult's sample row.
 STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
                   "meta")
-# What a reader sends back per key: (key, sample row or None when no file is left, file rows
-# (ext, size, mtime_ns, ctime_ns, inode, racy, sig), files read). Flat tuples of str/int only:
-# they pickle several times cheaper than the reader's objects, and go to executemany as they are.
-CompactResult = tuple[str, tuple | None, list[tuple], int]
+# The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
+# trust) gets signature -1, which never matches, so the next run reads it again.
+STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
+                "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
+RACY_SIGNATURE = NEVER_MATCHES
+SHARD_AT = STAT_COLUMNS.index("shard")
+# What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
+# left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
+# times cheaper than the reader's objects, and go to executemany as they are.
+CompactResult = tuple[str, tuple | None, tuple | None, int]
 
 
 def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], files_read: int) -> CompactResult:
     """A read result in the form write_results stores (computed in the reader processes)."""
-    cut = len(key) + 1
-    file_rows = [(path[cut:], size, mtime_ns, ctime_ns, inode, racy,
-                  stat_signature(size, mtime_ns, ctime_ns, inode))
-                 for path, size, mtime_ns, ctime_ns, inode, racy in files]
     if sample is None:
-        return key, None, file_rows, files_read
+        return key, None, None, files_read
+    json_stat = image_stat = None
+    others = []
+    for path, size, mtime_ns, ctime_ns, inode, racy in files:
+        sig = RACY_SIGNATURE if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
+        if path == sample.json:
+            json_stat = (size, sig)
+        elif path == sample.image:
+            image_stat = (size, mtime_ns, sig)
+        else:
+            others.append([path[len(key) + 1 :], size, mtime_ns, sig])
     image, json_path, *rest = sample
+    cut = len(key) + 1
     row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
-    return key, row, file_rows, files_read
+    stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
+             orjson.dumps(sorted(others)).decode() if others else None, None, None, None)
+    return key, row, stats, files_read
 
 
 @dataclass
@@ -62,6 +78,8 @@ class Counts:
     removed: int = 0
     files_read: int = 0
     waited_s: float = 0.0  # time this (writer) process spent waiting for reader results
+    # keys two origins hold: (key, origin that lost it, origin that owns it); see write_results
+    conflicts: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -132,6 +150,17 @@ def update_dataset(
     counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
                            verify_images=verify_images, progress=progress,
                            keys_per_commit=keys_per_commit)
+    tars = [p for p in scanned.archives if is_shard_name(p)]
+    compressed = [p for p in scanned.archives if is_compressed_shard_name(p)]
+    shard_counts = ShardCounts(compressed=compressed)
+    if tars or conn.execute("SELECT 1 FROM tar_shards WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
+        if tars and not before:
+            defer_derived(conn)  # a first contact with shards is a bulk write
+        shard_counts = update_shards(
+            conn, dataset, root, tars, workers=workers, verify_images=verify_images, counts=counts,
+            write_results=write_results,
+            skipped_prefixes=tuple(prefix for prefix, _reason in scanned.unreadable if prefix))
+        shard_counts.compressed = compressed
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
     after = _sample_count(conn, dataset)
     wall = time.perf_counter() - started
@@ -147,11 +176,14 @@ def update_dataset(
         "problems": problem_counts(conn, dataset),
         "files_seen": scanned.files_seen,
         "files_read": counts.files_read,
-        "json_bytes": cached_json_bytes(conn, dataset, recount=bool(scanned.changed_files)),
+        "json_bytes": cached_json_bytes(conn, dataset,
+                                        recount=bool(scanned.changed_files or shard_counts.read
+                                                     or shard_counts.removed)),
+        "shards": shard_counts.summary(),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
         "bad_names": scanned.bad_names[:100],
         "bad_names_count": len(scanned.bad_names),
-        "notes": no_samples_notes(root) if not scanned.files_seen else [],
+        "notes": no_samples_notes(root, scanned.files_seen, tars, compressed),
         "not_files": scanned.not_files[:100],
         "not_files_count": len(scanned.not_files),
         "readers": workers,
@@ -161,22 +193,16 @@ def update_dataset(
     }
 
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def no_samples_notes(root: Path, shown: int = 3) -> list[str]:
-    """What to tell a user whose ROOT holds no sample file at all (often: the shards, unextracted)."""
-    shards: list[str] = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)]
-        shards += [os.path.relpath(os.path.join(folder, n), root) for n in names
-                   if n.lower().endswith(SHARD_SUFFIXES)]
-        if len(shards) >= shown:
-            break
-    notes = [f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {root}"]
-    if shards:
-        notes.append(f"it holds tar shards ({', '.join(sorted(shards)[:shown])}): unpack and index them"
-                     f" with `indexer extract {root}/*.tar --to DIR`, then use DIR")
+def no_samples_notes(root: Path, files_seen: int, tars: list[str], compressed: list[str]) -> list[str]:
+    """What to tell a user whose ROOT holds no sample file, or shards that cannot be read in place."""
+    notes = []
+    if not files_seen and not tars:
+        notes.append(f"no sample files (.json, .png, .jpg, .jpeg, .webp) found under {root}")
+    if compressed:
+        shown = ", ".join(sorted(compressed)[:3])
+        notes.append(f"compressed tar shards ({shown}) cannot be read in place (offsets into a compressed"
+                     f" stream mean nothing): decompress them (e.g. gunzip) and index again, or unpack"
+                     f" them with `indexer extract {root}/SHARD --to DIR` and index DIR")
     return notes
 
 
@@ -202,6 +228,8 @@ def update_paths(
         if parts is None or not _is_utf8(path):  # a scan reports bad names; events skip them
             continue
         exists = os.path.isfile(os.path.join(root, path))
+        if exists and path.endswith(".json") and os.path.isfile(os.path.join(root, path[:-5] + ".tar")):
+            continue  # a shard's webshart index (scan.shard_index_path), not a sample
         rows.append((parts[0], path, "U" if exists else "D"))
     with store.transaction(conn, "DEFERRED"):
         conn.execute("DELETE FROM scan_changes")
@@ -238,8 +266,8 @@ def apply_changes(
         return counts
     if total >= BULK_MIN_KEYS and total * 2 >= _sample_count(conn, dataset):
         defer_derived(conn)  # built again on first use, off the critical path
-    # A dataset with no stored file yet (a first run) has nothing to merge with or replace.
-    fresh = conn.execute("SELECT 1 FROM files WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
+    # A dataset with no stored sample yet (a first run) has nothing to merge with or replace.
+    fresh = conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
     tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
         pending: list[CompactResult] = []
@@ -254,71 +282,66 @@ def apply_changes(
     return counts
 
 
-def _tasks(
-    conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False
-) -> Iterator[list[tuple[str, list[str]]]]:
+# A read task: (key, its current paths joined by NUL) per key. One string a key pickles several
+# times cheaper than a list of paths, and the reader splits it.
+Task = list[tuple[str, str]]
+
+
+def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
     """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists.
 
-    The changes are copied once in key order and read back in pages with fetchall: a cursor left
-    open across the batches' write transactions would pin this connection's read snapshot (SQLite
-    keeps it for the open statement), and the next BEGIN IMMEDIATE after any other process wrote
-    would fail at once with "database is locked" (a stale snapshot bypasses the busy timeout).
+    SQLite groups and sorts the changes into one row a key, read back in pages with fetchall: a
+    cursor left open across the batches' write transactions would pin this connection's read
+    snapshot (SQLite keeps it for the open statement), and the next BEGIN IMMEDIATE after any other
+    process wrote would fail at once with "database is locked" (a stale snapshot bypasses the busy
+    timeout).
     """
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
-    conn.execute("CREATE TEMP TABLE scan_order AS SELECT key, path, op FROM scan_changes ORDER BY key, path")
-    changes: dict[str, list[tuple[str, str]]] = {}
+    conn.execute(
+        "CREATE TEMP TABLE scan_order AS SELECT key, group_concat(op || path, char(0)) AS changes"
+        " FROM scan_changes GROUP BY key ORDER BY key"
+    )
     after = 0
     while rows := conn.execute(
-        "SELECT rowid, key, path, op FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
-        (after, keys_per_task * 4),
+        "SELECT rowid, key, changes FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, keys_per_task),
     ).fetchall():
         after = rows[-1][0]
-        for _rowid, key, path, op in rows:
-            changes.setdefault(key, []).append((path, op))
-        if len(changes) > keys_per_task:
-            last = rows[-1][1]  # the last key may continue in the next page
-            ready = {k: v for k, v in changes.items() if k != last}
-            changes = {last: changes[last]}
-            yield _current_paths(conn, dataset, ready, fresh)
-    if changes:
-        yield _current_paths(conn, dataset, changes, fresh)
+        if fresh:  # nothing stored to merge: every change is a new file ('U' + path)
+            yield [(key, changes.replace("\0U", "\0")[1:]) for _rowid, key, changes in rows]
+        else:
+            yield _current_paths(conn, dataset, [(key, changes) for _rowid, key, changes in rows])
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
 
 
-def _current_paths(
-    conn: sqlite3.Connection, dataset: str, changes: dict[str, list[tuple[str, str]]],
-    fresh: bool = False,
-) -> list[tuple[str, list[str]]]:
-    """Each key's files now: the stored ones, minus deletions, plus new or modified ones."""
-    if fresh:
-        return [(key, sorted(path for path, _op in ops)) for key, ops in changes.items()]
+def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[str, str]]) -> Task:
+    """Each key's files now: the stored ones, minus deletions ('D'), plus new or modified ones ('U')."""
     stored: dict[str, set[str]] = collections.defaultdict(set)
     for key, path in conn.execute(
         "SELECT key, path FROM files WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-        (dataset, orjson.dumps(list(changes)).decode()),
+        (dataset, orjson.dumps([key for key, _changes in changes]).decode()),
     ):
         stored[key].add(path)
     tasks = []
-    for key, ops in changes.items():
+    for key, ops in changes:
         paths = stored.get(key, set())
-        for path, op in ops:
-            if op == "D":
-                paths.discard(path)
+        for change in ops.split("\0"):
+            if change[0] == "D":
+                paths.discard(change[1:])
             else:
-                paths.add(path)
-        tasks.append((key, sorted(paths)))
+                paths.add(change[1:])
+        tasks.append((key, "\0".join(sorted(paths))))
     return tasks
 
 
-def _read_task(
-    task: list[tuple[str, list[str]]], root: str, scan_start_ns: int, verify_images: bool
-) -> list[CompactResult]:
-    return [compact(key, *read_sample(root, key, paths, scan_start_ns, verify_images))
+def _read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
+    return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
+                                      verify_images))
             for key, paths in task]
 
 
 def _run_tasks(
-    tasks: Iterable[list[tuple[str, list[str]]]],
+    tasks: Iterable[Task],
     root: str,
     scan_start_ns: int,
     verify_images: bool,
@@ -357,8 +380,14 @@ def write_results(
     results: list[CompactResult],
     counts: Counts,
     fresh: bool = False,
+    origin: str | None = None,
 ) -> None:
-    """Record a batch of keys: file rows and sample rows together, in one transaction.
+    """Record a batch of keys (content and stat records in one row per sample), in one transaction.
+
+    origin: where the batch's files are (a shard's path, or None for loose files). A key two
+    origins hold belongs to loose files first, then to the shard first in path order, whatever
+    order they were seen in (so an incremental index equals a fresh one); each such meeting is
+    noted in counts.conflicts for shards.py to record.
 
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
@@ -366,43 +395,45 @@ def write_results(
     fresh: no key of the batch has stored rows yet (a first run), so nothing is looked up or deleted.
     """
     keys = [key for key, *_ in results]
+    width = len(STORED_COLUMNS)
     old = {} if fresh else {
-        row[0]: tuple(row[1:])
+        row[0]: (row[1 : width + 1], row[width + 1 :])
         for row in conn.execute(
-            f"SELECT key, {', '.join(STORED_COLUMNS)} FROM samples "
+            f"SELECT key, {', '.join(STORED_COLUMNS + STAT_COLUMNS)} FROM samples "
             "WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
             (dataset, orjson.dumps(keys).decode()),
         )
     }
     upserts = []
     deletes = []
-    file_rows = []
-    for key, row, files, files_read in results:
+    restats = []  # same content, files touched: new stat records, no new data_version
+    for key, row, stats, files_read in results:
         counts.files_read += files_read
-        file_rows += [(dataset, key, *record) for record in files]
         previous = old.get(key)
+        if previous is not None and previous[1][SHARD_AT] != origin:
+            holder = previous[1][SHARD_AT]
+            if row is None or _rank(holder) < _rank(origin):
+                if row is not None:
+                    counts.conflicts.append((key, origin, holder))
+                continue  # the holder keeps it
+            counts.conflicts.append((key, holder, origin))
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
                 counts.removed += 1
             continue
-        if previous == row:
+        if previous is not None and previous[0] == row:
+            if previous[1] != stats:
+                restats.append((*stats, dataset, key))
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
-        upserts.append((dataset, key, *row))
+        upserts.append((dataset, key, *row, *stats))
     with store.transaction(conn):
-        if not fresh:
-            conn.executemany(
-                "DELETE FROM files WHERE dataset = ? AND key = ?", [(dataset, k) for k in keys]
-            )
-        conn.executemany(
-            "INSERT INTO files (dataset, key, ext, size, mtime_ns, ctime_ns, inode, racy, sig)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            file_rows,
-        )
+        if restats:
+            conn.executemany(STAT_UPDATE, restats)
         if not upserts and not deletes:
             return
         version = conn.execute(
@@ -413,10 +444,18 @@ def write_results(
         conn.executemany(SAMPLE_INSERT if fresh else SAMPLE_UPSERT, [(*row, version) for row in upserts])
 
 
-SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(STORED_COLUMNS)}, data_version) "
-                 f"VALUES ({', '.join('?' * (len(STORED_COLUMNS) + 3))})")
+_WRITTEN = (*STORED_COLUMNS, *STAT_COLUMNS, "data_version")
+SAMPLE_INSERT = (f"INSERT INTO samples (dataset, key, {', '.join(_WRITTEN)}) "
+                 f"VALUES ({', '.join('?' * (len(_WRITTEN) + 2))})")
 SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
-                 + ", ".join(f"{c} = excluded.{c}" for c in (*STORED_COLUMNS, "data_version")))
+                 + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN))
+STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)}"
+               " WHERE dataset = ? AND key = ?")
+
+
+def _rank(origin: str | None) -> tuple[int, str]:
+    """Who owns a key that several origins hold: loose files, then shards in path order."""
+    return (0, "") if origin is None else (1, origin)
 
 
 def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> int:
@@ -431,8 +470,11 @@ def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> 
 
 
 def json_bytes(conn: sqlite3.Connection, dataset: str) -> int:
+    """The dataset's JSON bytes: one column of the sample rows, plus the rare extra spellings."""
     row = conn.execute(
-        "SELECT coalesce(sum(size), 0) FROM files WHERE dataset = ? AND lower(ext) = 'json'",
+        "SELECT coalesce(sum(json_size), 0) + (SELECT coalesce(sum(o.value ->> 1), 0)"
+        " FROM samples AS s, json_each(s.other_files) AS o WHERE s.dataset = ?1"
+        " AND s.other_files IS NOT NULL AND lower(o.value ->> 0) = 'json') FROM samples WHERE dataset = ?1",
         (dataset,),
     ).fetchone()
     return int(row[0])

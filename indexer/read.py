@@ -7,8 +7,10 @@ This is the hot loop of a first index (a million calls), hence the flat code.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 import imagesize
@@ -87,6 +89,19 @@ def stored_size(handle) -> tuple[int, int]:
         return imagesize.get(handle, exif_rotation=False)
     except TypeError:  # imagesize 1.4 has no exif_rotation
         return imagesize.get(handle)
+
+
+def header_size_of(data: bytes) -> tuple[int, int] | str:
+    """(width, height) from the first bytes of an image (a tar member's head), or why not."""
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        width, height = stored_size(io.BytesIO(data))
+    except Exception as exc:  # imagesize raises assorted errors on damaged headers
+        return f"unreadable image header ({type(exc).__name__}: {exc})"
+    if width <= 0 or height <= 0:
+        return "not a PNG, JPEG or WebP image, or its header is truncated"
+    return int(width), int(height)
 
 
 def image_header_size(path: str, size: int) -> tuple[int, int] | str:
@@ -203,24 +218,25 @@ def read_sample(
         files.append(_stat_record(path, st, scan_start_ns))
     if not files:
         return None, [], files_read
-    sample, header_reads = _build_sample(
-        root, key, json_path, extra_json, image_paths, image_sizes, json_data, json_read_error,
-        verify_images,
+    sample, header_reads = build_sample(
+        key, json_path, extra_json, image_paths, json_data, json_read_error, verify_images,
+        lambda image: image_header_size(f"{root}/{image}", image_sizes[image]),
     )
     return sample, files, files_read + header_reads
 
 
-def _build_sample(
-    root: str,
+def build_sample(
     key: str,
     json_path: str | None,
     extra_json: list[str],
     image_paths: list[str],
-    image_sizes: dict[str, int],
     json_data: bytes | None,
     json_read_error: str | None,
     verify_images: bool,
+    header: Callable[[str], tuple[int, int] | str],
 ) -> tuple[SampleRecord, int]:
+    """A key's sample from its JSON bytes and image paths; `header(image)` reads an image's size
+    from its header (from a file, or from a tar member by offset), and is called only when needed."""
     warnings: list[str] = []
     if extra_json:
         warnings.append(f"several JSON files for {key}: using {json_path}")
@@ -254,9 +270,10 @@ def _build_sample(
         )
 
     if json_path is None:
-        header = image_header_size(f"{root}/{image}", image_sizes[image])  # type: ignore[index]
+        header_size = header(image)  # type: ignore[arg-type]
         error = f"{image}: image without JSON ({key}.json is missing); add it or remove the image"
-        return record("missing_json", error, None if isinstance(header, str) else header, "image"), 1
+        return record("missing_json", error, None if isinstance(header_size, str) else header_size,
+                      "image"), 1
     if json_error is not None:
         return record("bad_json", f"{json_path}: {json_error}; fix or replace it, {RERUN}", None,
                       "json"), 0
@@ -266,14 +283,14 @@ def _build_sample(
         return record("missing_image", error, json_size, "json"), 0
     if json_size and not verify_images:
         return record("ok", None, json_size, "json"), 0
-    header = image_header_size(f"{root}/{image}", image_sizes[image])
-    if isinstance(header, str):
+    header_size = header(image)
+    if isinstance(header_size, str):
         why = "its JSON has no usable width/height and " if not json_size else ""
-        error = f"{image}: {why}{header}; replace the image, {RERUN}"
+        error = f"{image}: {why}{header_size}; replace the image, {RERUN}"
         return record("bad_image", error, json_size, "json"), 1
-    if json_size and json_size != header:
+    if json_size and json_size != header_size:
         warnings.append(
             f"{json_path} says {json_size[0]}x{json_size[1]} but the {image} header says "
-            f"{header[0]}x{header[1]}; using the header"
+            f"{header_size[0]}x{header_size[1]}; using the header"
         )
-    return record("ok", None, header, "image"), 1
+    return record("ok", None, header_size, "image"), 1

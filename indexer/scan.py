@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from indexer.workers import process_pool
 
@@ -57,6 +58,18 @@ def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
             ^ ctime_ns * 0x165667B19E3779F9 ^ inode * 0x27D4EB2F165667C5) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+# One page of stored stat records in one walk of the table (rowid order, no index lookups):
+# "path\0signature" of each JSON, then of each image, each joined by \0 (group_concat skips the
+# NULLs of samples without one), the page's row count and its last id (the next page starts after).
+SNAPSHOT_PAGE_SQL = """
+SELECT group_concat(key || '.' || json_ext || char(0) || json_sig, char(0)),
+       group_concat(key || '.' || image_ext || char(0) || image_sig, char(0)),
+       count(*), max(id)
+FROM (SELECT id, key, json_ext, json_sig, image_ext, image_sig FROM samples
+      WHERE id > ? AND +dataset = ? ORDER BY id LIMIT ?)
+"""
+
+
 class Snapshot:
     """The stored file records of one dataset as sorted (path hash, stat signature) arrays."""
 
@@ -71,29 +84,32 @@ class Snapshot:
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, dataset: str) -> Snapshot:
-        """Read the records a page at a time, each page as ONE string from group_concat.
+        """Read the records a page of samples at a time, each page as ONE string from group_concat.
 
         Two million rows fetched as Python tuples cost most of a no-change rerun at 1M samples;
-        one string per page split in C is ~3x cheaper. Pages follow the primary key (keyset).
+        one string per page split in C is ~3x cheaper.
+        Racy records are stored with signature NEVER_MATCHES already.
         """
         hashes: list[np.ndarray] = []
         signatures: list[np.ndarray] = []
-        after = ("", "")
+        after = 0
         while True:
-            page = conn.execute(
-                "SELECT group_concat(path || char(0) || signature, char(0)), count(*) FROM ("
-                f" SELECT path, CASE WHEN racy THEN {NEVER_MATCHES} ELSE sig END AS signature"
-                " FROM files WHERE dataset = ? AND (key, ext) > (?, ?) ORDER BY key, ext LIMIT ?)",
-                (dataset, *after, SNAPSHOT_PAGE),
-            ).fetchone()
-            if not page[1]:
+            page = conn.execute(SNAPSHOT_PAGE_SQL, (after, dataset, SNAPSHOT_PAGE)).fetchone()
+            json_entries, image_entries, rows, after = page
+            if not rows:
                 break
-            fields = page[0].split("\0")
-            paths = fields[0::2]
-            hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
-            signatures.append(np.array(fields[1::2], dtype=np.int64))
-            last = paths[-1]
-            after = (last[: last.rfind(".")], last[last.rfind(".") + 1 :])
+            for entries in (json_entries, image_entries):
+                if entries:
+                    fields = entries.split("\0")
+                    paths = fields[0::2]
+                    hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
+                    signatures.append(np.array(fields[1::2], dtype=np.int64))
+        others = [(f"{key}.{ext}", sig) for key, files in conn.execute(
+            "SELECT key, other_files FROM samples WHERE dataset = ? AND other_files IS NOT NULL", (dataset,))
+            for ext, _size, _mtime_ns, sig in orjson.loads(files)]
+        if others:
+            hashes.append(np.fromiter((hash(path) for path, _ in others), dtype=np.int64, count=len(others)))
+            signatures.append(np.array([sig for _, sig in others], dtype=np.int64))
         if not hashes:
             return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
         return cls(np.concatenate(hashes), np.concatenate(signatures))
@@ -119,15 +135,20 @@ class ScanResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder prefix, reason)
     bad_names: list[str] = field(default_factory=list)  # paths that are not valid UTF-8, skipped
     not_files: list[str] = field(default_factory=list)  # "path: what it is" for FIFOs, folders...
+    archives: list[str] = field(default_factory=list)  # tar shards (and compressed tars) found
 
     @property
     def changed_files(self) -> int:
         return self.new + self.modified + self.deleted
 
 
+# Names that may be tar shards (case variants spelled out: endswith with a tuple is one C call).
+ARCHIVE_ENDINGS = (".tar", ".TAR", ".Tar", ".tgz", ".TGZ", ".gz", ".GZ", ".bz2", ".xz", ".zst")
+
+
 def walk(
     root: str, unreadable: list[tuple[str, str]], bad_names: list[str] | None = None,
-    not_files: list[str] | None = None,
+    not_files: list[str] | None = None, archives: list[str] | None = None,
 ) -> Iterator[tuple[int, str, list[str]]]:
     """Yield (dir fd, relative folder prefix, chunk of sample file names) for every real folder.
 
@@ -136,7 +157,8 @@ def walk(
     are not valid UTF-8 (SQLite text cannot hold them) are reported in `bad_names` and skipped.
     Entries named like sample files that are not regular files (a FIFO would block the reader that
     opens it forever; a folder named `x.json`, a socket, a device, a dangling symlink) are reported
-    in `not_files` and never yielded.
+    in `not_files` and never yielded. Regular files that look like tar archives are listed in
+    `archives` (relative paths), for the shards read in place.
     """
     bad_names = [] if bad_names is None else bad_names
     not_files = [] if not_files is None else not_files
@@ -163,6 +185,11 @@ def walk(
                             and entry.name[dot + 1 :].lower() in SAMPLE_EXTENSIONS
                         ]
                         files = [entry.name for entry in candidates if _is_file(entry)]
+                        if archives is not None:
+                            found = [entry.name for entry in chunk
+                                     if entry.name.endswith(ARCHIVE_ENDINGS) and entry.name[0] != "."
+                                     and _is_file(entry)]
+                            archives += [prefix + name for name in _utf8(found, prefix, bad_names)]
                         if len(files) < len(candidates):
                             not_files += [f"{prefix}{entry.name}: {what_it_is(entry)}"
                                           for entry in candidates if not _is_file(entry)]
@@ -257,7 +284,8 @@ def scan(
     pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
     in_flight: collections.deque = collections.deque()
     try:
-        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files):
+        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files,
+                                      result.archives):
             paths = [prefix + name for name in names]
             known, index = snapshot.lookup(paths)
             if not known.all():
@@ -289,6 +317,7 @@ def scan(
         flush()
         _find_deleted(conn, dataset, root, snapshot, result, pending)
         flush()
+        _drop_shard_indexes(conn, result.archives)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -297,6 +326,22 @@ def scan(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return result
+
+
+def shard_index_path(archive: str) -> str | None:
+    """`X.json` beside `X.tar` is the shard's webshart index (`export webshart` writes it), not a
+    sample's JSON."""
+    return archive[:-4] + ".json" if archive.lower().endswith(".tar") else None
+
+
+def _drop_shard_indexes(conn: sqlite3.Connection, archives: list[str]) -> None:
+    """Shard indexes are never samples: drop them from the changes, and from the records if an
+    earlier run (before the shard was there) took one for a sample's JSON."""
+    indexes = [path for path in map(shard_index_path, archives) if path]
+    if indexes:
+        conn.executemany("DELETE FROM scan_changes WHERE path = ?", [(path,) for path in indexes])
+        conn.executemany("INSERT INTO scan_changes VALUES (?, ?, 'D')",
+                         [(path[: path.rfind(".")], path) for path in indexes])
 
 
 def stat_signatures(fd: int, names: list[str]) -> np.ndarray:

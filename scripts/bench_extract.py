@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark `indexer extract` against the seed recipe: a `tar xf` loop, then the seed's compile.py.
+"""Benchmark `indexer extract` and `indexer index` of shards in place against the seed recipe.
 
-Builds SHARDS webdataset-style tar shards of PER_SHARD make_sample.py pairs in a temp folder, then
-times, from the same warm page cache:
+Builds SHARDS webdataset-style tar shards of PER_SHARD make_sample.py pairs in a temp folder (images
+padded to --image-bytes for realistic shards; the default keeps make_sample's tiny images, where the
+per-member cost dominates), then times, from the same warm page cache:
   baseline: for f in *.tar; do tar xf "$f" -C data; done; python compile.py   (the seed, verbatim)
-  indexer:  indexer extract *.tar --to data --db index.sqlite                  (safe, indexed, resumable)
-and prints the ratio and each side's peak RSS. A following `indexer index` must read no file.
+  extract:  indexer extract *.tar --to data --db index.sqlite                  (safe, indexed, resumable)
+  in place: indexer index SHARDS_DIR --db inplace.sqlite                       (nothing extracted)
+and prints the ratios, MB/s, each side's peak RSS, the bytes written beside the shards and the
+bytes read per sample in place. A following `indexer index` of the extracted folder must read no file.
 
-    python scripts/bench_extract.py [--shards 10] [--per-shard 5000] [--workers N] [--gz] [--rounds 2]
+    python scripts/bench_extract.py [--shards 10] [--per-shard 5000] [--image-bytes 300000]
+                                    [--workers N] [--gz] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -42,19 +46,49 @@ def run(command: list[str], cwd: Path | None = None) -> tuple[float, int, str]:
     return seconds, usage.ru_maxrss // 1024, output
 
 
-def build_shards(work: Path, shards: int, per_shard: int, gz: bool) -> list[Path]:
+def build_shards(work: Path, shards: int, per_shard: int, gz: bool, image_bytes: int = 0) -> list[Path]:
     paths = []
+    (work / "shards").mkdir()
     for number in range(shards):
         source = work / f"src{number:02d}"
         make_dataset(source, per_shard, faults=0.0, seed=0, start=number * per_shard)  # seed dies on faults
+        if image_bytes:
+            pad_images(source, image_bytes)
         names = sorted(os.listdir(source))  # webdataset order: a key's files are adjacent
         (work / "names.txt").write_text("\n".join(names) + "\n")
-        shard = work / f"data-{number:06d}.tar{'.gz' if gz else ''}"
+        shard = work / "shards" / f"data-{number:06d}.tar{'.gz' if gz else ''}"
         subprocess.run(["tar", "czf" if gz else "cf", str(shard), "-C", str(source), "-T",
                         str(work / "names.txt")], check=True)
         shutil.rmtree(source)
         paths.append(shard)
     return paths
+
+
+def pad_images(folder: Path, size: int) -> None:
+    """Grow every image to ~size bytes with incompressible bytes after its end (headers unchanged)."""
+    for path in folder.iterdir():
+        if path.suffix != ".json":
+            with open(path, "ab") as handle:
+                handle.write(os.urandom(max(0, size - path.stat().st_size)))
+
+
+def run_in_place(work: Path, workers: int | None) -> tuple[float, int, dict, int]:
+    """`indexer index` of the shard folder itself; returns the bytes it left in that folder."""
+    db = work / "inplace.sqlite"
+    before = folder_bytes(work / "shards")
+    indexer = str(Path(sys.executable).with_name("indexer"))
+    command = [indexer, "index", str(work / "shards"), "--db", str(db), "--json"]
+    if workers:
+        command += ["--workers", str(workers)]
+    seconds, rss, output = run(command)
+    written = folder_bytes(work / "shards") - before
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return seconds, rss, json.loads(output), written
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def first(run_result: tuple) -> float:
@@ -98,7 +132,9 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=10)
     parser.add_argument("--per-shard", type=int, default=5000, help="pairs per shard")
     parser.add_argument("--workers", type=int, default=None, help="extract --workers (default: CPUs)")
-    parser.add_argument("--gz", action="store_true", help="gzip the shards (.tar.gz)")
+    parser.add_argument("--gz", action="store_true", help="gzip the shards (.tar.gz; not readable in place)")
+    parser.add_argument("--image-bytes", type=int, default=0,
+                        help="pad each image to about this size (e.g. 300000, as in the DALLE-3 shards)")
     parser.add_argument("--tmp", default=None, help="folder for the temp data (default: system temp)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per side; best counts")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -107,7 +143,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_extract-", dir=args.tmp))
     try:
         started = time.perf_counter()
-        shards = build_shards(work, args.shards, args.per_shard, args.gz)
+        shards = build_shards(work, args.shards, args.per_shard, args.gz, args.image_bytes)
         total = sum(p.stat().st_size for p in shards)
         print(f"{args.shards} shards x {args.per_shard:,} pairs ({total / 2**20:.0f} MiB) built in "
               f"{time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs")
@@ -121,6 +157,9 @@ def main() -> None:
             best["baseline"] = min(best.get("baseline", baseline_run), baseline_run, key=first)
             ours_run = run_extract(work, shards, args.workers)
             best["ours"] = min(best.get("ours", ours_run), ours_run, key=first)
+            if not args.gz:
+                in_place_run = run_in_place(work, args.workers)
+                best["in_place"] = min(best.get("in_place", in_place_run), in_place_run, key=first)
         base_seconds, tar_seconds, tar_rss, compile_seconds, compile_rss, rows = best["baseline"]
         extract_seconds, extract_rss, summary, rerun = best["ours"]
 
@@ -134,6 +173,20 @@ def main() -> None:
         print(f"speed-up end to end       {base_seconds / extract_seconds:7.2f}x  (target >= 1.5x)")
         print(f"index after extract       {rerun['seconds']:7.2f} s   added {rerun['added']}, changed"
               f" {rerun['changed']}, removed {rerun['removed']}, files read {rerun['files_read']}")
+        mib = total / 2**20
+        print(f"MB/s: tar xf loop {mib / tar_seconds:.0f}, indexer extract {mib / extract_seconds:.0f}"
+              f" (extract / tar loop alone: {extract_seconds / tar_seconds:.2f}x the time; target <= 1.1x"
+              f" with realistic images)")
+        if "in_place" in best:
+            place_seconds, place_rss, place, written = best["in_place"]
+            shard_info = place["shards"]
+            print(f"indexer index in place    {place_seconds:7.2f} s   peak RSS {place_rss:5d} MiB"
+                  f"   ({place['samples']:,} samples from {shard_info['read']} shards,"
+                  f" {shard_info['bytes_read'] / max(place['samples'], 1):,.0f} bytes read per sample,"
+                  f" {written} bytes written beside the shards)")
+            print(f"in place vs tar loop + compile.py: {base_seconds / place_seconds:.2f}x faster"
+                  f" (target >= 3x with realistic images); vs indexer extract:"
+                  f" {extract_seconds / place_seconds:.2f}x faster")
     finally:
         if args.keep:
             print(f"kept {work}")

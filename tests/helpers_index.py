@@ -44,7 +44,15 @@ def samples(db: Path) -> dict[str, dict]:
 def files(db: Path) -> list[tuple]:
     conn = sqlite3.connect(db)
     rows = conn.execute(
-        "SELECT dataset, path, size, mtime_ns, ctime_ns, inode FROM files ORDER BY dataset, path"
+        "SELECT dataset, path, size, sig FROM files ORDER BY dataset, path"
     ).fetchall()
     conn.close()
     return rows
+
+
+def same_files(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal file records, where a racy one (signature -1: too young to trust when it was read)
+    matches any signature: whether a file was still racy depends on when each run looked."""
+    if [row[:3] for row in a] != [row[:3] for row in b]:
+        return False
+    return all(x[3] == y[3] or -1 in (x[3], y[3]) for x, y in zip(a, b, strict=True))

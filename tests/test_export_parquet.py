@@ -115,7 +115,9 @@ def test_caption_fallback_and_list_fields(gen, data_root: Path, db_path: Path, t
 
 
 # NUL is left out: SQLite's text functions stop at it (a caption holding NUL is not a caption).
-TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=5) | st.sampled_from([" ", "\n", "\t x"])
+# Lone surrogates too: the index parses JSON with orjson, which refuses them, so meta never holds one.
+CHARACTERS = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+TEXT = st.text(CHARACTERS, max_size=5) | st.sampled_from([" ", "\n", "\t x"])
 FIELD_VALUES = st.one_of(st.none(), st.integers(), TEXT, st.lists(st.one_of(TEXT, st.integers()), max_size=3))
 
 

@@ -71,3 +71,12 @@ def test_the_package_root_offers_the_library_api_and_loads_it_on_first_use():
     readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     for name in ("index_root", "export_parquet", "watch_root", "search", "dataset_stats"):
         assert f"{name}(" in readme, f"README's Python API example does not show {name}"
+
+
+def test_every_export_command_runs_through_the_registry_with_its_summary_and_api_name():
+    from indexer.cli.export import export_group
+    from indexer.export.registry import EXPORTS
+    from indexer.render.exports import SUMMARY_LINES
+
+    assert set(export_group.commands) == set(EXPORTS) == set(SUMMARY_LINES)
+    assert {spec.function_name for spec in EXPORTS.values()} <= set(indexer.API)

@@ -132,9 +132,9 @@ def test_a_database_from_a_newer_indexer_is_refused_and_untouched(cli, place, ro
     assert folder_state(place) == before
 
 
-def drop_sig(db: Path) -> None:
+def drop_column(db: Path, table: str = "files", column: str = "sig") -> None:
     conn = sqlite3.connect(db)
-    conn.execute("ALTER TABLE files DROP COLUMN sig")
+    conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.commit()
     conn.close()
 
@@ -142,10 +142,10 @@ def drop_sig(db: Path) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_development_database_without_a_released_column_is_refused(cli, place, root, command):
     db = indexer_db(place / "index.sqlite")
-    drop_sig(db)  # a database made while 001_core.sql was being edited
+    drop_column(db, "datasets", "json_bytes")  # as if made while a released file was being edited
     before = folder_state(place)
     line = refused_line(run(cli, command, db, root))
-    assert "unreleased development version" in line and "files.sig" in line
+    assert "unreleased development version" in line and "datasets.json_bytes" in line
     assert "cannot be upgraded: move it aside and rerun `indexer index` to rebuild it" in line
     assert "no such column" not in line
     assert folder_state(place) == before
@@ -153,7 +153,7 @@ def test_a_development_database_without_a_released_column_is_refused(cli, place,
 
 def test_an_old_development_database_is_refused_before_any_upgrade(place):
     db = indexer_db(place / "index.sqlite", upto=3)
-    drop_sig(db)
+    drop_column(db)
     before = folder_state(place)
     with pytest.raises(IndexerError, match=r"development version of indexer \(schema 3 without files\.sig\)"):
         store.connect(db)

@@ -1,4 +1,4 @@
-"""`indexer export parquet|captions|config|jsonl|kohya|aitk`: thin commands over indexer.export."""
+"""`indexer export parquet|captions|config|jsonl|kohya|aitk|webshart`: thin commands over indexer.export."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ selection_options = options(
 @click.group("export")
 def export_group() -> None:
     """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl,
-    sd-scripts metadata, ai-toolkit's size cache."""
+    sd-scripts metadata, ai-toolkit's size cache, webshart indexes of tar shards."""
 
 
 @export_group.command("parquet")
@@ -118,6 +118,10 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
               help="VAE cache folder (default: OUT's folder/cache/vae/ID).")
 @click.option("--text-embeds-cache-dir", metavar="DIR", default=None,
               help="Text embeds cache folder (default: OUT's folder/cache/text).")
+@click.option("--backend", type=click.Choice(["local", "webshart"]), default="local", show_default=True,
+              help="local: image files + Parquet; webshart: tar shards read in place (SimpleTuner 4.x).")
+@click.option("--webshart-cache-dir", metavar="DIR", default=None,
+              help="webshart bucket cache (default: OUT's folder/cache/webshart/ID).")
 def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool, as_json: bool,
                    parquet: str | None, **settings: object) -> None:
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
@@ -127,6 +131,19 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
     if not as_json:
         for warning in summary["warnings"]:
             click.echo(f"warning: {warning}", err=True)
+
+
+@export_group.command("webshart")
+@selection_options
+@click.option("--metadata", metavar="DIR", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Write the indexes under DIR (at the shards' relative paths) instead of beside them.")
+def webshart_command(dataset_id: str | None, captions: tuple[str, ...], caption_mode: str, where: str | None,
+                     db: str | None, quiet: bool, as_json: bool, metadata: str | None) -> None:
+    """Write X.json beside each indexed X.tar (or under --metadata): webshart's index, with sizes and
+    captions, for SimpleTuner's `type: webshart`."""
+    summary = run_export("webshart", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
+                         caption_mode=caption_mode, metadata=metadata, progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("jsonl")

@@ -56,6 +56,7 @@ EXPORTS: dict[str, ExportKind] = {
     "kohya": ExportKind("indexer.export.kohya", "export_kohya", takes("out", *SELECTION, "relative")),
     "aitk": ExportKind("indexer.export.aitk", "export_aitk",
                        takes("dataset_id", "where", "folder", "progress")),
+    "webshart": ExportKind("indexer.export.webshart", "export_webshart", takes(*SELECTION, "metadata")),
 }
 
 

@@ -317,21 +317,27 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 
 def select_rows(
     snapshot: ReadSnapshot, selection: Selection, extra_sql: Sequence[str] = (),
-    extra_params: dict | None = None,
+    extra_params: dict | None = None, in_shards: bool = False, shard: str | None = None,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
     Excluded samples are counted into snapshot.excluded by the first reason that applies. The
-    caption follows selection.caption_mode (None in a selection without captions).
+    caption follows selection.caption_mode (None in a selection without captions). Samples inside
+    tar shards have no file a trainer could open by path: only an export for tar readers
+    (in_shards=True, webshart) takes them, and it takes nothing else; `shard` keeps one shard's.
     """
     params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
     keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
     sql = (
-        f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.key,"
-        " samples.image, samples.width, samples.height"
+        f"SELECT samples.status, {keep}, {caption_column_sql(selection, params)}, samples.shard IS NOT NULL,"
+        " samples.key, samples.image, samples.width, samples.height"
         + "".join(f", {expr}" for expr in extra_sql)
-        + " FROM samples WHERE samples.dataset = :dataset ORDER BY samples.key"
+        + " FROM samples WHERE samples.dataset = :dataset"
+        + (" AND samples.shard = :shard" if shard is not None else "")
+        + " ORDER BY samples.key"
     )
+    if shard is not None:
+        params["shard"] = shard
     cursor = execute_where(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)
@@ -344,8 +350,10 @@ def select_rows(
         if not rows:
             return
         batch = []
-        for status, kept, caption, key, image, width, height, *extra in rows:
-            if status != Status.OK:
+        for status, kept, caption, in_shard, key, image, width, height, *extra in rows:
+            if in_shard != in_shards:
+                excluded["in_tar_shard" if in_shard else "not_in_tar_shard"] += 1
+            elif status != Status.OK:
                 excluded[status] += 1
             elif not width or not height:
                 excluded["no_size"] += 1
@@ -365,12 +373,10 @@ def image_file_stat_sql() -> list[str]:
     """Extra select_rows columns: the image file's size, mtime_ns and racy flag, as the index
     recorded them when it last looked at the file.
 
-    This is the ONLY place an export reads file stat data (the `files` table): if the ingest
-    moves those columns into `samples`, only this function changes.
+    This is the ONLY place an export reads file stat data (columns of the sample row since
+    schema 009; image_sig -1 marks a racy record).
     """
-    record = ("FROM files AS f WHERE f.dataset = samples.dataset AND f.key = samples.key"
-              " AND f.ext = samples.image_ext")
-    return [f"(SELECT f.{column} {record})" for column in ("size", "mtime_ns", "racy")]
+    return ["samples.image_size", "samples.image_mtime_ns", "samples.image_sig = -1"]
 
 
 def safe_relative(path: str | None) -> bool:

@@ -96,9 +96,15 @@ def aitk_lines(summary: dict) -> list[str]:
             f"  ai-toolkit's folder_path must be exactly {summary['folder']}"]
 
 
+def webshart_lines(summary: dict) -> list[str]:
+    return [f"webshart indexes under {summary['path']}: {summary['rows']:,} samples in {summary['shards']:,}"
+            f" shards; written {summary['written']:,}, unchanged {summary['unchanged']:,}",
+            "  " + excluded_text(summary["excluded"])]
+
+
 SUMMARY_LINES: dict[str, Callable[[dict], list[str]]] = {
     "parquet": rows_lines, "jsonl": rows_lines, "kohya": kohya_lines, "captions": captions_lines,
-    "config": config_lines, "aitk": aitk_lines,
+    "config": config_lines, "aitk": aitk_lines, "webshart": webshart_lines,
 }
 
 

@@ -45,6 +45,17 @@ def format_index_summary(summary: dict) -> str:
         shown = "; ".join(summary["not_files"][:3])
         lines.append(f"  warning: skipped {summary['not_files_count']:,} entries named like sample files"
                      f" that are not regular files: {shown}")
+    shards = summary.get("shards") or {}
+    if shards.get("seen"):
+        lines.append(f"  tar shards {shards['seen']:,}: read {shards['read']:,} ({shards['members']:,}"
+                     f" members, {human_bytes(shards['bytes_read'])} read), removed {shards['removed']:,}")
+    if shards.get("refused"):
+        lines.append(f"  warning: refused {shards['refused']:,} unsafe tar members (links, devices, escaping"
+                     " names): see the tar_shards table")
+    for duplicate in (shards.get("duplicates") or [])[:5]:
+        lines.append(f"  warning: key {duplicate}")
+    for error in shards.get("errors") or []:
+        lines.append(f"  warning: {error}")
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
     return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""Tar shards indexed in place: the samples inside `*.tar` files under a root, read by offset.
+
+Each shard is one reader task (one sequential pass with `tar_members.iter_members`: headers and
+JSON members are read, image data is jumped over; an image's head is read by offset only when its
+size must come from the header). A shard is recorded like a file (size, mtime_ns, ctime_ns, inode
+in `tar_shards`), so a rerun re-reads only new or changed shards and forgets removed ones. A
+sample's key is the member path without its extension: the key `indexer extract` would give it.
+
+The same key in two shards (or as loose files and in a shard) is owned by whoever had it first;
+the other shard records it in `tar_shards.duplicates`, and when the owner lets go of it (changed
+or removed), the other shard is read again so the key is not lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from indexer import store
+from indexer.read import build_sample, header_size_of
+from indexer.scan import JSON_EXTENSION, split_sample_path
+from indexer.tar_members import Member, TarDamaged, TarReadError, iter_members
+from indexer.workers import process_pool
+
+SHARD_SUFFIX = ".tar"
+COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+HEAD_BYTES = 64 << 10  # enough for a JPEG's frame header behind its EXIF and ICC segments
+WRITE_BATCH = 4096
+
+
+@dataclass
+class ShardRead:
+    """What one reader task found in one shard (plain data: it crosses the process boundary)."""
+
+    path: str  # relative to the root
+    stat: tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+    results: list[tuple] = field(default_factory=list)  # CompactResult per key, sorted by key
+    members: int = 0
+    json_read: int = 0
+    bytes_read: int = 0
+    refusals: list[list[str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _want(name: str) -> int:
+    """Read JSON members whole; skip image data (its head is read by offset only if needed)."""
+    return -1 if name[name.rfind(".") + 1 :].lower() == JSON_EXTENSION else 0
+
+
+def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
+    """Read one shard's members into sample rows (runs in a reader process)."""
+    full = os.path.join(root, rel)
+    st = os.stat(full)
+    found = ShardRead(rel, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    keys: dict[str, dict[str, Member]] = collections.defaultdict(dict)
+    try:
+        for member in iter_members(full, want_data=_want):
+            found.members += 1
+            found.bytes_read += 512 + len(member.data or b"")
+            if member.refusal is not None:
+                found.refusals.append([member.name, member.refusal])
+                continue
+            if member.kind != "file":
+                continue
+            parts = split_sample_path(member.name)
+            if parts is not None:
+                keys[parts[0]][member.name] = member  # a name given twice: the last wins, as in tar xf
+    except TarDamaged as exc:
+        found.error = str(exc)
+    except TarReadError as exc:
+        found.error = str(exc)
+        return found
+    fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        for key in sorted(keys):
+            found.results.append(_member_sample(rel, key, keys[key], fd, verify_images, found))
+    finally:
+        os.close(fd)
+    return found
+
+
+def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int, verify_images: bool,
+                   found: ShardRead) -> tuple:
+    """One key's CompactResult from its members (the same rules as for loose files)."""
+    cut = len(key) + 1
+    jsons = sorted(name for name in members if name[cut:].lower() == JSON_EXTENSION)
+    images = sorted(name for name in members if name[cut:].lower() != JSON_EXTENSION)
+    json_name = jsons[0] if jsons else None
+    json_data = members[json_name].data if json_name else None
+    found.json_read += json_name is not None
+
+    def header(image: str) -> tuple[int, int] | str:
+        member = members[image]
+        head = os.pread(fd, min(member.size, HEAD_BYTES), member.data_offset)
+        found.bytes_read += len(head)
+        return header_size_of(head)
+
+    sample, _header_reads = build_sample(key, json_name, jsons[1:], images, json_data, None,
+                                         verify_images, header)
+    json_member = members[json_name] if json_name else None
+    image_member = members[sample.image] if sample.image else None
+    row = (sample.image[cut:] if sample.image else None, json_name[cut:] if json_name else None,
+           *sample[2:])
+    stats = (
+        json_member.size if json_member else None, None,
+        image_member.size if image_member else None,
+        image_member.mtime * 1_000_000_000 if image_member else None, None, None,
+        shard, json_member.data_offset if json_member else None,
+        image_member.data_offset if image_member else None,
+    )
+    return key, row, stats, 1 if json_name else 0
+
+
+@dataclass
+class ShardCounts:
+    seen: int = 0
+    read: int = 0
+    removed: int = 0
+    members: int = 0
+    bytes_read: int = 0
+    refused: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    compressed: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"seen": self.seen, "read": self.read, "removed": self.removed, "members": self.members,
+                "bytes_read": self.bytes_read, "refused": self.refused,
+                "duplicates": self.duplicates[:100], "duplicates_count": len(self.duplicates),
+                "errors": self.errors, "compressed": self.compressed}
+
+
+def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: list[str], *, workers: int,
+                  verify_images: bool, counts, write_results, skipped_prefixes: tuple[str, ...] = ()
+                  ) -> ShardCounts:
+    """Bring the samples of the shards under root up to date: read new or changed shards, forget
+    removed ones; `write_results` is the index's batch writer (one home for the write rules)."""
+    shard_counts = ShardCounts(seen=len(found))
+    with store.transaction(conn):  # loose files that took a key over from a shard, this run
+        for key, loser, owner in counts.conflicts:
+            if loser is not None:
+                note_duplicate(conn, dataset, loser, key, owner)
+    stored = {path: tuple(rest) for path, *rest in conn.execute(
+        "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ?", (dataset,))}
+    current = {}
+    for rel in found:
+        try:
+            st = os.stat(os.path.join(root, rel))
+        except OSError:
+            continue
+        current[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    removed = [p for p in stored if p not in current and not p.startswith(skipped_prefixes)]
+    for rel in sorted(removed):
+        _forget_shard(conn, dataset, rel, counts, write_results)
+        shard_counts.removed += 1
+    pending = sorted(rel for rel, sig in current.items() if stored.get(rel) != sig)
+    for _round in range(2):  # the second round: shards whose duplicate keys lost their owner
+        for shard in _read_in_order(str(root), pending, workers, verify_images):
+            _record_shard(conn, dataset, shard, counts, write_results, shard_counts)
+        pending = sorted(set(_orphaned_duplicates(conn, dataset)) & set(current))
+        if not pending:
+            break
+    return shard_counts
+
+
+def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bool) -> Iterator[ShardRead]:
+    """Shards read in parallel, yielded in the given (sorted) order: who owns a duplicate key is
+    then the same whatever the timing."""
+    if not shards:
+        return
+    if workers <= 1 or len(shards) == 1:
+        for rel in shards:
+            yield read_shard(root, rel, verify_images)
+        return
+    with process_pool(min(workers, len(shards))) as pool:
+        futures = collections.deque()
+        for rel in shards:
+            futures.append(pool.submit(read_shard, root, rel, verify_images))
+            if len(futures) >= workers * 2:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+
+
+def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts, write_results,
+                  shard_counts: ShardCounts) -> None:
+    """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again)."""
+    results = list(shard.results)
+    fresh = {result[0] for result in results}
+    results += [(key, None, None, 0) for (key,) in conn.execute(
+        "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in fresh]
+    results.sort(key=lambda result: result[0])
+    seen_conflicts = len(counts.conflicts)
+    for start in range(0, len(results), WRITE_BATCH):
+        write_results(conn, dataset, results[start : start + WRITE_BATCH], counts, origin=shard.path)
+    conflicts = counts.conflicts[seen_conflicts:]
+    lost = [[key, owner] for key, loser, owner in conflicts if loser == shard.path]
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO tar_shards (dataset, path, size, mtime_ns, ctime_ns, inode, members,"
+            " samples, refusals, duplicates, error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (dataset, shard.path, *shard.stat, shard.members, len(fresh) - len(lost),
+             orjson.dumps(shard.refusals).decode() if shard.refusals else None,
+             orjson.dumps(lost).decode() if lost else None, shard.error, store.now_iso()),
+        )
+        for key, loser, owner in conflicts:  # keys this shard took over from a later shard
+            if loser not in (None, shard.path):
+                note_duplicate(conn, dataset, loser, key, owner)
+    shard_counts.read += 1
+    shard_counts.members += shard.members
+    shard_counts.bytes_read += shard.bytes_read
+    shard_counts.refused += len(shard.refusals)
+    shard_counts.duplicates += [f"{key}: in {loser or 'loose files'} and in {owner or 'loose files'};"
+                                f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
+    if shard.error:
+        shard_counts.errors.append(shard.error)
+
+
+def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str, owner: str | None) -> None:
+    """Remember in `shard`'s row that another origin owns one of its keys (read it again when the
+    owner lets go)."""
+    row = conn.execute("SELECT duplicates FROM tar_shards WHERE dataset = ? AND path = ?",
+                       (dataset, shard)).fetchone()
+    if row is None:
+        return
+    duplicates = [entry for entry in orjson.loads(row[0] or "[]") if entry[0] != key] + [[key, owner]]
+    conn.execute("UPDATE tar_shards SET duplicates = ? WHERE dataset = ? AND path = ?",
+                 (orjson.dumps(duplicates).decode(), dataset, shard))
+
+
+def _forget_shard(conn: sqlite3.Connection, dataset: str, rel: str, counts, write_results) -> None:
+    keys = [(key, None, None, 0) for (key,) in conn.execute(
+        "SELECT key FROM samples WHERE dataset = ? AND shard = ? ORDER BY key", (dataset, rel))]
+    for start in range(0, len(keys), WRITE_BATCH):
+        write_results(conn, dataset, keys[start : start + WRITE_BATCH], counts, origin=rel)
+    with store.transaction(conn):
+        conn.execute("DELETE FROM tar_shards WHERE dataset = ? AND path = ?", (dataset, rel))
+
+
+def _orphaned_duplicates(conn: sqlite3.Connection, dataset: str) -> list[str]:
+    """Shards holding a duplicate key that no sample has any more (its owner changed or left)."""
+    orphaned = []
+    for path, duplicates in conn.execute("SELECT path, duplicates FROM tar_shards WHERE dataset = ?"
+                                         " AND duplicates IS NOT NULL", (dataset,)):
+        keys = [key for key, _owner in orjson.loads(duplicates)]
+        held = conn.execute(
+            "SELECT count(*) FROM samples WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
+            (dataset, orjson.dumps(keys).decode())).fetchone()[0]
+        if held < len(keys):
+            orphaned.append(path)
+    return orphaned
+
+
+def is_shard_name(path: str) -> bool:
+    return path.lower().endswith(SHARD_SUFFIX)
+
+
+def is_compressed_shard_name(path: str) -> bool:
+    return path.lower().endswith(COMPRESSED_SUFFIXES)
+
