@@ -39,6 +39,8 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.counts import problem_counts
+from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.index import (
@@ -46,7 +48,6 @@ from indexer.index import (
     compact,
     default_workers,
     json_bytes,
-    problem_counts,
     resolve_root,
     stored_files,
     write_results,
@@ -60,7 +61,6 @@ from indexer.scan import (
     split_sample_path,
     stat_signature,
 )
-from indexer.search import sync_search_index
 from indexer.workers import init_worker
 
 STAGING_NAME = STAGING_PREFIX + "extract-"

@@ -19,12 +19,14 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.db.counts import problem_counts
+from indexer.db.counts import sample_count as _sample_count
+from indexer.db.fts import sync_search_index
 from indexer.derived import defer_derived
 from indexer.errors import IndexerError
 from indexer.progress import bar
 from indexer.read import FileRecord, SampleRecord, read_sample
 from indexer.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
-from indexer.search import sync_search_index
 from indexer.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
 from indexer.workers import process_pool
 
@@ -467,22 +469,6 @@ STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)
 def _rank(origin: str | None) -> tuple[int, str]:
     """Who owns a key that several origins hold: loose files, then shards in path order."""
     return (0, "") if origin is None else (1, origin)
-
-
-def _sample_count(conn: sqlite3.Connection, dataset: str) -> int:
-    return conn.execute("SELECT count(*) FROM samples WHERE dataset = ?", (dataset,)).fetchone()[0]
-
-
-def problem_counts(conn: sqlite3.Connection, dataset: str) -> dict[str, int]:
-    return dict(
-        conn.execute(
-            # two index ranges around 'ok', not a walk over every ok row
-            "SELECT status, count(*) FROM samples WHERE dataset = ?1 AND status < 'ok' GROUP BY status"
-            " UNION ALL SELECT status, count(*) FROM samples WHERE dataset = ?1 AND status > 'ok'"
-            " GROUP BY status ORDER BY status",
-            (dataset,),
-        ).fetchall()
-    )
 
 
 def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> int:

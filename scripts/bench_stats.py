@@ -37,7 +37,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample import make_dataset
 
-from indexer import index, search, stats, store
+from indexer import index, store
+from indexer.db.fts import sync_search_index
+from indexer.inspect import search, stats
 
 TRIGGER = re.compile(r"CREATE TRIGGER .*?\nEND;\n", re.S)
 FTS_TABLE = re.compile(r"CREATE VIRTUAL TABLE samples_fts .*?\);\n", re.S)
@@ -167,7 +169,7 @@ def build_1m(db: Path, n: int) -> tuple[float, float, int]:
             batch.clear()
     _insert(conn, batch)
     sync_start = time.perf_counter()
-    search.sync_search_index(conn)  # what `index` does at the end of a run
+    sync_search_index(conn)  # what `index` does at the end of a run
     sync_seconds = time.perf_counter() - sync_start
     with store.transaction(conn):
         conn.execute("INSERT INTO runs (dataset, command, started_at, finished_at, status, added)"

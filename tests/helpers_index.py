@@ -1,4 +1,4 @@
-"""Helpers for index tests: write samples by hand and read the database back."""
+"""Helpers for the tests of every stage: write samples by hand and read the database back."""
 
 from __future__ import annotations
 
@@ -26,13 +26,19 @@ def write_pair(root: Path, key: str, gen, *, ext: str = "png", size=(1024, 768),
         (root / f"{key}.{ext}").write_bytes(writer(*size))
 
 
-def samples(db: Path) -> dict[str, dict]:
+def sample_rows(db: Path, columns: tuple[str, ...] = SAMPLE_COLUMNS,
+                order: str = "dataset, key") -> list[tuple]:
+    """The samples table as rows of these columns, read by a connection of its own."""
     conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    rows = conn.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples ORDER BY dataset, key")
-    out = {row["key"]: dict(row) for row in rows}
-    conn.close()
-    return out
+    try:
+        return conn.execute(f"SELECT {', '.join(columns)} FROM samples ORDER BY {order}").fetchall()
+    finally:
+        conn.close()
+
+
+def samples(db: Path) -> dict[str, dict]:
+    """key -> the sample's SAMPLE_COLUMNS as a dict."""
+    return {row[1]: dict(zip(SAMPLE_COLUMNS, row, strict=True)) for row in sample_rows(db)}
 
 
 def files(db: Path) -> list[tuple]:

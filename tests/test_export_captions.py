@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer import stats
 from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
 from indexer.index import index_root
+from indexer.inspect import stats
+from indexer.render.stats import format_stats
 
 
 def put(root: Path, key: str, gen, caption: str, ext: str = "png", **extra: object) -> None:
@@ -254,7 +255,7 @@ def test_files_that_cannot_be_written_make_the_export_incomplete_and_are_retried
         assert export_state(db_path) == (0, 7, 1)
         figures = stats.dataset_stats(db_path, None)
         assert figures["exports"][0]["stale"] is True
-        assert "STALE: 7 files could not be written" in stats.format_stats(figures)
+        assert "STALE: 7 files could not be written" in format_stats(figures)
         result = cli("export", "captions", "--db", db_path, "--json")
         assert result.exit_code == 4 and json.loads(result.stdout)["failed"] == 7
         assert "rerun `indexer export captions`, which retries them" in result.stderr

@@ -449,8 +449,9 @@ def _trigger_names(db: Path) -> set[str]:
 
 
 def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, gen, no_racy, monkeypatch):
-    from indexer import derived, search, stats
+    from indexer import derived
     from indexer import index as index_module
+    from indexer.inspect import search, stats
 
     store.connect(db_path).close()
     indexes, triggers = _index_names(db_path), _trigger_names(db_path)
@@ -494,7 +495,8 @@ def _secondary_sample_indexes(db: Path) -> set[str]:
 
 def test_stats_while_a_writer_holds_the_database_answers_without_building(data_root, db_path, gen,
                                                                            no_racy, monkeypatch):
-    from indexer import derived, stats
+    from indexer import derived
+    from indexer.inspect import stats
 
     gen.make_dataset(data_root, 20, faults=0.0, seed=4)
     run(db_path, data_root)

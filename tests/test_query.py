@@ -11,9 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import query
+from indexer.db import readonly
 from indexer.errors import IndexerError
 from indexer.index import index_root
+from indexer.inspect import query
+from indexer.render import rows
 
 
 @pytest.fixture
@@ -160,7 +162,7 @@ class RecordingCursor:
 def test_results_stream_in_bounded_batches(indexed, monkeypatch):
     """Rows are pulled FETCH_ROWS at a time and written before the next batch is fetched."""
     monkeypatch.setattr(query, "FETCH_ROWS", 7)
-    conn, guard = query.connect_readonly(indexed)
+    conn, guard = readonly.connect_readonly(indexed)
     try:
         cursor = RecordingCursor(query.execute_readonly(
             conn, guard, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)"
@@ -174,7 +176,7 @@ def test_results_stream_in_bounded_batches(indexed, monkeypatch):
             return original(size)
 
         cursor.fetchmany = fetch  # type: ignore[method-assign]
-        count = query.write_jsonl(["i"], query.iter_rows(cursor), out)  # type: ignore[arg-type]
+        count = rows.write_jsonl(["i"], query.iter_rows(cursor), out)  # type: ignore[arg-type]
     finally:
         conn.close()
     assert count == 100
@@ -185,7 +187,7 @@ def test_results_stream_in_bounded_batches(indexed, monkeypatch):
 
 def test_duplicate_column_names_are_kept_apart(indexed):
     out = io.StringIO()
-    query.run_query(indexed, "SELECT 1 AS a, 2 AS a", out, fmt="jsonl")
+    rows.run_query(indexed, "SELECT 1 AS a, 2 AS a", out, fmt="jsonl")
     assert json.loads(out.getvalue()) == {"a": 1, "a_2": 2}
 
 
@@ -195,11 +197,11 @@ def test_duplicate_column_names_are_kept_apart(indexed):
 def test_any_values_round_trip_through_json(indexed, values):
     sql = "SELECT " + ", ".join(f":v{i} AS c{i}" for i in range(len(values))) if values else "SELECT 1 AS c"
     params = {f"v{i}": v for i, v in enumerate(values)}
-    conn, guard = query.connect_readonly(indexed)
+    conn, guard = readonly.connect_readonly(indexed)
     try:
         cursor = query.execute_readonly(conn, guard, sql, params)
         out = io.StringIO()
-        query.write_jsonl(query.column_names(cursor), query.iter_rows(cursor), out)
+        rows.write_jsonl(query.column_names(cursor), query.iter_rows(cursor), out)
     finally:
         conn.close()
     got = json.loads(out.getvalue())
@@ -208,11 +210,11 @@ def test_any_values_round_trip_through_json(indexed, values):
 
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(IndexerError, match="does not exist"):
-        query.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
+        rows.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
 
 
 def test_problems_with_warnings_lists_ok_samples_that_carry_one(tmp_path, gen, cli):
-    from indexer import problems
+    from indexer.inspect import problems
 
     root = tmp_path / "data"
     gen.make_dataset(root, 40, faults=0.2, seed=3)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import html.parser
 import sqlite3
 
-from indexer import report_html, stats
 from indexer.index import index_root
+from indexer.inspect import stats
+from indexer.render import html as report_html
 
 
 class ChartParser(html.parser.HTMLParser):

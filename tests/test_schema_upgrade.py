@@ -17,14 +17,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers_index import sample_rows
 
 from indexer import store
 from indexer.index import index_root
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("schema_v*.tar.gz"))
 # What a released database holds about each sample; compared column for column after the upgrade.
-SAMPLE_COLUMNS = ("id", "dataset", "key", "image_ext", "json_ext", "width", "height", "size_from",
-                  "status", "error", "warning", "meta", "data_version")
+RELEASED_COLUMNS = ("id", "dataset", "key", "image_ext", "json_ext", "width", "height", "size_from",
+                    "status", "error", "warning", "meta", "data_version")
 
 
 def released_stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
@@ -64,14 +65,6 @@ def place_as_recorded(db: Path, root: Path) -> None:
         conn.close()
 
 
-def sample_rows(db: Path) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples ORDER BY id").fetchall()
-    finally:
-        conn.close()
-
-
 def read_one(db: Path, sql: str):
     conn = sqlite3.connect(db)
     try:
@@ -90,9 +83,9 @@ def test_upgrade_rereads_nothing_and_keeps_every_sample(tmp_path, cli, fixture):
     assert read_one(db, "PRAGMA user_version") == (manifest["schema_version"],)
     assert read_one(db, "SELECT count(*) FROM files WHERE racy") == (0,)  # else a rerun reads them
     place_as_recorded(db, root)
-    before = sample_rows(db)
+    before = sample_rows(db, RELEASED_COLUMNS, order="id")
     assert len(before) == manifest["samples"]
-    assert {row[SAMPLE_COLUMNS.index("status")] for row in before} == set(manifest["statuses"])
+    assert {row[RELEASED_COLUMNS.index("status")] for row in before} == set(manifest["statuses"])
     data_version = read_one(db, "SELECT data_version FROM datasets")
 
     summary = index_root(db, root, workers=1)
@@ -101,7 +94,7 @@ def test_upgrade_rereads_nothing_and_keeps_every_sample(tmp_path, cli, fixture):
     assert summary["files_read"] == 0
     assert (summary["added"], summary["changed"], summary["removed"]) == (0, 0, 0)
     assert summary["samples"] == manifest["samples"]
-    assert sample_rows(db) == before
+    assert sample_rows(db, RELEASED_COLUMNS, order="id") == before
     assert read_one(db, "SELECT data_version FROM datasets") == data_version
     stats = cli("stats", "--db", db, "--json")  # the reading code works on the upgraded database
     assert stats.exit_code == 0, stats.stderr

@@ -7,9 +7,11 @@ import sqlite3
 
 import pytest
 
-from indexer import search, store
+from indexer import store
+from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.index import index_root
+from indexer.inspect import search
 
 
 def write_sample(root, key: str, short: str, long: str = "plain words") -> None:
@@ -92,7 +94,7 @@ def test_rows_written_without_a_sync_wait_in_pending_until_the_next_run(tmp_path
     assert search.search_status(db) == 1
     assert fts_keys(db, "owl") == ["a"]
     conn = store.connect(db)
-    assert search.sync_search_index(conn, chunk=1) == 1
+    assert sync_search_index(conn, chunk=1) == 1
     conn.close()
     assert_fts_in_sync(db)
     assert sorted(fts_keys(db, "owl")) == ["a", "b"]
@@ -153,7 +155,7 @@ def test_sqlite_utils_finds_and_uses_the_fts(tmp_path):
 
 def test_very_common_words_rank_only_the_first_matches(tmp_path, cli, monkeypatch):
     """Ranking every match of a word in nearly every caption is slow: past the cap, say so."""
-    from indexer import search as search_module
+    from indexer.inspect import search as search_module
 
     db, root = tmp_path / "db.sqlite", tmp_path / "data"
     root.mkdir()

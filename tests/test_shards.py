@@ -266,3 +266,28 @@ def test_webshart_refuses_a_shard_changed_since_it_was_indexed(tmp_path, gen):
     with pytest.raises(IndexerError, match="changed since it was indexed"):
         export_webshart(db)
     assert not (tmp_path / "shards" / "a.json").exists()
+
+
+def test_export_webshart_prints_what_it_wrote_and_what_the_where_left_out(tmp_path, gen, cli):
+    make_shard(tmp_path / "shards" / "a.tar", {**pair(gen, "a1"), **pair(gen, "a2")})
+    db = tmp_path / "db.sqlite"
+    index_root(db, tmp_path / "shards", workers=1)
+    result = cli("export", "webshart", "--db", db, "--where", "key = 'a1'")
+    assert result.exit_code == 0, result.stderr
+    head, excluded = result.stdout.splitlines()
+    assert head == (f"webshart indexes under {(tmp_path / 'shards').resolve()}: 1 samples in 1 shards;"
+                    " written 1, unchanged 0")
+    assert excluded == "  excluded: where 1"
+
+
+def test_index_prints_the_shards_it_read_and_the_members_it_refused(tmp_path, gen, cli):
+    link = tarfile.TarInfo("evil.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    make_shard(tmp_path / "shards" / "a.tar", pair(gen, "a1"), extra=[link])
+    result = cli("index", tmp_path / "shards", "--db", tmp_path / "db.sqlite", "--workers", "1")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("  tar shards 1: read 1 (3 members, ") and line.endswith("removed 0")
+               for line in lines), lines
+    assert ("  warning: refused 1 unsafe tar members (links, devices, escaping names): see the tar_shards"
+            " table") in lines

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import problems, stats, store
+from indexer import store
 from indexer.errors import IndexerError
 from indexer.index import index_root
+from indexer.inspect import problems, stats
+from indexer.render.stats import format_stats
 
 SAMPLES = [
     # key, ext, width, height, status, source, short, long, file md5, pil md5
@@ -77,7 +79,7 @@ def test_figures_of_a_hand_built_database(tmp_path):
     assert f["duplicates"]["pil_hash"] == {"groups": 2, "samples": 4, "extra": 2}
     assert [r["added"] for r in f["runs"]] == [8]
     assert {e["kind"]: e["stale"] for e in f["exports"]} == {"parquet": False, "captions": True}
-    text = stats.format_stats(f)
+    text = format_stats(f)
     assert "STALE" in text and "within 3" in text and "chan" in text
 
 

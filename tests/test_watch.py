@@ -18,12 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_index import write_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indexer import store
 from indexer.errors import DatabaseLocked
-from indexer.watch import Debouncer, EventInbox, inotify_limit_message, watch_root
+from indexer.export.registry import follow_up_exports
+from indexer.watch import watch_root
+from indexer.watch.debounce import Debouncer
+from indexer.watch.events import EventInbox
+from indexer.watch.observer import inotify_limit_message
 
 POLL = 0.1
 
@@ -54,16 +59,6 @@ def statuses(db: Path) -> dict[str, str]:
         return {}
 
 
-def write_pair(gen, root: Path, key: str, *, image: bool = True, json_text: bool = True) -> None:
-    rng = random.Random(key)
-    (root / key).parent.mkdir(parents=True, exist_ok=True)
-    if json_text:
-        record = gen.sample_json(rng, key, "png", (512, 512))
-        (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
-    if image:
-        (root / f"{key}.png").write_bytes(gen.png_bytes(512, 512))
-
-
 def has(db: Path, expected: dict[str, str]):
     def check() -> bool:
         now = statuses(db)
@@ -79,8 +74,8 @@ def lacks(db: Path, *keys: str):
 
 
 def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_root, db_path, cli):
-    write_pair(gen, data_root, "a0")
-    write_pair(gen, data_root, "a1")
+    write_pair(data_root, "a0", gen)
+    write_pair(data_root, "a1", gen)
     proc = subprocess.Popen(
         [sys.executable, "-m", "indexer", "watch", str(data_root), "--db", str(db_path), "--json",
          "--settle", "0.5", "--workers", "1"],
@@ -94,10 +89,10 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         assert locked.exit_code == 75 and "indexer watch" in locked.stderr
 
         for i in range(5):  # pairs copied in
-            write_pair(gen, data_root, f"b{i}")
+            write_pair(data_root, f"b{i}", gen)
 
         # a JSON written in pieces over ~1.5 s is never recorded as bad_json
-        write_pair(gen, data_root, "slow", json_text=False)
+        write_pair(data_root, "slow", gen, json_file=False)
         text = json.dumps(gen.sample_json(random.Random(1), "slow", "png", (512, 512)))
         pieces = [text[i * len(text) // 4:(i + 1) * len(text) // 4] for i in range(4)]
         with open(data_root / "slow.json", "w", encoding="utf-8") as handle:
@@ -111,9 +106,9 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         wait_for(has(db_path, {f"b{i}": "ok" for i in range(5)} | {"slow": "ok"}), "copied pairs")
 
         # the image arrives after its JSON has been indexed: the sample completes
-        write_pair(gen, data_root, "late", image=False)
+        write_pair(data_root, "late", gen, image=False)
         wait_for(has(db_path, {"late": "missing_image"}), "the lone JSON")
-        write_pair(gen, data_root, "late", json_text=False)
+        write_pair(data_root, "late", gen, json_file=False)
         # a JSON that is complete but broken is recorded as such once it settles
         (data_root / "broken.json").write_text('{"short_caption": "cut', encoding="utf-8")
         wait_for(has(db_path, {"late": "ok", "broken": "bad_json"}), "late image and broken JSON")
@@ -129,8 +124,8 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         # a whole folder renamed into place, then renamed out again
         stage = tmp_path / "stage" / "shard"
         for i in range(3):
-            write_pair(gen, stage, f"k{i}")
-        write_pair(gen, stage / "inner", "deep")
+            write_pair(stage, f"k{i}", gen)
+        write_pair(stage / "inner", "deep", gen)
         os.rename(stage, data_root / "shard")
         moved_in = {f"shard/k{i}": "ok" for i in range(3)} | {"shard/inner/deep": "ok"}
         wait_for(has(db_path, moved_in), "the moved-in folder's samples")
@@ -145,7 +140,7 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         assert exported.exit_code == 0, exported.stderr
         assert (data_root / "a0.txt").is_file()  # a .txt beside a sample is not a sample: no batch
 
-        write_pair(gen, data_root, "last")
+        write_pair(data_root, "last", gen)
         wait_for(has(db_path, {"last": "ok"}), "the last pair")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -185,6 +180,16 @@ class SilentObserver:
         pass
 
 
+EXPORT_OPTIONS = ("export_parquet", "export_captions", "captions", "where", "allow_mass_removal",
+                  "exporters")
+
+
+def watch(db: Path, root: Path, **options):
+    """watch_root with the exports the CLI would build from the same options."""
+    exports = {name: options.pop(name) for name in EXPORT_OPTIONS if name in options}
+    return watch_root(db, root, after_change=follow_up_exports(db, **exports), **options)
+
+
 @contextlib.contextmanager
 def session(db: Path, root: Path, **options):
     """Run watch_root in a thread; yields the list of events it reports."""
@@ -194,8 +199,8 @@ def session(db: Path, root: Path, **options):
 
     def target() -> None:
         try:
-            outcome["summary"] = watch_root(db, root, on_batch=events.append, stop_event=stop,
-                                            workers=1, **options)
+            outcome["summary"] = watch(db, root, on_batch=events.append, stop_event=stop,
+                                       workers=1, **options)
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -230,7 +235,7 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
                  captions=("long_caption", "short_caption"), where="width >= 512",
                  exporters={"parquet": fake_parquet, "captions": failing_captions}) as events:
         wait_for(lambda: len(calls) == 2, "the exports at start")
-        write_pair(gen, data_root, "x")
+        write_pair(data_root, "x", gen)
         wait_for(lambda: len(calls) == 4, "the exports after a batch")
         assert calls[2] == ("parquet", {"out": str(out), "dataset_id": "data",
                                         "captions": ("long_caption", "short_caption"),
@@ -238,8 +243,9 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
         assert calls[3][1]["overwrite"] is False
         os.utime(data_root / "x.json")  # touched, same content: re-read, nothing changed
         wait_for(lambda: sum(e["event"] == "batch" for e in events) == 2, "the touch batch")
-        time.sleep(0.3)
-        assert len(calls) == 4
+    # The session has ended, so the loop iteration that wrote the touch batch is over: had the
+    # batch made the exports due, they would have run in that iteration, before the next tick.
+    assert len(calls) == 4
     exported = [e for e in events if e["event"] == "export"]
     assert [e["result"] for e in exported] == [{"rows": 0}, {"rows": 1}]
     assert sum("export captions failed: disk full" in e.get("message", "") for e in events) == 2
@@ -253,25 +259,28 @@ def test_inotify_limit_falls_back_to_polling_with_advice(gen, data_root, db_path
     with session(db_path, data_root, settle=0.1, observer_factory=exhausted) as events:
         warning = next(e["message"] for e in events if e["event"] == "warning")
         assert "fs.inotify.max_user_watches" in warning and "polling" in warning
-        write_pair(gen, data_root, "polled")
+        write_pair(data_root, "polled", gen)
         wait_for(has(db_path, {"polled": "ok"}), "the polled pair")
 
 
 def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
     with session(db_path, data_root, settle=0.1, observer_factory=SilentObserver) as events:
-        write_pair(gen, data_root, "unseen")
-        time.sleep(0.3)
+        write_pair(data_root, "unseen", gen)
         assert "unseen" not in statuses(db_path)  # no events, no periodic scan yet
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost")
         wait_for(has(db_path, {"unseen": "ok"}), "the overflow rescan")
     assert [e["reason"] for e in events if e["event"] == "rescan"][:2] == ["catch-up", "overflow"]
+    # Nothing but the overflow rescan found it: no batch came before, and that rescan added it.
+    overflow = next(e for e in events if e.get("reason") == "overflow")
+    assert overflow["added"] == 1
+    assert not any(e["event"] == "batch" for e in events[:events.index(overflow)])
 
 
 def test_periodic_rescan_catches_what_events_missed(gen, data_root, db_path):
     with session(db_path, data_root, settle=0.1, rescan_every=0.3,
                  observer_factory=SilentObserver) as events:
-        write_pair(gen, data_root, "missed")
+        write_pair(data_root, "missed", gen)
         wait_for(has(db_path, {"missed": "ok"}), "the periodic rescan")
     assert "periodic" in [e.get("reason") for e in events]
 
@@ -369,10 +378,10 @@ def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "dataset.parquet"
-    write_pair(gen, data_root, "first")
+    write_pair(data_root, "first", gen)
     with session(db_path, data_root, settle=0.2, export_parquet=str(out), export_captions=True):
         wait_for(lambda: out.exists() and (data_root / "first.txt").exists(), "the first exports")
-        write_pair(gen, data_root, "second")
+        write_pair(data_root, "second", gen)
 
         def exported_both() -> bool:
             table = pq.read_table(out) if out.exists() else None
@@ -386,9 +395,9 @@ def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
 def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tmp_path):
     from indexer.errors import IndexerError
 
-    write_pair(gen, data_root, "a")
+    write_pair(data_root, "a", gen)
     with pytest.raises(IndexerError):
-        watch_root(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
+        watch(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
                    export_parquet=str(tmp_path / "out.parquet"), observer_factory=SilentObserver)
     assert statuses(db_path) == {"a": "ok"}  # the catch-up was committed before the export failed
     conn = sqlite3.connect(db_path)
@@ -401,7 +410,7 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
     from indexer.export.captions import export_captions
 
     for number in range(24):
-        write_pair(gen, data_root, f"m{number:02d}")
+        write_pair(data_root, f"m{number:02d}", gen)
     with session(db_path, data_root, settle=0.2, export_captions=True) as events:
         wait_for(lambda: any(e["event"] == "export" for e in events), "the export at start")
         for number in range(13):
@@ -415,7 +424,7 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
     assert [e["event"] for e in events].count("export") == 1
 
     with pytest.raises(IndexerError, match="would remove 13 of the 24"):
-        watch_root(db_path, data_root, settle=0.1, workers=1, export_captions=True,
+        watch(db_path, data_root, settle=0.1, workers=1, export_captions=True,
                    observer_factory=SilentObserver)
     assert len(list(data_root.glob("*.txt"))) == 24
     with session(db_path, data_root, settle=0.1, export_captions=True, allow_mass_removal=True) as events:
@@ -425,14 +434,14 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
 
 
 def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_root, db_path, tmp_path):
-    from indexer.cli.watch import format_event
+    from indexer.render.runs import format_event
 
     def incomplete_captions(db, **options):
         return {"kind": "captions", "root": str(data_root), "rows": 0, "written": 0, "overwritten": 0,
                 "unchanged": 0, "adopted": 0, "removed": 0, "left_alone": 0, "failed": 1,
                 "complete": False, "errors": ["a.txt: Permission denied"]}
 
-    write_pair(gen, data_root, "a")
+    write_pair(data_root, "a", gen)
     out = tmp_path / "out.parquet"
     with session(db_path, data_root, settle=0.1, export_parquet=str(out), export_captions=True,
                  exporters={"captions": incomplete_captions}) as events:

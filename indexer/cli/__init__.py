@@ -23,10 +23,10 @@ COMMAND_MODULES = {
     "export": "export",
     "watch": "watch",
     "query": "query",
-    "stats": "query",
-    "problems": "query",
-    "search": "query",
-    "report": "query",
+    "stats": "stats",
+    "report": "stats",
+    "problems": "problems",
+    "search": "search",
     "extract": "extract",
 }
 

@@ -1,15 +1,22 @@
-"""Options and output helpers shared by every command."""
+"""Options and output helpers shared by every command: each option is declared here once."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 import orjson
 
+from indexer.export import DEFAULT_CAPTIONS
 from indexer.store import default_db_path
+
+Decorator = Callable[[Callable], Callable]
+ID_HELP = "Dataset id (needed only when the database holds several)."
+ROOT_ID_HELP = "Dataset id (default: ROOT's folder name; the same root keeps its id)."
 
 
 def db_option(func: Callable) -> Callable:
@@ -19,8 +26,12 @@ def db_option(func: Callable) -> Callable:
     )(func)
 
 
-def id_option(help_text: str = "Dataset id (needed only when the database holds several).") -> Callable:
+def id_option(help_text: str = ID_HELP) -> Decorator:
     return click.option("--id", "dataset_id", metavar="NAME", default=None, help=help_text)
+
+
+def workers_option(help_text: str) -> Decorator:
+    return click.option("--workers", type=click.IntRange(1, 256), default=None, help=help_text)
 
 
 def quiet_option(func: Callable) -> Callable:
@@ -28,8 +39,40 @@ def quiet_option(func: Callable) -> Callable:
 
 
 def json_option(func: Callable) -> Callable:
+    """--json for a command with one result: one JSON object on stdout."""
     return click.option("--json", "as_json", is_flag=True,
                         help="Print the result as one JSON object on stdout.")(func)
+
+
+def json_lines_option(what: str) -> Decorator:
+    """--json for a command with a stream of results: one JSON object a line, one per `what`."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help=f"Print one JSON object per {what}, one per line (JSON lines).")
+
+
+def caption_option(help_text: str) -> Decorator:
+    """--caption FIELD (repeatable); `help_text` ends where the default is named."""
+    return click.option("--caption", "captions", metavar="FIELD", multiple=True,
+                        help=f"{help_text} (default: {', '.join(DEFAULT_CAPTIONS)}).")
+
+
+def where_option(help_text: str = "Boolean expression over samples columns, e.g. \"width >= 1024 AND "
+                                  "source != 'twitter'\" (read-only).") -> Decorator:
+    return click.option("--where", metavar="SQL", default=None, help=help_text)
+
+
+def options(*decorators: Decorator) -> Decorator:
+    """Several options as one decorator, listed in --help in the order given."""
+    def apply(func: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return apply
+
+
+def writer_options(id_help: str, workers_help: str) -> Decorator:
+    """--db, --id, --workers: the commands that write the index (index, watch, extract)."""
+    return options(db_option, id_option(id_help), workers_option(workers_help))
 
 
 def resolve_db(db: str | None) -> str:
@@ -49,5 +92,25 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def show(result: Any, text: Callable[[Any], str], *, as_json: bool, quiet: bool = False) -> None:
+    """A result on stdout: as JSON with --json, else in words unless --quiet."""
+    if as_json:
+        print_json(result)
+    elif not quiet:
+        click.echo(text(result))
+
+
 def show_progress(quiet: bool, as_json: bool) -> bool:
     return not quiet and not as_json and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """`indexer query ... | head` must end quietly when head stops reading."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

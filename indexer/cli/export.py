@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
 from indexer.cli.common import (
+    caption_option,
     db_option,
     id_option,
     json_option,
-    print_json,
+    options,
     quiet_option,
     resolve_db,
+    show,
     show_progress,
+    where_option,
 )
 from indexer.errors import ExportIncomplete
-from indexer.export.aitk import export_aitk
-from indexer.export.captions import export_captions
-from indexer.export.config import ConfigOptions, export_config
-from indexer.export.jsonl import export_jsonl
-from indexer.export.kohya import export_kohya
-from indexer.export.parquet import export_parquet
-from indexer.export.select import CAPTION_MODES, DEFAULT_CAPTIONS
-from indexer.export.text import caption_counts, counts_text, excluded_text, file_head
-from indexer.export.webshart import export_webshart
+from indexer.export import CAPTION_MODES
+from indexer.export.config import ConfigOptions
+from indexer.export.registry import run_export
+from indexer.render.exports import export_text
 
 
 class OptionalFloat(click.ParamType):
@@ -43,36 +39,22 @@ class OptionalFloat(click.ParamType):
             self.fail(f"{value!r} is not a number (or `none`)", param, ctx)
 
 
-def selection_options(func: Callable) -> Callable:
-    """--id, --caption, --caption-mode, --where, --db, --quiet, --json: shared by every export of rows."""
-    for decorator in reversed([
-        id_option(),
-        click.option("--caption", "captions", metavar="FIELD", multiple=True,
-                     help="Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
-                          "list field gives its first non-empty item). Default: short_caption."),
-        click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
-                     help="first: the first non-empty --caption field; all: every non-empty one (list "
-                          "items included, duplicates dropped), one caption a line."),
-        click.option("--where", metavar="SQL", default=None,
-                     help="Boolean expression over samples columns, e.g. \"width >= 1024 AND "
-                          "source != 'twitter'\" (read-only)."),
-        db_option, quiet_option, json_option,
-    ]):
-        func = decorator(func)
-    return func
-
-
-def report(summary: dict, quiet: bool, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        print_json(summary)
-    elif not quiet:
-        click.echo("\n".join(lines))
+selection_options = options(
+    id_option(),
+    caption_option("Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
+                   "list field gives its first non-empty item)"),
+    click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
+                 help="first: the first non-empty --caption field; all: every non-empty one (list "
+                      "items included, duplicates dropped), one caption a line."),
+    where_option(),
+    db_option, quiet_option, json_option,
+)  # --id, --caption, --caption-mode, --where, --db, --quiet, --json: every export of rows
 
 
 @click.group("export")
 def export_group() -> None:
     """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl,
-    sd-scripts metadata, ai-toolkit's size cache."""
+    sd-scripts metadata, ai-toolkit's size cache, webshart indexes of tar shards."""
 
 
 @export_group.command("parquet")
@@ -84,10 +66,10 @@ def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...],
                     where: str | None, db: str | None, quiet: bool, as_json: bool,
                     columns: tuple[str, ...]) -> None:
     """Write OUT: width, height, caption, filename (image path relative to the root) per sample."""
-    summary = export_parquet(resolve_db(db), out, dataset_id=dataset_id,
-                             captions=captions or DEFAULT_CAPTIONS, where=where, columns=columns,
-                             caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
+    summary = run_export("parquet", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, columns=columns, caption_mode=caption_mode,
+                         progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("captions")
@@ -99,21 +81,10 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
                      db: str | None, quiet: bool, as_json: bool, overwrite: bool,
                      allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
-    summary = export_captions(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                              where=where, overwrite=overwrite, allow_mass_removal=allow_mass_removal,
-                              caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    lines = [
-        f"captions under {summary['root']}: {summary['rows']:,} exported in {summary['seconds']:.1f} s"
-        + (f" ({summary['selected']:,} selected)" if summary["selected"] != summary["rows"] else ""),
-        "  " + caption_counts(summary, extras=False),
-        "  " + excluded_text(summary["excluded"]),
-    ]
-    if summary["left_alone"]:
-        lines.append(f"  left alone {summary['left_alone']:,} .txt files this tool did not write "
-                     "(--overwrite replaces them)")
-    if summary["failed"]:
-        lines.append(f"  failed {summary['failed']:,}: " + "; ".join(summary["errors"]))
-    report(summary, quiet, as_json, lines)
+    summary = run_export("captions", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
+                         overwrite=overwrite, allow_mass_removal=allow_mass_removal,
+                         caption_mode=caption_mode, progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
     if not summary["complete"]:
         raise ExportIncomplete(
             f"{summary['failed']:,} caption files under {summary['root']} could not be written or removed "
@@ -132,14 +103,17 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
               help="Parquet the entry points at (default: the dataset's last `export parquet`).")
 @click.option("--caption-strategy", type=click.Choice(["textfile", "parquet"]), default=None,
               help="Force it (default: textfile only when every image has its .txt, else parquet).")
-@click.option("--metadata-backend", type=click.Choice(["parquet", "discovery"]), default="parquet",
+@click.option("--metadata-backend", type=click.Choice(["parquet", "discovery"]),
+              default=ConfigOptions.metadata_backend, show_default=True)
+@click.option("--resolution", type=float, default=ConfigOptions.resolution, show_default=True)
+@click.option("--resolution-type", type=click.Choice(["area", "pixel", "pixel_area"]),
+              default=ConfigOptions.resolution_type, show_default=True)
+@click.option("--minimum-image-size", type=OptionalFloat(), default=ConfigOptions.minimum_image_size,
               show_default=True)
-@click.option("--resolution", type=float, default=1.0, show_default=True)
-@click.option("--resolution-type", type=click.Choice(["area", "pixel", "pixel_area"]), default="area",
+@click.option("--maximum-image-size", type=OptionalFloat(), default=ConfigOptions.maximum_image_size,
               show_default=True)
-@click.option("--minimum-image-size", type=OptionalFloat(), default=0.75, show_default=True)
-@click.option("--maximum-image-size", type=OptionalFloat(), default=2.0, show_default=True)
-@click.option("--target-downsample-size", type=OptionalFloat(), default=1.75, show_default=True)
+@click.option("--target-downsample-size", type=OptionalFloat(),
+              default=ConfigOptions.target_downsample_size, show_default=True)
 @click.option("--cache-dir-vae", metavar="DIR", default=None,
               help="VAE cache folder (default: OUT's folder/cache/vae/ID).")
 @click.option("--text-embeds-cache-dir", metavar="DIR", default=None,
@@ -151,14 +125,9 @@ def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_
 def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool, as_json: bool,
                    parquet: str | None, **settings: object) -> None:
     """Write (or merge into) OUT.json a SimpleTuner multidatabackend entry for the dataset."""
-    summary = export_config(resolve_db(db), out, dataset_id=dataset_id, parquet=parquet,
-                            options=ConfigOptions(**settings))  # type: ignore[arg-type]
-    action = "replaced" if summary["replaced"] else "added"
-    lines = [
-        f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
-        f"  caption_strategy {summary['caption_strategy']}: {summary['reason']}",
-    ]
-    report(summary, quiet, as_json, lines)
+    summary = run_export("config", resolve_db(db), out=out, dataset_id=dataset_id, parquet=parquet,
+                         options=ConfigOptions(**settings))  # type: ignore[arg-type]
+    show(summary, export_text, as_json=as_json, quiet=quiet)
     if not as_json:
         for warning in summary["warnings"]:
             click.echo(f"warning: {warning}", err=True)
@@ -172,12 +141,9 @@ def webshart_command(dataset_id: str | None, captions: tuple[str, ...], caption_
                      db: str | None, quiet: bool, as_json: bool, metadata: str | None) -> None:
     """Write X.json beside each indexed X.tar (or under --metadata): webshart's index, with sizes and
     captions, for SimpleTuner's `type: webshart`."""
-    summary = export_webshart(resolve_db(db), dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                              where=where, caption_mode=caption_mode, metadata=metadata,
-                              progress=show_progress(quiet, as_json))
-    head = (f"webshart indexes under {summary['path']}: {summary['rows']:,} samples in {summary['shards']:,}"
-            f" shards; written {summary['written']:,}, unchanged {summary['unchanged']:,}")
-    report(summary, quiet, as_json, [head, "  " + excluded_text(summary["excluded"])])
+    summary = run_export("webshart", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
+                         caption_mode=caption_mode, metadata=metadata, progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("jsonl")
@@ -186,9 +152,9 @@ def webshart_command(dataset_id: str | None, captions: tuple[str, ...], caption_
 def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
                   where: str | None, db: str | None, quiet: bool, as_json: bool) -> None:
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
-    summary = export_jsonl(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                           where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    report(summary, quiet, as_json, [file_head(summary), "  " + excluded_text(summary["excluded"])])
+    summary = run_export("jsonl", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("kohya")
@@ -200,20 +166,15 @@ def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
 def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
                   where: str | None, db: str | None, quiet: bool, as_json: bool, relative: bool) -> None:
     """Write OUT.jsonl as sd-scripts fine-tuning metadata: image_path, caption, image_size."""
-    summary = export_kohya(resolve_db(db), out, dataset_id=dataset_id, captions=captions or DEFAULT_CAPTIONS,
-                           where=where, caption_mode=caption_mode, relative=relative,
-                           progress=show_progress(quiet, as_json))
-    lines = [file_head(summary), "  " + excluded_text(summary["excluded"])]
-    if summary["sizes_left_out"]:
-        lines.append("  image_size left out, sd-scripts measures these itself: "
-                     + counts_text(summary["sizes_left_out"]))
-    report(summary, quiet, as_json, lines)
+    summary = run_export("kohya", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
+                         where=where, caption_mode=caption_mode, relative=relative,
+                         progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 @export_group.command("aitk")
 @id_option()
-@click.option("--where", metavar="SQL", default=None,
-              help="Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
+@where_option("Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
 @click.option("--folder", metavar="DIR", default=None,
               help="ai-toolkit's folder_path, exactly as in its config: the dataset root (default) or a "
                    "folder under it; keys are relative to it and images outside it are left out.")
@@ -223,18 +184,9 @@ def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], c
 def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, db: str | None,
                  quiet: bool, as_json: bool) -> None:
     """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
-    summary = export_aitk(resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
-                          progress=show_progress(quiet, as_json))
-    if summary["up_to_date"]:
-        head = f"{summary['path']} is up to date ({summary['rows']:,} images); nothing written"
-    elif summary["existing"] == "merged":
-        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']}, merged with the existing "
-                f"file: kept {summary['kept']:,} of its other entries, dropped {summary['dropped']:,}")
-    else:
-        head = (f"wrote {summary['rows']:,} image sizes to {summary['path']} "
-                f"(existing file: {summary['existing']})")
-    report(summary, quiet, as_json, [head, "  " + excluded_text(summary["excluded"]),
-                                     f"  ai-toolkit's folder_path must be exactly {summary['folder']}"])
+    summary = run_export("aitk", resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
+                         progress=show_progress(quiet, as_json))
+    show(summary, export_text, as_json=as_json, quiet=quiet)
 
 
 def register(group: click.Group) -> None:

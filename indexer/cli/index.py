@@ -5,24 +5,21 @@ from __future__ import annotations
 import click
 
 from indexer.cli.common import (
-    db_option,
+    ROOT_ID_HELP,
     json_option,
-    print_json,
     quiet_option,
     resolve_db,
+    show,
     show_progress,
+    writer_options,
 )
 from indexer.index import index_root
-from indexer.report_text import format_index_summary
+from indexer.render.runs import format_index_summary
 
 
 @click.command("index")
 @click.argument("root", type=click.Path(file_okay=False, path_type=str))
-@db_option
-@click.option("--id", "dataset_id", metavar="NAME", default=None,
-              help="Dataset id (default: ROOT's folder name; the same root keeps its id).")
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Reader processes (default: CPU count).")
+@writer_options(ROOT_ID_HELP, "Reader processes (default: CPU count).")
 @click.option("--verify-images", is_flag=True,
               help="Read the header of every new or changed image and prefer its size.")
 @quiet_option
@@ -34,10 +31,7 @@ def index_command(root: str, db: str | None, dataset_id: str | None, workers: in
         resolve_db(db), root, dataset_id=dataset_id, workers=workers,
         verify_images=verify_images, progress=show_progress(quiet, as_json),
     )
-    if as_json:
-        print_json(summary)
-    elif not quiet:
-        click.echo(format_index_summary(summary))
+    show(summary, format_index_summary, as_json=as_json, quiet=quiet)
 
 
 def register(group: click.Group) -> None:

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli.common import db_option, json_option, print_json, quiet_option, resolve_db
-from indexer.export.text import result_line
+from indexer.cli.common import (
+    ROOT_ID_HELP,
+    caption_option,
+    json_lines_option,
+    quiet_option,
+    resolve_db,
+    show,
+    where_option,
+    writer_options,
+)
+from indexer.export.registry import follow_up_exports
+from indexer.render.runs import format_event
 from indexer.watch import watch_root
-
-
-def format_event(event: dict) -> str:
-    """One human line per batch / rescan / export (the --json object holds the same facts)."""
-    kind = event.get("event")
-    clock = (event.get("at") or "")[11:19]
-    if kind in ("batch", "rescan"):
-        what = f"batch of {event['paths']:,} paths" if kind == "batch" else f"{event['reason']} scan"
-        problems = ", ".join(f"{status} {count:,}" for status, count in event["problems"].items())
-        return (f"{clock} {what}: added {event['added']:,}, changed {event['changed']:,},"
-                f" removed {event['removed']:,}; problems: {problems or 'none'}"
-                f" ({event['samples']:,} samples, {event['seconds']:.2f} s)")
-    if kind == "export":
-        return (f"{clock} export {event['kind']}: {result_line(event['kind'], event['result'])}"
-                f" ({event['seconds']:.2f} s)")
-    if kind == "stopped":
-        return (f"stopped ({event['status']}): added {event['added']:,}, changed {event['changed']:,},"
-                f" removed {event['removed']:,} in {event['batches']:,} batches"
-                f" and {event['rescans']:,} scans; {event['samples']:,} samples in the database")
-    return str(event)
 
 
 @click.command("watch")
 @click.argument("root", type=click.Path(file_okay=False, path_type=str))
-@db_option
-@click.option("--id", "dataset_id", metavar="NAME", default=None,
-              help="Dataset id (default: ROOT's folder name; the same root keeps its id).")
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Reader processes for big batches and scans (default: CPU count).")
+@writer_options(ROOT_ID_HELP, "Reader processes for big batches and scans (default: CPU count).")
 @click.option("--settle", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
               metavar="SECONDS",
               help="Quiet time (and a stable stat) a sample's files need before it is read.")
@@ -45,14 +31,12 @@ def format_event(event: dict) -> str:
               help="Re-export this Parquet file (atomic replace) after each batch that changed samples.")
 @click.option("--export-captions", is_flag=True,
               help="Update caption .txt files beside the images after each batch that changed samples.")
-@click.option("--caption", "captions", metavar="FIELD", multiple=True,
-              help="Caption field(s) for the exports; the first non-empty wins (default short_caption).")
-@click.option("--where", metavar="SQL", default=None,
-              help="Export only samples matching this expression over samples columns.")
+@caption_option("Caption field(s) for the exports; the first non-empty wins")
+@where_option("Export only samples matching this expression over samples columns.")
 @click.option("--allow-mass-removal", is_flag=True,
               help="Let --export-captions remove more than half of the caption files it wrote.")
 @quiet_option
-@json_option
+@json_lines_option("batch, scan and export, then the session totals")
 def watch_command(root: str, db: str | None, dataset_id: str | None, workers: int | None,
                   settle: float, rescan_every: float, export_parquet: str | None,
                   export_captions: bool, captions: tuple[str, ...], where: str | None,
@@ -62,17 +46,14 @@ def watch_command(root: str, db: str | None, dataset_id: str | None, workers: in
     def report(event: dict) -> None:
         if event.get("event") == "warning":
             click.echo(f"warning: {event['message']}", err=True)
-        elif as_json:
-            print_json(event)
-        elif not quiet:
-            click.echo(format_event(event))
+        else:
+            show(event, format_event, as_json=as_json, quiet=quiet)
 
-    summary = watch_root(
-        resolve_db(db), root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
-        workers=workers, export_parquet=export_parquet, export_captions=export_captions,
-        captions=captions or ("short_caption",), where=where, allow_mass_removal=allow_mass_removal,
-        on_batch=report, handle_signals=True,
-    )
+    db_path = resolve_db(db)
+    exports = follow_up_exports(db_path, export_parquet=export_parquet, export_captions=export_captions,
+                                captions=captions, where=where, allow_mass_removal=allow_mass_removal)
+    summary = watch_root(db_path, root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
+                         workers=workers, after_change=exports, on_batch=report, handle_signals=True)
     report(summary)
 
 

@@ -29,8 +29,8 @@ from indexer.errors import IndexerError
 from indexer.export.exif import size_doubt
 from indexer.export.record import atomic_file, is_up_to_date, previous_export, record_export
 from indexer.export.select import (
+    ReadSnapshot,
     Selection,
-    Snapshot,
     check_selection,
     excluded_summary,
     image_file_stat_sql,
@@ -181,7 +181,7 @@ def cache_path(folder_text: str) -> Path:
     return path
 
 
-def collect(snapshot: Snapshot, selection: Selection, build: CacheBuild, progress: bool) -> CacheBuild:
+def collect(snapshot: ReadSnapshot, selection: Selection, build: CacheBuild, progress: bool) -> CacheBuild:
     with bar(progress, desc="aitk", unit=" images") as progress_bar:
         for batch in select_rows(snapshot, selection, image_file_stat_sql()):
             for _key, image, width, height, _caption, size, mtime_ns, racy in batch:

@@ -21,19 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from indexer import store
+from indexer.db.counts import sample_count
+from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export.record import record_export
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
     Selection,
-    Snapshot,
     caption_sql,
     check_selection,
     excluded_summary,
+    execute_where,
     make_selection,
     open_snapshot,
     options_json,
-    run_query,
     select_rows,
 )
 from indexer.progress import bar
@@ -194,7 +196,7 @@ def export_captions(
     return summary
 
 
-def count_stale(snapshot: Snapshot, selection: Selection) -> tuple[int, collections.Counter]:
+def count_stale(snapshot: ReadSnapshot, selection: Selection) -> tuple[int, collections.Counter]:
     """The caption files this tool owns, and those it would remove by reason (as _remove_stale).
 
     caption_sql (first mode) decides "has a caption" for both caption modes: `all` finds a caption
@@ -203,19 +205,19 @@ def count_stale(snapshot: Snapshot, selection: Selection) -> tuple[int, collecti
     params: dict = {"dataset": snapshot.dataset}
     excluded = f"WHEN CASE WHEN ({selection.where}) THEN 0 ELSE 1 END THEN 'where'" if selection.where else ""
     sql = (
-        "SELECT reason, count(*) FROM (SELECT coalesce((SELECT CASE WHEN samples.status != 'ok'"
+        f"SELECT reason, count(*) FROM (SELECT coalesce((SELECT CASE WHEN samples.status != '{Status.OK}'"
         " THEN samples.status WHEN NOT coalesce(samples.width AND samples.height, 0) THEN 'no_size'"
         f" {excluded} WHEN ({caption_sql(selection.captions, params)}) IS NULL THEN 'no_caption'"
         " ELSE '' END FROM samples WHERE samples.dataset = c.dataset AND samples.key = c.sample_key),"
         " 'deleted') AS reason FROM caption_files AS c WHERE c.dataset = :dataset) GROUP BY reason"
     )
-    counts = collections.Counter(dict(run_query(snapshot.conn, sql, params, selection.where).fetchall()))
+    counts = collections.Counter(dict(execute_where(snapshot.conn, sql, params, selection.where).fetchall()))
     owned = sum(counts.values())
     del counts[""]
     return owned, counts
 
 
-def check_mass_removal(snapshot: Snapshot, selection: Selection, owned: int,
+def check_mass_removal(snapshot: ReadSnapshot, selection: Selection, owned: int,
                        stale: collections.Counter) -> None:
     removing = sum(stale.values())
     if removing <= MASS_REMOVAL_MIN or removing * 2 <= owned:
@@ -230,11 +232,8 @@ def check_mass_removal(snapshot: Snapshot, selection: Selection, owned: int,
     )
 
 
-def _write_selected(snapshot: Snapshot, selection: Selection, run: CaptionRun, progress: bool) -> int:
-    total = None
-    if progress:
-        total = snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
-                                      (snapshot.dataset,)).fetchone()[0]
+def _write_selected(snapshot: ReadSnapshot, selection: Selection, run: CaptionRun, progress: bool) -> int:
+    total = sample_count(snapshot.conn, snapshot.dataset) if progress else None
     exported = 0
     with bar(progress, desc="captions", unit=" samples", total=total) as progress_bar:
         for batch in select_rows(snapshot, selection, [RECORD_SQL]):
@@ -308,20 +307,23 @@ def _create_new(run: CaptionRun) -> None:
             run.records.delete(rel_path)
             run.fail(rel_path, exc)
             continue
-        st = _write_all(fd, data, full)
+        try:
+            st = _write_all(fd, data)
+        except OSError as exc:
+            raise IndexerError(f"cannot write {full}: {exc}; free space or fix permissions and rerun"
+                               ) from exc
         run.records.upsert(rel_path, key, digest, st.st_size, st.st_mtime_ns)
         run.counts["written"] += 1
     run.new_files.clear()
 
 
-def _write_all(fd: int, data: bytes, full: str) -> os.stat_result:
+def _write_all(fd: int, data: bytes) -> os.stat_result:
+    """Write every byte (one os.write may write fewer), close fd; the stat of the written file."""
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         return os.fstat(fd)
-    except OSError as exc:
-        raise IndexerError(f"cannot write {full}: {exc}; free space or fix permissions and rerun") from exc
     finally:
         os.close(fd)
 
@@ -344,13 +346,7 @@ def _write(run: CaptionRun, key: str, rel_path: str, full: str, data: bytes, dig
     temp = full + TEMP_SUFFIX
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
+        st = _write_all(fd, data)
         os.replace(temp, full)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
@@ -363,17 +359,17 @@ def _write(run: CaptionRun, key: str, rel_path: str, full: str, data: bytes, dig
         run.counts["written"] += 1
 
 
-def _remove_stale(snapshot: Snapshot, selection: Selection, run: CaptionRun) -> None:
+def _remove_stale(snapshot: ReadSnapshot, selection: Selection, run: CaptionRun) -> None:
     """Delete the .txt files this tool wrote for samples that are no longer exported."""
     params: dict = {"dataset": snapshot.dataset}
     keep = f" AND ({selection.where})" if selection.where else ""
     sql = (
         "SELECT c.path, c.size, c.mtime_ns FROM caption_files AS c WHERE c.dataset = :dataset"
         " AND NOT EXISTS (SELECT 1 FROM samples WHERE samples.dataset = c.dataset"
-        " AND samples.key = c.sample_key AND samples.status = 'ok' AND samples.width AND samples.height"
-        f"{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
+        f" AND samples.key = c.sample_key AND samples.status = '{Status.OK}' AND samples.width"
+        f" AND samples.height{keep} AND ({caption_sql(selection.captions, params)}) IS NOT NULL)"
     )
-    for rel_path, size, mtime_ns in run_query(snapshot.conn, sql, params, selection.where):
+    for rel_path, size, mtime_ns in execute_where(snapshot.conn, sql, params, selection.where):
         full = os.path.join(run.root, rel_path)
         try:
             st = os.lstat(full)

@@ -9,30 +9,32 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from indexer import store
+from indexer.db.status import Status
 from indexer.errors import IndexerError
+from indexer.export.discovery import ImageScan, scan_images
 from indexer.export.record import atomic_file, output_path, record_export
 from indexer.export.select import options_json, sample_reasons
-from indexer.export.text import excluded_text
+from indexer.wording import counts_text
 
-# Extensions SimpleTuner discovers: lower case only, so `x.PNG` is never seen.
-DISCOVERED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "jxl", "avif"})
-UNDISCOVERED_EXTENSIONS = frozenset(e.upper() for e in DISCOVERED_EXTENSIONS) | {"Jpg", "Png", "Jpeg"}
 PARQUET_COLUMNS = {"filename_column": "filename", "caption_column": "caption",
                    "width_column": "width", "height_column": "height"}
 TEXT_EMBEDS_ID = "text-embeds"
-EXAMPLES = 5
+
 
 
 @dataclass
 class ConfigOptions:
-    """The entry's tunables, with the seed preset's values as defaults; None leaves a key out."""
+    """The entry's tunables; None leaves a key out.
+
+    The defaults are for 1-megapixel training by area: resolution 1.0 megapixels, images below
+    0.75 MP skipped, those above 2.0 MP downsampled to 1.75 MP first.
+    """
 
     resolution: float = 1.0
     resolution_type: str = "area"
@@ -45,19 +47,6 @@ class ConfigOptions:
     text_embeds_cache_dir: str | None = None
     backend: str = "local"  # local (files + Parquet) or webshart (tar shards read in place)
     webshart_cache_dir: str | None = None
-
-
-@dataclass
-class ImageScan:
-    """What SimpleTuner's recursive discovery of the root would find."""
-
-    images: int = 0
-    without_caption: list[str] = field(default_factory=list)
-    without_caption_count: int = 0
-    upper_case: list[str] = field(default_factory=list)
-    upper_case_count: int = 0
-    not_utf8: list[str] = field(default_factory=list)  # shown with \x escapes
-    not_utf8_count: int = 0
 
 
 def export_config(
@@ -238,7 +227,7 @@ def check_exportable(dataset: str, root: Path, reasons: dict[str, int], db_path:
             f"dataset {dataset!r} has no sample at all, so a config would train on nothing; {out} was not "
             f"written. Put <key>.json + image pairs under {root} and run `indexer index {root}`"
         )
-    counts = ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
+    counts = counts_text(dict(sorted(reasons.items())))
     raise IndexerError(
         f"dataset {dataset!r} has no exportable sample (status ok with a width and height) among its "
         f"{total:,} samples ({counts}): SimpleTuner would find nothing to train on, so {out} was not "
@@ -258,7 +247,7 @@ def check_parquet_rows(conn: sqlite3.Connection, dataset: str, path: Path) -> No
     found = conn.execute("SELECT summary FROM exports WHERE dataset = ? AND kind = 'parquet' AND path = ?",
                          (dataset, str(path))).fetchone()
     excluded = (json.loads(found[0]) if found and found[0] else {}).get("excluded") or {}
-    why = f" ({excluded_text(excluded)} when it was exported)" if excluded else ""
+    why = f" (excluded: {counts_text(excluded)} when it was exported)" if excluded else ""
     raise IndexerError(
         f"the Parquet {path} has no rows{why}: SimpleTuner would skip every image for lack of a row, "
         "so the config was not written. Re-export it with a --caption field the samples fill and a "
@@ -280,52 +269,6 @@ def check_parquet_columns(path: Path) -> None:
         )
     if str(schema.field("filename").type) not in ("string", "large_string"):
         raise IndexerError(f"{path}: column filename must hold strings for SimpleTuner to match files")
-
-
-def iter_files(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """(folder relative to root, file names) for every folder, symlinked folders not entered."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".indexer-"))
-        rel = os.path.relpath(folder, root)
-        yield ("" if rel == "." else rel.replace(os.sep, "/") + "/"), sorted(files)
-
-
-def shown(path: str) -> str:
-    """A path as text that can be printed and stored: bytes that are not UTF-8 become \\x escapes."""
-    if path.isascii():
-        return path
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def scan_images(root: Path) -> ImageScan:
-    """Count what SimpleTuner would discover. A name that is not UTF-8 (which `index` skips) is
-    still an image SimpleTuner finds, so it counts, and is named escaped and warned about."""
-    scan = ImageScan()
-    for folder, files in iter_files(root):
-        names = set(files)
-        for name in files:
-            stem, dot, ext = name.rpartition(".")
-            if not dot or not stem:
-                continue
-            discovered = ext in DISCOVERED_EXTENSIONS
-            if not discovered and ext.lower() not in DISCOVERED_EXTENSIONS:
-                continue
-            path = shown(folder + name)
-            if path != folder + name:
-                scan.not_utf8_count += 1
-                if len(scan.not_utf8) < EXAMPLES:
-                    scan.not_utf8.append(path)
-            if discovered:
-                scan.images += 1
-                if stem + ".txt" not in names:
-                    scan.without_caption_count += 1
-                    if len(scan.without_caption) < EXAMPLES:
-                        scan.without_caption.append(path)
-            else:
-                scan.upper_case_count += 1
-                if len(scan.upper_case) < EXAMPLES:
-                    scan.upper_case.append(path)
-    return scan
 
 
 def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_exported: bool,
@@ -373,7 +316,7 @@ def count_small_images(conn: sqlite3.Connection, dataset: str, options: ConfigOp
         test = "width * height < :minimum"
         minimum = options.minimum_image_size * 1_000_000
     return conn.execute(
-        f"SELECT count(*) FROM samples WHERE dataset = :dataset AND status = 'ok' AND {test}",
+        f"SELECT count(*) FROM samples WHERE dataset = :dataset AND status = '{Status.OK}' AND {test}",
         {"dataset": dataset, "minimum": minimum},
     ).fetchone()[0]
 

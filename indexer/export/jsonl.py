@@ -8,34 +8,24 @@ is the shared body of every one-object-a-line export (this one and `export kohya
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
 
-from indexer.export.record import (
-    atomic_file,
-    is_up_to_date,
-    output_path,
-    previous_export,
-    record_export,
-)
+from indexer.export.one_file import export_file
+from indexer.export.record import output_path
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
     Selection,
-    Snapshot,
-    check_selection,
-    excluded_summary,
     make_selection,
-    open_snapshot,
-    options_json,
     select_rows,
 )
 from indexer.progress import bar
 
 # Turns one batch of selected rows into the lines to write (each ending in b"\n").
-LineEncoder = Callable[[Snapshot, list[tuple]], bytes]
+LineEncoder = Callable[[ReadSnapshot, list[tuple]], bytes]
 
 
 def export_jsonl(
@@ -57,7 +47,7 @@ def export_jsonl(
                             _imagefolder_lines, dataset_id=dataset_id, progress=progress)
 
 
-def _imagefolder_lines(_snapshot: Snapshot, batch: list[tuple]) -> bytes:
+def _imagefolder_lines(_snapshot: ReadSnapshot, batch: list[tuple]) -> bytes:
     return b"".join(orjson.dumps({"file_name": image, "text": caption}) + b"\n"
                     for _key, image, _width, _height, caption in batch)
 
@@ -77,34 +67,16 @@ def write_json_lines(
     """Write the selected rows through `encode` to PATH (atomically), unless the last export of
     this kind there holds the same rows (same options, data and file); return the summary.
 
-    `counts` is what the encoder tallies while it writes; it goes into the summary (and comes back
-    from the recorded one when nothing had to be written).
+    `counts` is what the encoder tallies while it writes (see one_file.export_file).
     """
-    counts = {} if counts is None else counts
-    started = time.monotonic()
-    recorded = options_json(options)
-    with open_snapshot(db_path, dataset_id) as snapshot:
-        check_selection(snapshot, selection)
-        previous = previous_export(snapshot.conn, snapshot.dataset, kind, path)
-        up_to_date = is_up_to_date(previous, recorded, snapshot.data_version, path)
-        if up_to_date and previous is not None:
-            rows, excluded = previous["rows"], previous["summary"].get("excluded", {})
-            counts.update({name: previous["summary"].get(name, value) for name, value in counts.items()})
-        else:
-            rows = 0
-            with atomic_file(path) as temp, open(temp, "wb") as handle, \
-                    bar(progress, desc=kind, unit=" rows") as progress_bar:
-                for batch in select_rows(snapshot, selection):
-                    handle.write(encode(snapshot, batch))
-                    rows += len(batch)
-                    progress_bar.update(len(batch))
-            excluded = excluded_summary(snapshot.excluded)
-    summary = {
-        "kind": kind, "dataset": snapshot.dataset, "path": str(path), "rows": rows,
-        "up_to_date": up_to_date, "excluded": excluded, "data_version": snapshot.data_version,
-        **counts, "seconds": round(time.monotonic() - started, 3),
-    }
-    if not up_to_date:
-        record_export(db_path, snapshot.dataset, kind, path, options=recorded,
-                      data_version=snapshot.data_version, rows=rows, summary=summary, file_path=path)
-    return summary
+
+    def write(snapshot: ReadSnapshot, temp: Path) -> int:
+        rows = 0
+        with open(temp, "wb") as handle, bar(progress, desc=kind, unit=" rows") as progress_bar:
+            for batch in select_rows(snapshot, selection):
+                handle.write(encode(snapshot, batch))
+                rows += len(batch)
+                progress_bar.update(len(batch))
+        return rows
+
+    return export_file(db_path, path, kind, selection, options, write, dataset_id=dataset_id, counts=counts)

@@ -21,7 +21,7 @@ from indexer.errors import IndexerError
 from indexer.export.exif import size_doubt
 from indexer.export.jsonl import write_json_lines
 from indexer.export.record import output_path
-from indexer.export.select import DEFAULT_CAPTIONS, Snapshot, make_selection
+from indexer.export.select import DEFAULT_CAPTIONS, ReadSnapshot, make_selection
 
 SUFFIX = ".jsonl"
 
@@ -71,7 +71,7 @@ class KohyaLines:
     counts: dict = field(default_factory=lambda: {"sizes_left_out": {}})
     left_out: collections.Counter = field(default_factory=collections.Counter)
 
-    def __call__(self, snapshot: Snapshot, batch: list[tuple]) -> bytes:
+    def __call__(self, snapshot: ReadSnapshot, batch: list[tuple]) -> bytes:
         root = str(snapshot.root)
         lines = []
         for _key, image, width, height, caption in batch:

@@ -7,31 +7,22 @@ memory stays flat in the row count. The file is written beside OUT and renamed o
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.db.counts import sample_count
 from indexer.errors import IndexerError
-from indexer.export.record import (
-    atomic_file,
-    is_up_to_date,
-    output_path,
-    previous_export,
-    record_export,
-)
+from indexer.export.one_file import export_file
+from indexer.export.record import output_path
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
     Selection,
-    Snapshot,
-    check_selection,
     column_sql,
-    excluded_summary,
     make_selection,
-    open_snapshot,
-    options_json,
     select_rows,
 )
 from indexer.progress import bar
@@ -60,28 +51,15 @@ def export_parquet(
     caption_mode: str = "first",
 ) -> dict:
     """Write OUT unless the last export there already holds the same rows; return the summary."""
-    started = time.monotonic()
     selection = make_selection(captions, where, columns, caption_mode)
     if selection.caption_mode == "all":
         raise IndexerError(ALL_CAPTIONS_REFUSED)
-    path = output_path(out, "parquet")
-    options = options_json(selection.options())
-    with open_snapshot(db_path, dataset_id) as snapshot:
-        check_selection(snapshot, selection)
-        previous = previous_export(snapshot.conn, snapshot.dataset, "parquet", path)
-        if is_up_to_date(previous, options, snapshot.data_version, path):
-            assert previous is not None
-            return _summary(snapshot, path, previous["rows"], previous["summary"].get("excluded", {}),
-                            True, started)
-        with atomic_file(path) as temp:
-            rows = write_parquet(snapshot, selection, temp, progress)
-    summary = _summary(snapshot, path, rows, excluded_summary(snapshot.excluded), False, started)
-    record_export(db_path, snapshot.dataset, "parquet", path, options=options,
-                  data_version=snapshot.data_version, rows=rows, summary=summary, file_path=path)
-    return summary
+    return export_file(db_path, output_path(out, "parquet"), "parquet", selection, selection.options(),
+                       lambda snapshot, temp: write_parquet(snapshot, selection, temp, progress),
+                       dataset_id=dataset_id, sized=True)
 
 
-def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
+def parquet_schema(snapshot: ReadSnapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
     params: dict = {}
     fields = list(BASE_SCHEMA)
     extra_sql = []
@@ -92,10 +70,10 @@ def parquet_schema(snapshot: Snapshot, selection: Selection) -> tuple[pa.Schema,
     return pa.schema(fields), extra_sql, params
 
 
-def write_parquet(snapshot: Snapshot, selection: Selection, temp: Path, progress: bool) -> int:
+def write_parquet(snapshot: ReadSnapshot, selection: Selection, temp: Path, progress: bool) -> int:
     """Each fetched batch becomes compact Arrow data at once; row groups are cut at ROW_GROUP_ROWS."""
     schema, extra_sql, params = parquet_schema(snapshot, selection)
-    total = _sample_count(snapshot) if progress else None
+    total = sample_count(snapshot.conn, snapshot.dataset) if progress else None
     written = 0
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
@@ -121,23 +99,3 @@ def _record_batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
     ordered = [columns[2], columns[3], columns[4], columns[1], *columns[5:]]
     arrays = [pa.array(values, type=field.type) for values, field in zip(ordered, schema, strict=True)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _sample_count(snapshot: Snapshot) -> int:
-    return snapshot.conn.execute("SELECT count(*) FROM samples WHERE dataset = ?",
-                                 (snapshot.dataset,)).fetchone()[0]
-
-
-def _summary(snapshot: Snapshot, path: Path, rows: int, excluded: dict, up_to_date: bool,
-             started: float) -> dict:
-    return {
-        "kind": "parquet",
-        "dataset": snapshot.dataset,
-        "path": str(path),
-        "rows": rows,
-        "up_to_date": up_to_date,
-        "excluded": excluded,
-        "data_version": snapshot.data_version,
-        "bytes": os.path.getsize(path),
-        "seconds": round(time.monotonic() - started, 3),
-    }

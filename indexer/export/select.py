@@ -1,9 +1,9 @@
 """Which samples an export writes, and with what caption: shared by every export kind.
 
 Selection happens in one read transaction (a snapshot), so the rows and the data_version recorded
-with the export agree even while `index` or `watch` writes to the same database. The snapshot
-connection is `query_only`, and a user's `--where` is checked before it runs, so an export never
-writes through it.
+with the export agree even while `index` or `watch` writes to the same database. The snapshot is
+the read-only connection of db/readonly.py, and a user's `--where` is checked before it runs, so
+an export never writes through it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import orjson
 import pyarrow as pa
 
 from indexer import store
+from indexer.db.readonly import connect_readonly
+from indexer.db.status import Status
 from indexer.errors import IndexerError
+from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
 
-DEFAULT_CAPTIONS = ("short_caption",)
-# first: the first non-empty --caption field (today's single caption); all: every non-empty one.
-CAPTION_MODES = ("first", "all")
 BATCH_ROWS = 20_000
 SNAPSHOT_CACHE_KIB = 8192
 # Characters stripped from both ends of a caption: a trailing newline would otherwise become an
@@ -35,8 +35,8 @@ TRIM = "char(32, 9, 10, 13)"
 STRIP = " \t\n\r"  # the same characters, for captions joined in Python
 FIELD_NAME = re.compile(r"^[^\"\\\x00-\x1f]+$")
 DEFAULT_COLUMNS = ("width", "height", "caption", "filename")
-# Output columns read straight from a samples column, with their Arrow type.
-SAMPLE_COLUMNS: dict[str, pa.DataType] = {
+# Output columns read straight from a samples column, with their Arrow type (--column NAME).
+SAMPLE_COLUMN_TYPES: dict[str, pa.DataType] = {
     "id": pa.int64(), "key": pa.string(), "image": pa.string(), "json": pa.string(),
     "size_from": pa.string(), "warning": pa.string(), "data_version": pa.int64(),
 }
@@ -62,8 +62,9 @@ class Selection:
 
 
 @dataclass
-class Snapshot:
-    """A read transaction over one dataset."""
+class ReadSnapshot:
+    """A read transaction over one dataset: the rows an export holds and the data_version it
+    records come from the same moment (not scan.Snapshot, the stored file records of a scan)."""
 
     conn: sqlite3.Connection
     dataset: str
@@ -190,8 +191,8 @@ def caption_column_sql(selection: Selection, params: dict) -> str:
 
 def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
     """SQL and Arrow type of an extra output column: a samples column or any JSON field as text."""
-    if name in SAMPLE_COLUMNS:
-        return f"samples.{name}", SAMPLE_COLUMNS[name]
+    if name in SAMPLE_COLUMN_TYPES:
+        return f"samples.{name}", SAMPLE_COLUMN_TYPES[name]
     if name == "aspect_ratio":
         return "round(CAST(samples.width AS REAL) / samples.height, 4)", pa.float64()
     param = f"column{number}"
@@ -203,26 +204,24 @@ def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
 
 
 @contextlib.contextmanager
-def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[Snapshot]:
+def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[ReadSnapshot]:
     """A query-only connection holding one read transaction for the whole selection."""
     if not os.path.exists(db_path):
         raise IndexerError(
             f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
         )
-    conn = store.connect(db_path)
+    conn, _guard = connect_readonly(db_path, upgrade=True, cache_kib=SNAPSHOT_CACHE_KIB)
     try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute(f"PRAGMA cache_size = -{SNAPSHOT_CACHE_KIB}")  # one pass in key order: no reuse
         dataset, root = store.resolve_dataset(conn, dataset_id)
         conn.execute("BEGIN")
         version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
-        yield Snapshot(conn, dataset, root, int(version))
+        yield ReadSnapshot(conn, dataset, root, int(version))
         conn.execute("COMMIT")
     finally:
         conn.close()
 
 
-def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_where: bool = True) -> None:
+def check_selection(snapshot: ReadSnapshot, selection: Selection, *, refuse_empty_where: bool = True) -> None:
     """Refuse a selection that is a mistake before anything is written.
 
     A --caption or --column field that no selected sample has would silently export nothing (and
@@ -232,7 +231,7 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
     """
     params: dict = {"dataset": snapshot.dataset}
     within = f" AND ({selection.where})" if selection.where else ""
-    ok = "SELECT 1 FROM samples WHERE samples.dataset = :dataset AND samples.status = 'ok'"
+    ok = f"SELECT 1 FROM samples WHERE samples.dataset = :dataset AND samples.status = '{Status.OK}'"
     exportable = ok + " AND samples.width AND samples.height"
     if not _exists(snapshot, exportable + within, params, selection.where):
         if selection.where and refuse_empty_where:
@@ -247,7 +246,7 @@ def check_selection(snapshot: Snapshot, selection: Selection, *, refuse_empty_wh
         return  # nothing selected: there is no field to look for
     fields = [("--caption", name) for name in selection.captions]
     fields += [("--column", name) for name in selection.columns
-               if name not in SAMPLE_COLUMNS and name != "aspect_ratio"]
+               if name not in SAMPLE_COLUMN_TYPES and name != "aspect_ratio"]
     missing = [(option, name) for option, name in fields
                if not _exists(snapshot, ok + within + " AND json_type(samples.meta, :field) IS NOT NULL",
                               {**params, "field": json_path(name, option)}, selection.where)]
@@ -259,28 +258,29 @@ def sample_reasons(conn: sqlite3.Connection, dataset: str) -> collections.Counte
     """Every sample of the dataset by why it can or cannot be exported: its status when not ok,
     `no_size`, or `exportable` (status ok with a size: what any export can hold)."""
     rows = conn.execute(
-        "SELECT CASE WHEN status != 'ok' THEN status WHEN NOT coalesce(width AND height, 0)"
+        f"SELECT CASE WHEN status != '{Status.OK}' THEN status WHEN NOT coalesce(width AND height, 0)"
         " THEN 'no_size' ELSE 'exportable' END AS reason, count(*) FROM samples WHERE dataset = ?"
         " GROUP BY reason", (dataset,),
     ).fetchall()
     return collections.Counter(dict(rows))
 
 
-def _exists(snapshot: Snapshot, sql: str, params: dict, where: str | None) -> bool:
-    return run_query(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
+def _exists(snapshot: ReadSnapshot, sql: str, params: dict, where: str | None) -> bool:
+    return execute_where(snapshot.conn, sql + " LIMIT 1", params, where).fetchone() is not None
 
 
-def common_fields(snapshot: Snapshot) -> list[str]:
+def common_fields(snapshot: ReadSnapshot) -> list[str]:
     """Top-level JSON keys of the dataset, most common first, counted over a bounded sample."""
     rows = snapshot.conn.execute(
-        "SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = 'ok' LIMIT ?)"
-        " AS s, json_each(s.meta) AS field GROUP BY field.key ORDER BY count(*) DESC, field.key",
+        f"SELECT field.key FROM (SELECT meta FROM samples WHERE dataset = ? AND status = '{Status.OK}'"
+        " LIMIT ?) AS s, json_each(s.meta) AS field GROUP BY field.key ORDER BY count(*) DESC, field.key",
         (snapshot.dataset, FIELD_SAMPLE_ROWS),
     ).fetchall()
     return [row[0] for row in rows]
 
 
-def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]], where: str | None) -> str:
+def missing_fields_message(snapshot: ReadSnapshot, missing: Sequence[tuple[str, str]],
+                           where: str | None) -> str:
     known = common_fields(snapshot)
     named = []
     for option, name in missing:
@@ -297,23 +297,13 @@ def missing_fields_message(snapshot: Snapshot, missing: Sequence[tuple[str, str]
     )
 
 
-def _authorize(action: int, table: str | None, *_args: object) -> int:
-    """Reading only. SQLite itself reports an UPDATE of sqlite_master while it sets up json_each."""
-    allowed = (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
-    if action in allowed or (action == sqlite3.SQLITE_UPDATE and table == "sqlite_master"):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def run_query(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
-    """Prepare under an authorizer that allows reading only; SQL errors name the --where."""
-    conn.set_authorizer(_authorize)
+def execute_where(conn: sqlite3.Connection, sql: str, params: dict, where: str | None) -> sqlite3.Cursor:
+    """Run SQL holding the user's --where on the snapshot (whose guard allows reading only); an
+    SQL error names the --where."""
     try:
         return conn.execute(sql, params)
     except sqlite3.Error as exc:
         raise where_error(where, exc) from exc
-    finally:
-        conn.set_authorizer(None)
 
 
 def where_error(where: str | None, exc: Exception) -> IndexerError:
@@ -326,9 +316,8 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 
 
 def select_rows(
-    snapshot: Snapshot, selection: Selection, extra_sql: Sequence[str] = (), extra_params: dict | None = None,
-    in_shards: bool = False,
-    shard: str | None = None,
+    snapshot: ReadSnapshot, selection: Selection, extra_sql: Sequence[str] = (),
+    extra_params: dict | None = None, in_shards: bool = False, shard: str | None = None,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
@@ -349,7 +338,7 @@ def select_rows(
     )
     if shard is not None:
         params["shard"] = shard
-    cursor = run_query(snapshot.conn, sql, params, selection.where)
+    cursor = execute_where(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)
     caption_needed = bool(selection.captions)
@@ -364,7 +353,7 @@ def select_rows(
         for status, kept, caption, in_shard, key, image, width, height, *extra in rows:
             if in_shard != in_shards:
                 excluded["in_tar_shard" if in_shard else "not_in_tar_shard"] += 1
-            elif status != "ok":
+            elif status != Status.OK:
                 excluded[status] += 1
             elif not width or not height:
                 excluded["no_size"] += 1

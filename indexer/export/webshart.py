@@ -26,6 +26,8 @@ from indexer.errors import IndexerError
 from indexer.export.record import atomic_file, record_export
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
+    ReadSnapshot,
+    Selection,
     check_selection,
     excluded_summary,
     make_selection,
@@ -98,7 +100,7 @@ def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path) -> Path
     return folder
 
 
-def shard_files(snapshot, selection, shard: str) -> dict[str, dict]:
+def shard_files(snapshot: ReadSnapshot, selection: Selection, shard: str) -> dict[str, dict]:
     """The index's `files`: each selected image member of the shard with its size and captions."""
     files: dict[str, dict] = {}
     several = selection.caption_mode == "all"

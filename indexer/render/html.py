@@ -12,15 +12,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from indexer import stats
+from indexer.db.status import Status
 from indexer.errors import IndexerError
+from indexer.inspect import stats
 
 ROW_HEIGHT = 22
 LABEL_WIDTH = 170
 BAR_WIDTH = 300
 VALUE_WIDTH = 130
-COLORS = {"ok": "#3a7d44", "missing_image": "#c0392b", "missing_json": "#d35400", "bad_json": "#8e44ad",
-          "bad_image": "#7f8c8d"}
+COLORS = {Status.OK: "#3a7d44", Status.MISSING_IMAGE: "#c0392b", Status.MISSING_JSON: "#d35400",
+          Status.BAD_JSON: "#8e44ad", Status.BAD_IMAGE: "#7f8c8d"}
 DEFAULT_COLOR = "#2e6da4"
 
 CSS = """
@@ -111,9 +112,9 @@ def render_report(figures: dict) -> str:
     total = figures["samples"]
     sizes = figures["sizes"]
     rules = sizes["area_rules"]
-    problems = {k: v for k, v in figures["status"].items() if k != "ok"}
+    problems = {k: v for k, v in figures["status"].items() if k != Status.OK}
     dup = figures["duplicates"]
-    kpis = [("samples", f"{total:,}"), ("ok", f"{figures['status'].get('ok', 0):,}"),
+    kpis = [("samples", f"{total:,}"), ("ok", f"{figures['status'].get(Status.OK, 0):,}"),
             ("problems", f"{sum(problems.values()):,}"), ("distinct sizes", f"{sizes['distinct']:,}"),
             ("duplicate copies (file md5)", f"{dup['file_hash']['extra']:,}"),
             ("duplicate copies (pixel md5)", f"{dup['pil_hash']['extra']:,}")]

@@ -11,9 +11,10 @@ import os
 from collections.abc import Iterator, Sequence
 
 from indexer import store
+from indexer.db.readonly import reading
+from indexer.db.status import PROBLEM_STATUSES, Status
 from indexer.errors import IndexerError
 
-PROBLEM_STATUSES = ("missing_image", "missing_json", "bad_json", "bad_image")
 FETCH_ROWS = 1000
 
 
@@ -28,9 +29,7 @@ def list_problems(db_path: str | os.PathLike[str], dataset_id: str | None = None
     unknown = sorted(set(statuses) - set(PROBLEM_STATUSES))
     if unknown:
         raise IndexerError(f"unknown --status {', '.join(unknown)}: use {', '.join(PROBLEM_STATUSES)}")
-    conn = store.connect(db_path, readonly=True)
-    try:
-        conn.execute("PRAGMA query_only = ON")
+    with reading(db_path) as conn:
         dataset, root = store.resolve_dataset(conn, dataset_id)
         wanted = list(statuses or PROBLEM_STATUSES)
         # Found through the status and warning indexes, then sorted: ordering by key straight
@@ -40,12 +39,10 @@ def list_problems(db_path: str | os.PathLike[str], dataset_id: str | None = None
         params: list = [dataset, *wanted]
         if warnings:  # +status: the partial index of warnings, not the status index's many ok rows
             sql += (" UNION ALL SELECT key, status, json, error, warning FROM samples"
-                    " WHERE dataset = ? AND +status = 'ok' AND warning IS NOT NULL")
+                    f" WHERE dataset = ? AND +status = '{Status.OK}' AND warning IS NOT NULL")
             params.append(dataset)
         cursor = conn.execute(f"SELECT * FROM ({sql}) ORDER BY key", params)
         while rows := cursor.fetchmany(FETCH_ROWS):
             for key, status, file, error, warning in rows:
                 yield {"key": key, "status": status, "file": file,
                        "path": str(root / file) if file else None, "error": error, "warning": warning}
-    finally:
-        conn.close()

@@ -1,9 +1,7 @@
-"""`indexer search TEXT`: ranked full-text search over the captions, and keeping that index current.
+"""`indexer search TEXT`: ranked full-text search over the captions.
 
 The FTS5 table (schema/003_query.sql) is external-content over `samples`, so caption text lives only
-in `meta`. New rows are queued in `search_pending` by a cheap trigger and added here in bulk at the
-end of every index/watch/extract update (row-by-row FTS inserts in a trigger cost a first index run
-~70% more); deletes and caption edits leave the FTS in their own trigger.
+in `meta`; the writers keep it current through db/fts.py.
 """
 
 from __future__ import annotations
@@ -14,10 +12,11 @@ import sqlite3
 from pathlib import Path
 
 from indexer import store
+from indexer.db.fts import pending_count
+from indexer.db.readonly import reading
 from indexer.derived import ensure_derived
 from indexer.errors import IndexerError
 
-SYNC_CHUNK = 20_000  # ids per transaction: a killed sync keeps what it finished
 DEFAULT_LIMIT = 20
 # bm25 costs ~10 us a match: a word in nearly every caption ("the") would take 10 s on 1M samples.
 # Past this many matches, the first RANK_CAP (in sample order) are ranked, and the user is told.
@@ -25,30 +24,6 @@ RANK_CAP = 50_000
 SHORT_WEIGHT, LONG_WEIGHT = 2.0, 1.0  # a word in the short summary says more about the picture
 TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61's idea of a token: letters and digits
 PHRASE_OR_WORD = re.compile(r'"([^"]*)"|(\S+)')
-
-
-def sync_search_index(conn: sqlite3.Connection, chunk: int = SYNC_CHUNK) -> int:
-    """Add the captions of every queued sample to the FTS; returns how many rows were added."""
-    added = 0
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'search_pending'").fetchone():
-        return added  # a schema without search (the benchmark's baseline)
-    while True:
-        with store.transaction(conn):
-            upper = conn.execute(
-                "SELECT max(id) FROM (SELECT id FROM search_pending ORDER BY id LIMIT ?)", (chunk,)
-            ).fetchone()[0]
-            if upper is None:
-                return added
-            cursor = conn.execute(
-                "INSERT INTO samples_fts (rowid, short_caption, long_caption)"
-                " SELECT s.id, s.short_caption, s.long_caption FROM search_pending AS p"
-                " JOIN samples AS s ON s.id = p.id WHERE p.id <= ? ORDER BY s.id", (upper,))
-            added += max(cursor.rowcount, 0)
-            conn.execute("DELETE FROM search_pending WHERE id <= ?", (upper,))
-
-
-def pending_count(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM search_pending").fetchone()[0]
 
 
 def build_match(text: str) -> tuple[str, list[str]]:
@@ -119,8 +94,7 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
     """
     rank_cap = RANK_CAP if rank_cap is None else rank_cap
     ensure_derived(db_path, progress)
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         dataset, root = store.resolve_dataset(conn, dataset_id)
         unscored, params = _candidates(conn, text, raw, dataset, scored=False)
         params["cap"] = rank_cap
@@ -133,39 +107,25 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
             SELECT s.id, s.key, s.image, s.json, s.status, s.short_caption, top.score
             FROM ({first} ORDER BY score LIMIT :limit) AS top
             JOIN samples AS s ON s.id = top.id ORDER BY top.score""", params)
-        return [_hit(root, row) for row in rows], capped
-    finally:
-        conn.close()
+    return [_hit(root, row) for row in rows], capped
 
 
 def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
                   raw: bool = False) -> int:
     ensure_derived(db_path)
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
         candidates, params = _candidates(conn, text, raw, dataset)
         return _run(conn, text, raw, f"SELECT count(*) FROM ({candidates})", params)[0][0]
-    finally:
-        conn.close()
 
 
 def search_status(db_path: str | os.PathLike[str]) -> int | None:
     """Samples not searchable yet (an index run is going on, or one was killed before its end);
     None when the whole full-text index awaits its build (a running bulk index holds the database)."""
-    conn = _connect(db_path)
-    try:
+    with reading(db_path) as conn:
         if conn.execute("SELECT 1 FROM deferred_structures WHERE type = 'trigger'").fetchone():
             return None
         return pending_count(conn)
-    finally:
-        conn.close()
-
-
-def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
-    conn = store.connect(db_path, readonly=True)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
 
 
 def _run(conn: sqlite3.Connection, text: str, raw: bool, sql: str, params: dict) -> list[tuple]:
