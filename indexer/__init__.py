@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 API = {
-    "index_root": "indexer.index",
+    "index_root": "indexer.ingest.index",
     "extract_shards": "indexer.extract",
     "watch_root": "indexer.watch",
     "follow_up_exports": "indexer.export.registry",

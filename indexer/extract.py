@@ -41,9 +41,9 @@ import orjson
 from indexer import store
 from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
-from indexer.derived import defer_derived
 from indexer.errors import IndexerError
-from indexer.index import (
+from indexer.ingest.derived import defer_derived
+from indexer.ingest.index import (
     Counts,
     compact,
     default_workers,
@@ -52,16 +52,16 @@ from indexer.index import (
     stored_files,
     write_results,
 )
-from indexer.progress import bar
-from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import (
+from indexer.ingest.read import FileRecord, SampleRecord, read_sample
+from indexer.ingest.scan import (
     JSON_EXTENSION,
     SAMPLE_EXTENSIONS,
     STAGING_PREFIX,
     split_sample_path,
     stat_signature,
 )
-from indexer.workers import init_worker
+from indexer.ingest.workers import init_worker
+from indexer.progress import bar
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
 JSON_PRELOAD_LIMIT = 64 << 20  # larger JSON members are read back from disk like `index` would

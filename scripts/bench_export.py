@@ -124,7 +124,7 @@ def bench_files(work: Path, n: int) -> None:
     sys.path.insert(0, str(HERE))
     from make_sample import make_dataset
 
-    from indexer.index import index_root
+    from indexer.ingest.index import index_root
 
     root, db = work / "data", work / "index.sqlite"
     started = time.perf_counter()

@@ -37,8 +37,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample import make_dataset
 
-from indexer import index, store
+from indexer import store
 from indexer.db.fts import sync_search_index
+from indexer.ingest import index
 from indexer.inspect import search, stats
 
 TRIGGER = re.compile(r"CREATE TRIGGER .*?\nEND;\n", re.S)

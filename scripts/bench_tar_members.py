@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark `indexer.tar_members.iter_members` against `tarfile` iteration on two kinds of shard.
+"""Benchmark `indexer.ingest.tar_members.iter_members` against `tarfile` iteration on two kinds of shard.
 
 Builds, in a temp folder:
   tiny:  TINY webdataset pairs (`.json` ~150 B + `.png` ~600 B): per-member overhead dominates
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from indexer.tar_members import iter_members
+from indexer.ingest.tar_members import iter_members
 
 IMAGE_HEAD = 64 << 10
 

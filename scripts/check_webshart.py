@@ -275,7 +275,7 @@ DEMO_SIZES = {"00002.png": (64, 48), "00001.jpg": (32, 32), "sub/00003.webp": (4
 def write_demo(folder: Path) -> dict[str, list[tuple[str, tuple | None, object]]]:
     """Writes the shards and their indexes; returns the samples expected per shard:
     (path, (width, height) or None, captions)."""
-    from indexer.tar_members import iter_members
+    from indexer.ingest.tar_members import iter_members
 
     for shard, members, fmt in demo_members():
         tar_path = folder / f"{shard}.tar"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from indexer import index, scan
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.index import index_root
+from indexer.ingest import index, scan
+from indexer.ingest.index import index_root
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_index_survives_exporters_in_other_processes(tmp_path, gen):
     root = tmp_path / "data"
     gen.make_dataset(root, 8000, faults=0.02, seed=5)
     db = tmp_path / "db.sqlite"
-    code = ("import sys; from indexer.index import index_root; "
+    code = ("import sys; from indexer.ingest.index import index_root; "
             "index_root(sys.argv[1], sys.argv[2], workers=1, keys_per_commit=200)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(root)], stderr=subprocess.PIPE)
     exports = 0

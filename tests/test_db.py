@@ -14,7 +14,7 @@ from indexer.db.counts import problem_counts, sample_count, status_counts
 from indexer.db.status import PROBLEM_STATUSES, Status
 from indexer.errors import IndexerError
 from indexer.export.parquet import export_parquet
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.render import rows
 
 

@@ -12,10 +12,10 @@ import pytest
 from helpers_export import exif_jpeg
 from helpers_index import write_pair
 
-from indexer import scan
 from indexer.errors import IndexerError
 from indexer.export.aitk import CACHE_NAME, export_aitk, st_mtime_seconds
-from indexer.index import index_root
+from indexer.ingest import scan
+from indexer.ingest.index import index_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 

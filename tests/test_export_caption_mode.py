@@ -13,7 +13,7 @@ from indexer.export.captions import export_captions
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
 from indexer.export.select import join_captions, make_selection
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 
 FIELDS = ("short_caption", "short_caption2", "long_caption")
 RECORDS = {

@@ -12,7 +12,7 @@ import pytest
 
 from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.inspect import stats
 from indexer.render.stats import format_stats
 

@@ -16,7 +16,7 @@ from indexer.export.captions import export_captions
 from indexer.export.config import ConfigOptions, export_config
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 
 
 @pytest.fixture

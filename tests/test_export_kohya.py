@@ -16,7 +16,7 @@ from helpers_index import write_pair
 from indexer.errors import IndexerError
 from indexer.export.exif import parse_jpeg, read_jpeg_header
 from indexer.export.kohya import export_kohya
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 
 
 def sd_scripts_read(metadata_file: str, image_dir: str | None) -> dict[str, dict]:

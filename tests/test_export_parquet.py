@@ -22,7 +22,7 @@ from indexer.errors import IndexerError
 from indexer.export import parquet as parquet_module
 from indexer.export.parquet import export_parquet
 from indexer.export.select import caption_sql, make_selection
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 
 SIMPLETUNER_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
 

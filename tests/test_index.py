@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from helpers_index import files, same_files, samples, write_pair
 
-from indexer import scan, store
+from indexer import store
 from indexer.errors import IndexerError
-from indexer.index import index_root
+from indexer.ingest import scan
+from indexer.ingest.index import index_root
 
 
 @pytest.fixture
@@ -238,7 +239,7 @@ def test_racy_files_are_rechecked_next_run(data_root, db_path, gen):
 
 
 def test_unreadable_json_is_reported_not_fatal(data_root, db_path, gen, no_racy, monkeypatch):
-    from indexer import read
+    from indexer.ingest import read
 
     write_pair(data_root, "locked", gen)
     write_pair(data_root, "fine", gen)
@@ -339,7 +340,7 @@ def test_parallel_workers_match_single(tmp_path, gen, no_racy):
 
 def _index_in_subprocess(db: Path, root: Path) -> subprocess.Popen:
     code = (
-        "import sys; from indexer.index import index_root;"
+        "import sys; from indexer.ingest.index import index_root;"
         f"index_root({str(db)!r}, {str(root)!r}, workers=2, keys_per_commit=25)"
     )
     return subprocess.Popen([sys.executable, "-c", code])
@@ -449,8 +450,8 @@ def _trigger_names(db: Path) -> set[str]:
 
 
 def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, gen, no_racy, monkeypatch):
-    from indexer import derived
-    from indexer import index as index_module
+    from indexer.ingest import derived
+    from indexer.ingest import index as index_module
     from indexer.inspect import search, stats
 
     store.connect(db_path).close()
@@ -484,7 +485,7 @@ def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, 
 
 
 def _secondary_sample_indexes(db: Path) -> set[str]:
-    from indexer.derived import KEPT_INDEXES
+    from indexer.ingest.derived import KEPT_INDEXES
 
     conn = sqlite3.connect(db)
     names = {row[0] for row in conn.execute(
@@ -495,7 +496,7 @@ def _secondary_sample_indexes(db: Path) -> set[str]:
 
 def test_stats_while_a_writer_holds_the_database_answers_without_building(data_root, db_path, gen,
                                                                            no_racy, monkeypatch):
-    from indexer import derived
+    from indexer.ingest import derived
     from indexer.inspect import stats
 
     gen.make_dataset(data_root, 20, faults=0.0, seed=4)
@@ -553,7 +554,7 @@ def test_entries_that_are_not_regular_files_are_reported_and_never_opened(data_r
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(data_root / "sock.png"))
     os.symlink(data_root / "nowhere.json", data_root / "dangling.json")
-    code = ("import sys, json; from indexer.index import index_root; "
+    code = ("import sys, json; from indexer.ingest.index import index_root; "
             "print(json.dumps(index_root(sys.argv[1], sys.argv[2], workers=1)))")
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(db_path), str(data_root)],
@@ -574,7 +575,7 @@ def test_entries_that_are_not_regular_files_are_reported_and_never_opened(data_r
 
 
 def test_a_listed_file_replaced_by_a_fifo_is_not_read(tmp_path):
-    from indexer.read import read_sample
+    from indexer.ingest.read import read_sample
 
     os.mkfifo(tmp_path / "x.json")
     sample, files, files_read = read_sample(str(tmp_path), "x", ["x.json"], time.time_ns())

@@ -12,7 +12,7 @@ import indexer
 
 PACKAGE = Path(indexer.__file__).resolve().parent
 # What each part may import (besides itself): the stages below it in the flow, never one after it.
-BASE = {"errors", "wording", "progress", "store", "workers"}
+BASE = {"errors", "wording", "progress", "store"}
 ALLOWED = {
     "base": {"base"},
     "db": {"base"},
@@ -26,7 +26,7 @@ ALLOWED = {
 
 
 def part(module: str) -> str:
-    """indexer.export.parquet -> export; indexer.index -> ingest; indexer -> root."""
+    """indexer.export.parquet -> export; indexer.ingest.index -> ingest; indexer -> root."""
     names = module.split(".")[1:]
     if not names or names[0] in ("__init__", "__main__"):
         return "root"

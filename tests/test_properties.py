@@ -13,10 +13,10 @@ from helpers_index import files, samples, write_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import scan
-from indexer.index import index_root
-from indexer.read import parse_dimension, parse_json_bytes
-from indexer.scan import split_sample_path
+from indexer.ingest import scan
+from indexer.ingest.index import index_root
+from indexer.ingest.read import parse_dimension, parse_json_bytes
+from indexer.ingest.scan import split_sample_path
 
 
 @given(st.binary(max_size=300))

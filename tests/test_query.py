@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from indexer.db import readonly
 from indexer.errors import IndexerError
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.inspect import query
 from indexer.render import rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html.parser
 import sqlite3
 
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.inspect import stats
 from indexer.render import html as report_html
 

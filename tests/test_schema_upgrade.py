@@ -20,7 +20,7 @@ import pytest
 from helpers_index import sample_rows
 
 from indexer import store
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("schema_v*.tar.gz"))
 # What a released database holds about each sample; compared column for column after the upgrade.

@@ -10,7 +10,7 @@ import pytest
 from indexer import store
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.inspect import search
 
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import scan
 from indexer.export.jsonl import export_jsonl
-from indexer.index import index_root
+from indexer.ingest import scan
+from indexer.ingest.index import index_root
 
 CONTENT = "key, image_ext, json_ext, width, height, size_from, status, error, warning, meta"
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from indexer import store
 from indexer.errors import IndexerError
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.inspect import problems, stats
 from indexer.render.stats import format_stats
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import tar_members
 from indexer.errors import IndexerError
-from indexer.tar_members import Member, TarCompressed, TarDamaged, TarReadError, iter_members
+from indexer.ingest import tar_members
+from indexer.ingest.tar_members import Member, TarCompressed, TarDamaged, TarReadError, iter_members
 
 ALL = lambda name: -1  # noqa: E731
 NONE = lambda name: 0  # noqa: E731

@@ -13,7 +13,7 @@ from indexer.cli.common import (
     show_progress,
     writer_options,
 )
-from indexer.index import index_root
+from indexer.ingest.index import index_root
 from indexer.render.runs import format_index_summary
 
 

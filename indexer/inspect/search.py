@@ -14,8 +14,8 @@ from pathlib import Path
 from indexer import store
 from indexer.db.fts import pending_count
 from indexer.db.readonly import reading
-from indexer.derived import ensure_derived
 from indexer.errors import IndexerError
+from indexer.ingest.derived import ensure_derived
 
 DEFAULT_LIMIT = 20
 # bm25 costs ~10 us a match: a word in nearly every caption ("the") would take 10 s on 1M samples.

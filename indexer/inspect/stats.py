@@ -19,7 +19,7 @@ import orjson
 from indexer import store
 from indexer.db.counts import status_counts
 from indexer.db.readonly import reading
-from indexer.derived import ensure_derived
+from indexer.ingest.derived import ensure_derived
 
 CAPTION_FIELDS = ("short_caption", "long_caption")  # the caption columns with a length index
 HASH_FIELDS = {"file_hash": "md5_file_hash", "pil_hash": "md5_pil_hash"}

@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from indexer import index, store
+from indexer import store
 from indexer.db.counts import problem_counts, sample_count
-from indexer.derived import build_derived
 from indexer.errors import IndexerError
-from indexer.scan import RACY_WINDOW_NS, STAGING_PREFIX, split_sample_path, walk
+from indexer.ingest import index
+from indexer.ingest.derived import build_derived
+from indexer.ingest.scan import RACY_WINDOW_NS, STAGING_PREFIX, split_sample_path, walk
 from indexer.watch.debounce import Debouncer, stat_look
 from indexer.watch.events import EventInbox, overflow_alarm
 from indexer.watch.follow import Emit, FollowUp, FollowUps

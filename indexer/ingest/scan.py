@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from indexer.workers import process_pool
+from indexer.ingest.workers import process_pool
 
 JSON_EXTENSION = "json"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # preference order when a key has several images

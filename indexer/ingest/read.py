@@ -16,8 +16,8 @@ from typing import NamedTuple
 import imagesize
 import orjson
 
-from indexer import scan
-from indexer.scan import IMAGE_EXTENSIONS, JSON_EXTENSION
+from indexer.ingest import scan
+from indexer.ingest.scan import IMAGE_EXTENSIONS, JSON_EXTENSION
 
 MAX_DIMENSION = 1 << 20
 # O_NONBLOCK: opening a FIFO that replaced a listed file returns at once instead of waiting forever

@@ -23,10 +23,10 @@ from pathlib import Path
 import orjson
 
 from indexer import store
-from indexer.read import build_sample, header_size_of
-from indexer.scan import JSON_EXTENSION, split_sample_path
-from indexer.tar_members import Member, TarDamaged, TarReadError, iter_members
-from indexer.workers import process_pool
+from indexer.ingest.read import build_sample, header_size_of
+from indexer.ingest.scan import JSON_EXTENSION, split_sample_path
+from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
+from indexer.ingest.workers import process_pool
 
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")

@@ -22,13 +22,13 @@ from indexer import store
 from indexer.db.counts import problem_counts
 from indexer.db.counts import sample_count as _sample_count
 from indexer.db.fts import sync_search_index
-from indexer.derived import defer_derived
 from indexer.errors import IndexerError
+from indexer.ingest.derived import defer_derived
+from indexer.ingest.read import FileRecord, SampleRecord, read_sample
+from indexer.ingest.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
+from indexer.ingest.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
+from indexer.ingest.workers import process_pool
 from indexer.progress import bar
-from indexer.read import FileRecord, SampleRecord, read_sample
-from indexer.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
-from indexer.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
-from indexer.workers import process_pool
 
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
 KEYS_PER_TASK = 256

@@ -1,0 +1,1 @@
+"""The ingest: files (loose, or members of tar shards) into sample rows."""
