@@ -53,13 +53,8 @@ from indexer.ingest.index import (
     write_results,
 )
 from indexer.ingest.read import FileRecord, SampleRecord, read_sample
-from indexer.ingest.scan import (
-    JSON_EXTENSION,
-    SAMPLE_EXTENSIONS,
-    STAGING_PREFIX,
-    split_sample_path,
-    stat_signature,
-)
+from indexer.ingest.scan import stat_signature
+from indexer.ingest.walk import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
 from indexer.ingest.workers import init_worker
 from indexer.progress import bar
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from indexer import extract as extract_module
 from indexer.extract import Refused, extract_shards, member_parts, staging_name
 from indexer.ingest.index import index_root
-from indexer.ingest.scan import STAGING_PREFIX
+from indexer.ingest.walk import STAGING_PREFIX
 
 
 def tar_of(shard: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:

@@ -15,7 +15,7 @@ from helpers_index import files, same_files, samples, write_pair
 
 from indexer import store
 from indexer.errors import IndexerError
-from indexer.ingest import scan
+from indexer.ingest import scan, walk
 from indexer.ingest.index import index_root
 
 
@@ -269,7 +269,7 @@ def test_unlistable_folder_keeps_its_samples(data_root, db_path, gen, no_racy, m
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(scan.os, "open", deny)
+    monkeypatch.setattr(walk.os, "open", deny)
     summary = run(db_path, data_root)
     assert set(samples(db_path)) == {"sub/x", "y"}
     assert summary["removed"] == 0
@@ -608,8 +608,8 @@ def test_hidden_files_are_never_samples(data_root, db_path, gen, no_racy):
     write_pair(data_root, "sub/.hidden", gen)
     summary = run(db_path, data_root)
     assert set(samples(db_path)) == {"x"} and summary["files_seen"] == 2
-    assert scan.split_sample_path("sub/.hidden.json") is None
-    assert scan.split_sample_path("sub/visible.json") == ("sub/visible", "json")
+    assert walk.split_sample_path("sub/.hidden.json") is None
+    assert walk.split_sample_path("sub/visible.json") == ("sub/visible", "json")
 
 
 def test_header_size_is_the_stored_size_whatever_the_exif_orientation(data_root, db_path, gen, no_racy):

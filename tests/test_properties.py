@@ -13,10 +13,10 @@ from helpers_index import files, samples, write_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.ingest import scan
+from indexer.ingest import scan, walk
 from indexer.ingest.index import index_root
 from indexer.ingest.read import parse_dimension, parse_json_bytes
-from indexer.ingest.scan import split_sample_path
+from indexer.ingest.walk import split_sample_path
 
 
 @given(st.binary(max_size=300))
@@ -58,7 +58,7 @@ def test_split_sample_path(path):
     if parts is not None:
         key, ext = parts
         assert path == f"{key}.{path[len(key) + 1:]}"
-        assert ext in scan.SAMPLE_EXTENSIONS and ext == path.rsplit(".", 1)[1].lower()
+        assert ext in walk.SAMPLE_EXTENSIONS and ext == path.rsplit(".", 1)[1].lower()
         assert not key.endswith("/") and key != ""
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.ingest.scan import STAGING_PREFIX
+from indexer.ingest.walk import STAGING_PREFIX
 
 # Extensions SimpleTuner discovers: lower case only, so `x.PNG` is never seen.
 DISCOVERED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "jxl", "avif"})

@@ -25,8 +25,9 @@ from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.read import FileRecord, SampleRecord, read_sample
-from indexer.ingest.scan import NEVER_MATCHES, scan, split_sample_path, stat_signature
+from indexer.ingest.scan import NEVER_MATCHES, scan, stat_signature
 from indexer.ingest.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
+from indexer.ingest.walk import split_sample_path
 from indexer.ingest.workers import process_pool
 from indexer.progress import bar
 

@@ -17,7 +17,7 @@ import imagesize
 import orjson
 
 from indexer.ingest import scan
-from indexer.ingest.scan import IMAGE_EXTENSIONS, JSON_EXTENSION
+from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION
 
 MAX_DIMENSION = 1 << 20
 # O_NONBLOCK: opening a FIFO that replaced a listed file returns at once instead of waiting forever

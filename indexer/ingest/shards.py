@@ -24,8 +24,8 @@ import orjson
 
 from indexer import store
 from indexer.ingest.read import build_sample, header_size_of
-from indexer.ingest.scan import JSON_EXTENSION, split_sample_path
 from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
+from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import process_pool
 
 SHARD_SUFFIX = ".tar"

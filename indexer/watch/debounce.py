@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from indexer.ingest.scan import split_sample_path
+from indexer.ingest.walk import split_sample_path
 
 StatLook = tuple[int, int, int, int] | None  # size, mtime_ns, ctime_ns, inode; None = not a file
 

@@ -25,7 +25,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from indexer.ingest.scan import STAGING_PREFIX, split_sample_path
+from indexer.ingest.walk import STAGING_PREFIX, split_sample_path
 
 # Opened / closed-without-write events are left out: our own reads would otherwise feed the queue.
 EVENT_FILTER: list[type[FileSystemEvent]] = [

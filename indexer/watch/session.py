@@ -15,7 +15,8 @@ from indexer.db.counts import problem_counts, sample_count
 from indexer.errors import IndexerError
 from indexer.ingest import index
 from indexer.ingest.derived import build_derived
-from indexer.ingest.scan import RACY_WINDOW_NS, STAGING_PREFIX, split_sample_path, walk
+from indexer.ingest.scan import RACY_WINDOW_NS
+from indexer.ingest.walk import STAGING_PREFIX, split_sample_path, walk
 from indexer.watch.debounce import Debouncer, stat_look
 from indexer.watch.events import EventInbox, overflow_alarm
 from indexer.watch.follow import Emit, FollowUp, FollowUps
