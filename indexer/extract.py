@@ -43,15 +43,8 @@ from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.index import (
-    Counts,
-    compact,
-    default_workers,
-    json_bytes,
-    resolve_root,
-    stored_files,
-    write_results,
-)
+from indexer.ingest.index import default_workers, resolve_root
+from indexer.ingest.pipeline import Counts, compact, json_bytes, stored_files, write_results
 from indexer.ingest.read import FileRecord, SampleRecord, read_sample
 from indexer.ingest.scan import stat_signature
 from indexer.ingest.walk import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path

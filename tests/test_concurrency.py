@@ -12,7 +12,7 @@ import pytest
 
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.ingest import index, scan
+from indexer.ingest import pipeline, scan
 from indexer.ingest.index import index_root
 
 
@@ -32,14 +32,14 @@ def _ok_count(db: Path) -> int:
 def _export_after_batch(monkeypatch, export) -> list[dict]:
     """Run `export` from its own connections right after each of the first batches commits."""
     summaries: list[dict] = []
-    original = index.write_results
+    original = pipeline.write_results
 
     def write_then_export(*args, **kwargs):
         original(*args, **kwargs)
         if len(summaries) < 3:
             summaries.append(export())
 
-    monkeypatch.setattr(index, "write_results", write_then_export)
+    monkeypatch.setattr(pipeline, "write_results", write_then_export)
     return summaries
 
 
@@ -70,8 +70,8 @@ def test_every_committed_batch_moves_the_data_version(tmp_path, gen, no_racy, mo
     gen.make_dataset(root, 500, faults=0.0, seed=4)
     db = tmp_path / "db.sqlite"
     batches = []
-    original = index.write_results
-    monkeypatch.setattr(index, "write_results", lambda *a, **k: batches.append(original(*a, **k)))
+    original = pipeline.write_results
+    monkeypatch.setattr(pipeline, "write_results", lambda *a, **k: batches.append(original(*a, **k)))
     index_root(db, root, workers=1, keys_per_commit=100)
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute(

@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.ingest.pipeline import Counts, write_batches
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
@@ -31,7 +32,6 @@ from indexer.ingest.workers import process_pool
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 HEAD_BYTES = 64 << 10  # enough for a JPEG's frame header behind its EXIF and ICC segments
-WRITE_BATCH = 4096
 
 
 @dataclass
@@ -137,10 +137,10 @@ class ShardCounts:
 
 
 def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: list[str], *, workers: int,
-                  verify_images: bool, counts, write_results, skipped_prefixes: tuple[str, ...] = ()
+                  verify_images: bool, counts: Counts, skipped_prefixes: tuple[str, ...] = ()
                   ) -> ShardCounts:
     """Bring the samples of the shards under root up to date: read new or changed shards, forget
-    removed ones; `write_results` is the index's batch writer (one home for the write rules)."""
+    removed ones, through the index's write path (pipeline.py: one home for the write rules)."""
     shard_counts = ShardCounts(seen=len(found))
     with store.transaction(conn):  # loose files that took a key over from a shard, this run
         for key, loser, owner in counts.conflicts:
@@ -157,12 +157,12 @@ def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: lis
         current[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     removed = [p for p in stored if p not in current and not p.startswith(skipped_prefixes)]
     for rel in sorted(removed):
-        _forget_shard(conn, dataset, rel, counts, write_results)
+        _forget_shard(conn, dataset, rel, counts)
         shard_counts.removed += 1
     pending = sorted(rel for rel, sig in current.items() if stored.get(rel) != sig)
     for _round in range(2):  # the second round: shards whose duplicate keys lost their owner
         for shard in _read_in_order(str(root), pending, workers, verify_images):
-            _record_shard(conn, dataset, shard, counts, write_results, shard_counts)
+            _record_shard(conn, dataset, shard, counts, shard_counts)
         pending = sorted(set(_orphaned_duplicates(conn, dataset)) & set(current))
         if not pending:
             break
@@ -188,7 +188,7 @@ def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bo
             yield futures.popleft().result()
 
 
-def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts, write_results,
+def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts: Counts,
                   shard_counts: ShardCounts) -> None:
     """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again)."""
     results = list(shard.results)
@@ -197,8 +197,7 @@ def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, coun
         "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in fresh]
     results.sort(key=lambda result: result[0])
     seen_conflicts = len(counts.conflicts)
-    for start in range(0, len(results), WRITE_BATCH):
-        write_results(conn, dataset, results[start : start + WRITE_BATCH], counts, origin=shard.path)
+    write_batches(conn, dataset, results, counts, origin=shard.path)
     conflicts = counts.conflicts[seen_conflicts:]
     lost = [[key, owner] for key, loser, owner in conflicts if loser == shard.path]
     with store.transaction(conn):
@@ -234,11 +233,10 @@ def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str,
                  (orjson.dumps(duplicates).decode(), dataset, shard))
 
 
-def _forget_shard(conn: sqlite3.Connection, dataset: str, rel: str, counts, write_results) -> None:
+def _forget_shard(conn: sqlite3.Connection, dataset: str, rel: str, counts: Counts) -> None:
     keys = [(key, None, None, 0) for (key,) in conn.execute(
         "SELECT key FROM samples WHERE dataset = ? AND shard = ? ORDER BY key", (dataset, rel))]
-    for start in range(0, len(keys), WRITE_BATCH):
-        write_results(conn, dataset, keys[start : start + WRITE_BATCH], counts, origin=rel)
+    write_batches(conn, dataset, keys, counts, origin=rel)
     with store.transaction(conn):
         conn.execute("DELETE FROM tar_shards WHERE dataset = ? AND path = ?", (dataset, rel))
 
