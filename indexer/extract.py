@@ -43,12 +43,12 @@ from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.index import default_workers, resolve_root
 from indexer.ingest.pipeline import Counts, compact, json_bytes, stored_files, write_results
 from indexer.ingest.read import FileRecord, SampleRecord, read_sample
+from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.scan import stat_signature
 from indexer.ingest.walk import JSON_EXTENSION, SAMPLE_EXTENSIONS, STAGING_PREFIX, split_sample_path
-from indexer.ingest.workers import init_worker
+from indexer.ingest.workers import default_workers, init_worker
 from indexer.progress import bar
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
@@ -477,25 +477,13 @@ def extract_shards(
     started = time.monotonic()
     shard_paths = check_shards(shards)
     root = prepare_root(to)
-    conn = store.connect(db_path)
-    try:
-        with store.writer_lock(db_path, "extract"):
-            dataset = store.ensure_dataset(conn, dataset_id, root)
-            run_id = store.start_run(conn, dataset, "extract")
-            try:
-                summary = _extract_all(
-                    conn, dataset, root, shard_paths, reserved_paths(db_path, root),
-                    workers=workers or default_workers(), progress=progress,
-                )
-            except BaseException as exc:
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                store.finish_run(conn, run_id, {}, status=status, error=str(exc) or status)
-                raise
-            summary.update(run_id=run_id, seconds=round(time.monotonic() - started, 3))
-            store.finish_run(conn, run_id, summary, status="failed" if summary["failures"] else "done",
-                             error=_run_error(summary))
-    finally:
-        conn.close()
+    with writer_run(db_path, root, "extract", dataset_id) as run:
+        summary = _extract_all(
+            run.conn, run.dataset, root, shard_paths, reserved_paths(db_path, root),
+            workers=workers or default_workers(), progress=progress,
+        )
+        summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
+        run.finish(summary, status="failed" if summary["failures"] else "done", error=_run_error(summary))
     return summary
 
 

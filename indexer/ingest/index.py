@@ -16,26 +16,14 @@ from pathlib import Path
 from indexer import store
 from indexer.db.counts import problem_counts, sample_count
 from indexer.db.fts import sync_search_index
-from indexer.errors import IndexerError
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.pipeline import KEYS_PER_COMMIT, Counts, apply_changes, cached_json_bytes
+from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.scan import scan
 from indexer.ingest.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
 from indexer.ingest.walk import split_sample_path
+from indexer.ingest.workers import default_workers
 from indexer.progress import bar
-
-
-def resolve_root(root: str | os.PathLike[str]) -> Path:
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise IndexerError(f"ROOT {path} does not exist: check the path")
-    if not path.is_dir():
-        raise IndexerError(f"ROOT {path} is not a folder: pass the folder that holds the samples")
-    return path.resolve()
-
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def index_root(
@@ -52,24 +40,13 @@ def index_root(
     """Bring the index of `root` up to date and return the run summary (the --json object)."""
     started = time.monotonic()
     root_path = resolve_root(root)
-    conn = store.connect(db_path)
-    try:
-        with store.writer_lock(db_path, command):
-            dataset = store.ensure_dataset(conn, dataset_id, root_path)
-            run_id = store.start_run(conn, dataset, command)
-            try:
-                summary = update_dataset(
-                    conn, dataset, root_path, workers=workers or default_workers(),
-                    verify_images=verify_images, progress=progress, keys_per_commit=keys_per_commit,
-                )
-            except BaseException as exc:
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                store.finish_run(conn, run_id, {}, status=status, error=str(exc) or status)
-                raise
-            summary.update(run_id=run_id, seconds=round(time.monotonic() - started, 3))
-            store.finish_run(conn, run_id, summary)
-    finally:
-        conn.close()  # the last connection to close folds the WAL into the main file
+    with writer_run(db_path, root_path, command, dataset_id) as run:
+        summary = update_dataset(
+            run.conn, run.dataset, root_path, workers=workers or default_workers(),
+            verify_images=verify_images, progress=progress, keys_per_commit=keys_per_commit,
+        )
+        summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
+        run.finish(summary)
     summary["db_bytes"] = database_bytes(db_path)
     return summary
 

@@ -1,4 +1,4 @@
-"""Reader processes shared by the stages (scan, index, extract).
+"""Reader processes shared by the stages (scan, index, shards, extract), and how many to start.
 
 Forked, so they start fast and share the parent's imports; they must not keep the parent's writer
 lock alive, and they must not outlive a parent killed with SIGKILL.
@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import multiprocessing
+import os
 import signal
 
 from indexer import store
@@ -30,3 +31,8 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=init_worker
     )
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -10,7 +10,7 @@ the burst is over (follow.py); watch itself never imports the export code.
 
 Modules: events.py (event intake), debounce.py (quiet + stable stat), observer.py (inotify or
 polling), session.py (the loop: batches and rescans), follow.py (follow-up actions), runlog.py
-(totals, the `runs` row, signals).
+(totals, signals); its `runs` row is the ingest's run lifecycle (ingest/run.py).
 """
 
 from __future__ import annotations

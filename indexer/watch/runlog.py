@@ -1,17 +1,15 @@
-"""Run bookkeeping of a watch session: its totals, its row in `runs`, and how signals stop it."""
+"""Run bookkeeping of a watch session: its totals, and how signals stop it (its row in `runs` is
+the ingest's one run lifecycle, ingest/run.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from indexer import store
 
 
 @dataclass
@@ -31,27 +29,6 @@ class Totals:
         self.changed += changed
         self.removed += removed
         return bool(added or changed or removed)
-
-
-def record_run(conn: sqlite3.Connection, dataset: str, follow: Callable[[], None],
-               summarize: Callable[[], dict]) -> dict:
-    """Run `follow` as one `watch` row of `runs`; returns the final (`stopped`) summary.
-
-    An interrupt during a scan ends the run as interrupted: its committed batches stay and the
-    next start finishes the scan. Any other failure is recorded as failed and raised.
-    """
-    run_id = store.start_run(conn, dataset, "watch")
-    status, error = "done", None
-    try:
-        follow()
-    except KeyboardInterrupt:
-        status, error = "interrupted", "stopped during a scan"
-    except BaseException as exc:
-        store.finish_run(conn, run_id, summarize(), status="failed", error=str(exc) or type(exc).__name__)
-        raise
-    summary = summarize()
-    store.finish_run(conn, run_id, summary, status=status, error=error)
-    return {**summary, "event": "stopped", "status": status, "run_id": run_id}
 
 
 @contextlib.contextmanager

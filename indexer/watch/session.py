@@ -15,13 +15,15 @@ from indexer.db.counts import problem_counts, sample_count
 from indexer.errors import IndexerError
 from indexer.ingest import index
 from indexer.ingest.derived import build_derived
+from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.scan import RACY_WINDOW_NS
 from indexer.ingest.walk import STAGING_PREFIX, split_sample_path, walk
+from indexer.ingest.workers import default_workers
 from indexer.watch.debounce import Debouncer, stat_look
 from indexer.watch.events import EventInbox, overflow_alarm
 from indexer.watch.follow import Emit, FollowUp, FollowUps
 from indexer.watch.observer import observing
-from indexer.watch.runlog import Totals, record_run, stop_on_signals
+from indexer.watch.runlog import Totals, stop_on_signals
 
 MAX_BATCH_PATHS = 8192  # a batch this size commits in well under a second and stays stoppable
 PARALLEL_MIN_PATHS = 2048  # below this, forking reader processes costs more than it saves
@@ -49,11 +51,11 @@ class Watcher:
         observer_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.db_path = os.fspath(db_path)
-        self.root = index.resolve_root(root)
+        self.root = resolve_root(root)
         self.dataset_id = dataset_id
         self.settle = max(0.0, float(settle))
         self.rescan_every = float(rescan_every)
-        self.workers = workers or index.default_workers()
+        self.workers = workers or default_workers()
         self.emit: Emit = on_batch or (lambda _event: None)
         self.follow_ups = FollowUps(after_change or {}, self.emit)
         self.stop_event = stop_event or threading.Event()
@@ -70,15 +72,19 @@ class Watcher:
     def run(self, *, handle_signals: bool = False) -> dict:
         """Catch up, follow events until stopped, and return the session summary."""
         self.started = time.monotonic()
-        conn = self.conn = store.connect(self.db_path)
         signals = (stop_on_signals(self.stop_event, lambda: self.phase == "scanning") if handle_signals
                    else contextlib.nullcontext())
-        try:
-            with signals, store.writer_lock(self.db_path, "watch"):
-                self.dataset = store.ensure_dataset(conn, self.dataset_id, self.root)
-                return record_run(conn, self.dataset, self._follow, self._summary)
-        finally:
-            conn.close()
+        with signals, writer_run(self.db_path, self.root, "watch", self.dataset_id) as run:
+            self.conn, self.dataset = run.conn, run.dataset
+            run.so_far, run.name_silent_failures = self._summary, True
+            status, error = "done", None
+            try:
+                self._follow()
+            except KeyboardInterrupt:  # a signal during a scan: its committed batches stay, and the
+                status, error = "interrupted", "stopped during a scan"  # next start finishes it
+            summary = self._summary()
+            run.finish(summary, status, error)
+        return {**summary, "event": "stopped", "status": status, "run_id": run.id}
 
     def _summary(self) -> dict:
         """The session totals; `problems` and `samples` describe the whole dataset at the end."""
