@@ -18,8 +18,8 @@ from helpers_index import samples
 from hypothesis import given
 from hypothesis import strategies as st
 
-from indexer import extract as extract_module
-from indexer.extract import Refused, extract_shards, member_parts, staging_name
+from indexer.extract import extract_shards, staging_name, worker
+from indexer.extract.members import Refused, member_parts
 from indexer.ingest.index import index_root
 from indexer.ingest.walk import STAGING_PREFIX
 
@@ -246,10 +246,10 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
             raise KeyboardInterrupt  # as if killed half-way through moving shard b into place
         return real_rename(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module.os, "rename", rename_then_die)
+    monkeypatch.setattr(worker.os, "rename", rename_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, shards, data, workers=1)
-    monkeypatch.setattr(extract_module.os, "rename", real_rename)
+    monkeypatch.setattr(worker.os, "rename", real_rename)
     rows = shard_rows(db)
     assert rows["a.tar"][0] == "finished" and rows["b.tar.gz"][0] == "extracting"
     assert (data / rows["b.tar.gz"][3]).is_dir()  # half a shard left in staging

@@ -1,0 +1,143 @@
+"""The writer side of `extract`: each shard's row in `shards`, its samples through the ingest's
+write path (ingest/pipeline.py), and the run summary."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from indexer import store
+from indexer.db.counts import problem_counts
+from indexer.db.fts import sync_search_index
+from indexer.extract.worker import Result, ShardOutcome, ShardTask, not_racy
+from indexer.ingest.pipeline import KEYS_PER_COMMIT, Counts, compact, json_bytes, stored_files, write_results
+from indexer.ingest.read import FileRecord, read_sample
+from indexer.ingest.scan import stat_signature
+from indexer.ingest.walk import SAMPLE_EXTENSIONS
+
+
+def run_error(summary: dict) -> str | None:
+    notes = []
+    if summary["failures"]:
+        notes.append(f"{len(summary['failures'])} shard(s) failed")
+    if summary["refused"]:
+        notes.append(f"{summary['refused']} member(s) refused")
+    return "; ".join(notes) or None
+
+
+def begin_shard(conn: sqlite3.Connection, dataset: str, task: ShardTask) -> None:
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO shards (dataset, path, size, mtime_ns, status, staging, started_at)"
+            " VALUES (?, ?, ?, ?, 'extracting', ?, ?) ON CONFLICT (dataset, path) DO UPDATE SET"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns, status = 'extracting',"
+            " staging = excluded.staging, started_at = excluded.started_at, members = NULL,"
+            " refused = NULL, refusals = NULL, error = NULL, finished_at = NULL",
+            (dataset, task.path, task.size, task.mtime_ns, task.staging, store.now_iso()),
+        )
+
+
+def record_shard(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: Path,
+    outcome: ShardOutcome,
+    counts: Counts,
+    scan_start_ns: int,
+) -> None:
+    """Record a shard's samples in sorted batches, then mark the shard finished (or failed)."""
+    results = outcome.results
+    for start in range(0, len(results), KEYS_PER_COMMIT):
+        batch = with_partners(conn, dataset, str(root), results[start : start + KEYS_PER_COMMIT],
+                              scan_start_ns)
+        write_results(conn, dataset, [compact(*result) for result in batch], counts)
+    # Captions into the full-text index now: a key split across shards is written again by a later
+    # shard, and the search triggers expect every sample to be synced before it changes again.
+    sync_search_index(conn)
+    with store.transaction(conn):
+        conn.execute(
+            "UPDATE shards SET status = ?, members = ?, refused = ?, refusals = ?, error = ?,"
+            " finished_at = ? WHERE dataset = ? AND path = ?",
+            ("failed" if outcome.error else "finished", outcome.members, len(outcome.refusals),
+             orjson.dumps(outcome.refusals).decode(), outcome.error, store.now_iso(), dataset,
+             outcome.path),
+        )
+
+
+def with_partners(
+    conn: sqlite3.Connection, dataset: str, root: str, results: list[Result], scan_start_ns: int
+) -> list[Result]:
+    """Complete keys whose other files came from elsewhere (another shard, or already in the root).
+
+    write_results replaces a key's whole stat record, so a key is re-read with every file it has:
+    the recorded ones, and, when the shard brought only its JSON or only its image, a partner
+    already on disk. Pairs inside one shard (the webdataset norm) need none of this.
+    """
+    stored = stored_files(conn, dataset, [result[0] for result in results])
+    completed: list[Result] = []
+    for key, sample, files, files_read in results:
+        own = {record[0] for record in files}
+        extra = set(stored.get(key, ())) - own
+        if sample is None or sample.json is None or sample.image is None:
+            extra.update(path for path in _partner_paths(key) if path not in own
+                         and os.path.lexists(os.path.join(root, path)))
+        if not extra:
+            completed.append((key, sample, files, files_read))
+            continue
+        sample, reread, read_count = read_sample(root, key, sorted(own | extra), scan_start_ns)
+        completed.append((key, sample, [_keep_known(r, own, stored.get(key, {})) for r in reread],
+                          files_read + read_count))
+    return completed
+
+
+def _partner_paths(key: str) -> list[str]:
+    return [f"{key}.{ext}" for ext in sorted(SAMPLE_EXTENSIONS)]
+
+
+def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int | None]) -> FileRecord:
+    """Files this shard wrote are not racy; a stored file that did not change stays trusted (a
+    racy one is stored with a signature that never matches, so it keeps being re-checked)."""
+    path, size, mtime_ns, ctime_ns, inode, _racy = record
+    if path in own or stored.get(path) == stat_signature(size, mtime_ns, ctime_ns, inode):
+        return not_racy(record)
+    return record
+
+
+def run_summary(
+    conn: sqlite3.Connection,
+    dataset: str,
+    root: Path,
+    shard_paths: list[Path],
+    skipped: list[str],
+    outcomes: list[ShardOutcome],
+    counts: Counts,
+) -> dict:
+    samples = conn.execute("SELECT count(*) FROM samples WHERE dataset = ?", (dataset,)).fetchone()[0]
+    refusals = [{"shard": o.path, "member": member, "reason": reason}
+                for o in outcomes for member, reason in o.refusals]
+    failures = [{"shard": o.path, "error": o.error} for o in outcomes if o.error]
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "shards": len(shard_paths),
+        "shards_done": sum(1 for o in outcomes if not o.error),
+        "shards_skipped": len(skipped),
+        "shards_failed": len(failures),
+        "skipped": skipped,
+        "members": sum(o.members for o in outcomes),
+        "bytes": sum(o.bytes for o in outcomes),
+        "refused": len(refusals),
+        "refusals": refusals,
+        "failures": failures,
+        "added": counts.added,
+        "changed": counts.changed,
+        "removed": counts.removed,
+        "unchanged": samples - counts.added - counts.changed,
+        "samples": samples,
+        "problems": problem_counts(conn, dataset),
+        "files_read": counts.files_read,
+        "json_bytes": json_bytes(conn, dataset),
+    }
