@@ -13,8 +13,8 @@ from typing import Any
 from indexer import store
 from indexer.db.counts import problem_counts, sample_count
 from indexer.errors import IndexerError
-from indexer.ingest import index
 from indexer.ingest.derived import build_derived
+from indexer.ingest.index import update_dataset, update_paths
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.scan import RACY_WINDOW_NS
 from indexer.ingest.walk import STAGING_PREFIX, split_sample_path, walk
@@ -173,7 +173,7 @@ class Watcher:
         assert self.conn is not None
         began = time.monotonic()
         workers = self.workers if len(paths) >= PARALLEL_MIN_PATHS else 1
-        counts = index.update_paths(self.conn, self.dataset, self.root, paths, workers=workers)
+        counts = update_paths(self.conn, self.dataset, self.root, paths, workers=workers)
         problems = self._problems_among(paths)
         self.totals.batches += 1
         if self.totals.count(counts.added, counts.changed, counts.removed):
@@ -201,7 +201,7 @@ class Watcher:
         previous, self.phase = self.phase, "scanning"
         began = time.monotonic()
         try:
-            summary = index.update_dataset(self.conn, self.dataset, self.root, workers=self.workers)
+            summary = update_dataset(self.conn, self.dataset, self.root, workers=self.workers)
             # A bulk catch-up deferred the stats indexes and search; the watcher holds the writer
             # lock, so nobody else could build them while it runs: do it now, once.
             build_derived(self.conn)
