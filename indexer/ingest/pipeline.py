@@ -34,7 +34,7 @@ from indexer.db.counts import sample_count
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.read import FileRecord, SampleRecord, read_sample
 from indexer.ingest.scan import NEVER_MATCHES, stat_signature
-from indexer.ingest.workers import process_pool
+from indexer.ingest.workers import in_order, process_pool
 from indexer.progress import bar
 
 __all__ = ["KEYS_PER_COMMIT", "CompactResult", "Counts", "apply_changes", "cached_json_bytes", "compact",
@@ -215,13 +215,9 @@ def _run_tasks(
             yield _read_task(task, root, scan_start_ns, verify_images)
         return
     with process_pool(workers) as pool:
-        in_flight: collections.deque[cf.Future] = collections.deque()
-        for task in tasks:
-            in_flight.append(pool.submit(_read_task, task, root, scan_start_ns, verify_images))
-            if len(in_flight) >= workers * 4:
-                yield _wait(in_flight.popleft(), counts)
-        while in_flight:
-            yield _wait(in_flight.popleft(), counts)
+        calls = ((task, root, scan_start_ns, verify_images) for task in tasks)
+        for future in in_order(pool, _read_task, calls, ahead=workers * 4):
+            yield _wait(future, counts)
 
 
 def _wait(future: cf.Future, counts: Counts) -> list[CompactResult]:

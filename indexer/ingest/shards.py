@@ -27,7 +27,7 @@ from indexer.ingest.pipeline import Counts, write_batches
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
-from indexer.ingest.workers import process_pool
+from indexer.ingest.workers import in_order, process_pool
 
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -179,13 +179,8 @@ def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bo
             yield read_shard(root, rel, verify_images)
         return
     with process_pool(min(workers, len(shards))) as pool:
-        futures = collections.deque()
-        for rel in shards:
-            futures.append(pool.submit(read_shard, root, rel, verify_images))
-            if len(futures) >= workers * 2:
-                yield futures.popleft().result()
-        while futures:
-            yield futures.popleft().result()
+        calls = ((root, rel, verify_images) for rel in shards)
+        yield from (future.result() for future in in_order(pool, read_shard, calls, ahead=workers * 2))
 
 
 def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts: Counts,

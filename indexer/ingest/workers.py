@@ -6,12 +6,14 @@ lock alive, and they must not outlive a parent killed with SIGKILL.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Iterable, Iterator
 
 from indexer import store
 
@@ -31,6 +33,20 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=init_worker
     )
+
+
+def in_order(pool: cf.Executor, function: Callable, calls: Iterable[tuple], ahead: int
+             ) -> Iterator[cf.Future]:
+    """Submit function(*call) for each call, `ahead` at a time, and hand the futures back in
+    submission order: the writer then records in the order it asked for (keys sorted, shards by
+    path) whichever reader finishes first."""
+    in_flight: collections.deque[cf.Future] = collections.deque()
+    for call in calls:
+        in_flight.append(pool.submit(function, *call))
+        if len(in_flight) >= ahead:
+            yield in_flight.popleft()
+    while in_flight:
+        yield in_flight.popleft()
 
 
 def default_workers() -> int:
