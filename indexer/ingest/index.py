@@ -134,7 +134,7 @@ def update_paths(
     workers: int = 1,
     verify_images: bool = False,
 ) -> Counts:
-    """Re-index the samples that own the given root-relative paths (for `watch` and `extract`).
+    """Re-index the samples that own the given root-relative paths (`watch`'s batches).
 
     Each path that exists is re-read with its key's other files; one that is gone is dropped from
     its key. Other files of those keys keep their stored records. Non-sample paths are ignored.
