@@ -368,7 +368,7 @@ def ensure_dataset(conn: sqlite3.Connection, dataset_id: str | None, root: Path)
         )
     with transaction(conn):
         conn.execute(
-            "INSERT INTO datasets (id, root, created_ns) VALUES (?, ?, ?)",
+            "INSERT INTO datasets (id, root, created_ns, json_bytes) VALUES (?, ?, ?, 0)",
             (dataset_id, root_text, time.time_ns()),
         )
     return dataset_id

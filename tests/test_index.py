@@ -411,9 +411,10 @@ def test_parallel_stat_scan_detects_the_same_changes(tmp_path, gen, no_racy, mon
         path.write_text(path.read_text().replace('"short_caption": "', '"short_caption": "edited '))
     for path in sorted(root.glob("part001/*.json"))[:3]:
         path.unlink()
+    gen.make_dataset(root, 2, faults=0.0, seed=12, start=5000)  # 2 new pairs beside the folders
     summary = index_root(db, root, workers=2)
     # 5 JSONs re-read; the 3 samples that lost their JSON get their size from the image header
-    assert (summary["changed"], summary["files_read"]) == (8, 8)
+    assert (summary["changed"], summary["added"], summary["files_read"]) == (8, 2, 8 + 2)
     assert sum(1 for row in samples(db).values() if row["status"] == "missing_json") == 3
     again = index_root(db, root, workers=2)
     assert (again["changed"], again["files_read"]) == (0, 0)
@@ -526,17 +527,24 @@ def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, gen,
     assert "bad\\xffname.json" in summary["bad_names"] and "dir\\xfe" in summary["bad_names"]
 
 
-def test_json_bytes_is_summed_again_only_when_files_change(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "a", gen)
-    first = run(db_path, data_root)
-    assert first["json_bytes"] == (data_root / "a.json").stat().st_size
+def test_json_bytes_is_kept_by_each_write_and_summed_only_when_not_known(data_root, db_path, gen, no_racy):
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in data_root.glob("*.json"))
+
+    for key in ("a", "b", "c"):
+        write_pair(data_root, key, gen)
+    assert run(db_path, data_root)["json_bytes"] == on_disk()
+    write_pair(data_root, "a", gen, record={"short_caption": "a much longer caption than before " * 3})
+    (data_root / "b.json").unlink()
+    write_pair(data_root, "d", gen)
+    assert run(db_path, data_root)["json_bytes"] == on_disk()  # changed, removed and added
     conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE datasets SET json_bytes = 1")  # a stale cache shows whether it was re-summed
+    conn.execute("UPDATE datasets SET json_bytes = 1")  # a stale figure shows whether it was re-summed
     conn.commit()
     assert run(db_path, data_root)["json_bytes"] == 1  # nothing changed: the stored figure
-    write_pair(data_root, "b", gen)
-    again = run(db_path, data_root)
-    assert again["json_bytes"] == sum(p.stat().st_size for p in data_root.glob("*.json"))
+    conn.execute("UPDATE datasets SET json_bytes = NULL")  # not known (a database from before schema 011)
+    conn.commit()
+    assert run(db_path, data_root)["json_bytes"] == on_disk()
     conn.close()
 
 

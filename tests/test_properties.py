@@ -104,11 +104,12 @@ def test_incremental_index_equals_fresh_index(gen, monkeypatch, rounds):
         for ops in rounds:
             for op in ops:
                 _apply(root, *op, gen)
-            index_root(work / "incremental.sqlite", root, workers=1)
+            kept = index_root(work / "incremental.sqlite", root, workers=1)["json_bytes"]
             fresh = work / "fresh.sqlite"
             index_root(fresh, root, workers=1)
             assert samples(work / "incremental.sqlite") == samples(fresh)
             assert files(work / "incremental.sqlite") == files(fresh)
+            assert kept == sum(path.stat().st_size for path in root.rglob("*.json"))
             for suffix in ("", "-wal", "-shm", ".lock"):
                 Path(f"{fresh}{suffix}").unlink(missing_ok=True)
     finally:

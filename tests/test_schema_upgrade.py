@@ -96,6 +96,8 @@ def test_upgrade_rereads_nothing_and_keeps_every_sample(tmp_path, cli, fixture):
     assert summary["samples"] == manifest["samples"]
     assert sample_rows(db, RELEASED_COLUMNS, order="id") == before
     assert read_one(db, "SELECT data_version FROM datasets") == data_version
+    # the figure stored before schema 011 is forgotten and summed again from the kept rows
+    assert summary["json_bytes"] == sum(path.stat().st_size for path in Path(root).rglob("*.json"))
     stats = cli("stats", "--db", db, "--json")  # the reading code works on the upgraded database
     assert stats.exit_code == 0, stats.stderr
     assert json.loads(stats.stdout)["samples"] == manifest["samples"]

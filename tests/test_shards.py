@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from indexer.export.jsonl import export_jsonl
 from indexer.ingest import scan
 from indexer.ingest.index import index_root
+from indexer.ingest.pipeline import json_bytes
 
 CONTENT = "key, image_ext, json_ext, width, height, size_from, status, error, warning, meta"
 
@@ -165,10 +166,12 @@ def test_incremental_index_of_shards_equals_a_fresh_one(gen, rounds):
                 for key in keys:
                     members.update(pair(gen, key, size=(64 * scale, 48 * scale)))
                 make_shard(path, members)
-            index_root(work / "incremental.sqlite", shards, workers=1)
+            kept = index_root(work / "incremental.sqlite", shards, workers=1)["json_bytes"]
             fresh = work / "fresh.sqlite"
             index_root(fresh, shards, workers=1)
             assert rows(work / "incremental.sqlite") == rows(fresh)
+            with sqlite3.connect(work / "incremental.sqlite") as conn:  # the kept figure against a sum
+                assert kept == json_bytes(conn, conn.execute("SELECT id FROM datasets").fetchone()[0])
             for suffix in ("", "-wal", "-shm", ".lock"):
                 Path(f"{fresh}{suffix}").unlink(missing_ok=True)
     finally:

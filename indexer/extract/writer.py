@@ -13,7 +13,14 @@ from indexer import store
 from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.extract.worker import Result, ShardOutcome, ShardTask, not_racy
-from indexer.ingest.pipeline import KEYS_PER_COMMIT, Counts, compact, json_bytes, stored_files, write_results
+from indexer.ingest.pipeline import (
+    KEYS_PER_COMMIT,
+    Counts,
+    cached_json_bytes,
+    compact,
+    stored_files,
+    write_results,
+)
 from indexer.ingest.read import FileRecord, read_sample
 from indexer.ingest.scan import stat_signature
 from indexer.ingest.walk import SAMPLE_EXTENSIONS
@@ -139,5 +146,5 @@ def run_summary(
         "samples": samples,
         "problems": problem_counts(conn, dataset),
         "files_read": counts.files_read,
-        "json_bytes": json_bytes(conn, dataset),
+        "json_bytes": cached_json_bytes(conn, dataset),
     }

@@ -95,9 +95,7 @@ def update_dataset(
         "problems": problem_counts(conn, dataset),
         "files_seen": scanned.files_seen,
         "files_read": counts.files_read,
-        "json_bytes": cached_json_bytes(conn, dataset,
-                                        recount=bool(scanned.changed_files or shard_counts.read
-                                                     or shard_counts.removed)),
+        "json_bytes": cached_json_bytes(conn, dataset),
         "shards": shard_counts.summary(),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
         "bad_names": scanned.bad_names[:100],

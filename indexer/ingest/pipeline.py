@@ -12,7 +12,8 @@ interface:
 - `write_results(...)`: record one batch of CompactResults in one transaction (`write_batches`:
   a long sorted list of them, batch by batch);
 - `stored_files(...)`: the loose files recorded for some keys (to re-read a key whole);
-- `json_bytes(...)` / `cached_json_bytes(...)`: the dataset's JSON bytes for the run summaries.
+- `json_bytes(...)` / `cached_json_bytes(...)`: the dataset's JSON bytes for the run summaries
+  (every batch keeps the stored figure current).
 
 Crash safety comes from a key's stat records living in its sample row (schema 009): a run killed
 before a batch commits leaves those files unrecorded, so the next run sees them again.
@@ -53,6 +54,8 @@ STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_
                 "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
 RACY_SIGNATURE = NEVER_MATCHES
 SHARD_AT = STAT_COLUMNS.index("shard")
+JSON_SIZE_AT = STAT_COLUMNS.index("json_size")
+OTHER_FILES_AT = STAT_COLUMNS.index("other_files")
 # What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
 # left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
 # times cheaper than the reader's objects, and go to executemany as they are.
@@ -260,6 +263,7 @@ def write_results(
     upserts = []
     deletes = []
     restats = []  # same content, files touched: new stat records, no new data_version
+    json_delta = 0  # what the batch changes datasets.json_bytes by
     for key, row, stats, files_read in results:
         counts.files_read += files_read
         previous = old.get(key)
@@ -270,6 +274,8 @@ def write_results(
                     counts.conflicts.append((key, origin, holder))
                 continue  # the holder keeps it
             counts.conflicts.append((key, holder, origin))
+        if previous is not None and (row is None or previous[0] != row or previous[1] != stats):
+            json_delta -= _json_bytes_in(previous[1])
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
@@ -278,20 +284,24 @@ def write_results(
         if previous is not None and previous[0] == row:
             if previous[1] != stats:
                 restats.append((*stats, dataset, key))
+                json_delta += _json_bytes_in(stats)
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
         upserts.append((dataset, key, *row, *stats))
+        json_delta += _json_bytes_in(stats)
     with store.transaction(conn):
         if restats:
             conn.executemany(STAT_UPDATE, restats)
         if not upserts and not deletes:
+            _add_json_bytes(conn, dataset, json_delta)
             return
         version = conn.execute(
-            "UPDATE datasets SET data_version = data_version + 1 WHERE id = ? RETURNING data_version",
-            (dataset,),
+            "UPDATE datasets SET data_version = data_version + 1, json_bytes = json_bytes + ?"
+            " WHERE id = ? RETURNING data_version",
+            (json_delta, dataset),
         ).fetchall()[0][0]
         conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
         conn.executemany(SAMPLE_INSERT if fresh else SAMPLE_UPSERT, [(*row, version) for row in upserts])
@@ -313,15 +323,28 @@ STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)
                " WHERE dataset = ? AND key = ?")
 
 
+def _json_bytes_in(stats: tuple) -> int:
+    """The JSON bytes a stat row records: its JSON, plus any other spelling of one (x.JSON)."""
+    total = stats[JSON_SIZE_AT] or 0
+    if stats[OTHER_FILES_AT]:
+        total += sum(size for ext, size, *_ in orjson.loads(stats[OTHER_FILES_AT]) if ext.lower() == "json")
+    return total
+
+
+def _add_json_bytes(conn: sqlite3.Connection, dataset: str, delta: int) -> None:
+    if delta:  # NULL (not known) stays NULL: the next summary sums it
+        conn.execute("UPDATE datasets SET json_bytes = json_bytes + ? WHERE id = ?", (delta, dataset))
+
+
 def _rank(origin: str | None) -> tuple[int, str]:
     """Who owns a key that several origins hold: loose files, then shards in path order."""
     return (0, "") if origin is None else (1, origin)
 
 
-def cached_json_bytes(conn: sqlite3.Connection, dataset: str, recount: bool) -> int:
-    """json_bytes, summed again only when files changed (the sum reads every file record)."""
+def cached_json_bytes(conn: sqlite3.Connection, dataset: str) -> int:
+    """json_bytes as every batch keeps it (write_results); summed once when it is not known."""
     stored = conn.execute("SELECT json_bytes FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
-    if stored is not None and not recount:
+    if stored is not None:
         return int(stored)
     total = json_bytes(conn, dataset)
     with store.transaction(conn):

@@ -37,24 +37,30 @@ def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
 
 
 # One page of stored stat records in one walk of the table (rowid order, no index lookups):
-# "path\0signature" of each JSON, then of each image, each joined by \0 (group_concat skips the
-# NULLs of samples without one), the page's row count and its last id (the next page starts after).
+# "path\0signature\0row id" of each JSON, then of each image, each joined by \0 (group_concat
+# skips the NULLs of samples without one, and of shard members; a record without a signature gets
+# NEVER_MATCHES, so it is read again), the page's row count and its last id (the next page starts
+# after).
 SNAPSHOT_PAGE_SQL = """
-SELECT group_concat(key || '.' || json_ext || char(0) || json_sig, char(0)),
-       group_concat(key || '.' || image_ext || char(0) || image_sig, char(0)),
+SELECT group_concat(iif(shard IS NULL, key || '.' || json_ext || char(0) || coalesce(json_sig, -1)
+                         || char(0) || id, NULL), char(0)),
+       group_concat(iif(shard IS NULL, key || '.' || image_ext || char(0) || coalesce(image_sig, -1)
+                         || char(0) || id, NULL), char(0)),
        count(*), max(id)
-FROM (SELECT id, key, json_ext, json_sig, image_ext, image_sig FROM samples
+FROM (SELECT id, key, json_ext, json_sig, image_ext, image_sig, shard FROM samples
       WHERE id > ? AND +dataset = ? ORDER BY id LIMIT ?)
 """
 
 
 class Snapshot:
-    """The stored file records of one dataset as sorted (path hash, stat signature) arrays."""
+    """The stored file records of one dataset as sorted (path hash, stat signature, sample row id)
+    arrays; `found` marks the records a walk saw, so the rest name their rows directly."""
 
-    def __init__(self, path_hashes: np.ndarray, signatures: np.ndarray) -> None:
+    def __init__(self, path_hashes: np.ndarray, signatures: np.ndarray, row_ids: np.ndarray) -> None:
         order = np.argsort(path_hashes, kind="stable")
         self.path_hashes = path_hashes[order]
         self.signatures = signatures[order]
+        self.row_ids = row_ids[order]
         self.found = np.zeros(len(path_hashes), dtype=bool)
 
     def __len__(self) -> int:
@@ -70,6 +76,7 @@ class Snapshot:
         """
         hashes: list[np.ndarray] = []
         signatures: list[np.ndarray] = []
+        row_ids: list[np.ndarray] = []
         after = 0
         while True:
             page = conn.execute(SNAPSHOT_PAGE_SQL, (after, dataset, SNAPSHOT_PAGE)).fetchone()
@@ -79,18 +86,24 @@ class Snapshot:
             for entries in (json_entries, image_entries):
                 if entries:
                     fields = entries.split("\0")
-                    paths = fields[0::2]
+                    paths = fields[0::3]
                     hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
-                    signatures.append(np.array(fields[1::2], dtype=np.int64))
-        others = [(f"{key}.{ext}", sig) for key, files in conn.execute(
-            "SELECT key, other_files FROM samples WHERE dataset = ? AND other_files IS NOT NULL", (dataset,))
+                    signatures.append(np.array(fields[1::3], dtype=np.int64))
+                    row_ids.append(np.array(fields[2::3], dtype=np.int64))
+        others = [(f"{key}.{ext}", sig, row_id) for row_id, key, files in conn.execute(
+            "SELECT id, key, other_files FROM samples INDEXED BY samples_other_files"
+            " WHERE dataset = ? AND other_files IS NOT NULL"
+            " AND shard IS NULL", (dataset,))
             for ext, _size, _mtime_ns, sig in orjson.loads(files)]
         if others:
-            hashes.append(np.fromiter((hash(path) for path, _ in others), dtype=np.int64, count=len(others)))
-            signatures.append(np.array([sig for _, sig in others], dtype=np.int64))
+            hashes.append(np.fromiter((hash(path) for path, _, _ in others), dtype=np.int64,
+                                      count=len(others)))
+            signatures.append(np.array([sig for _, sig, _ in others], dtype=np.int64))
+            row_ids.append(np.array([row_id for _, _, row_id in others], dtype=np.int64))
         if not hashes:
-            return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
-        return cls(np.concatenate(hashes), np.concatenate(signatures))
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, empty, empty)
+        return cls(np.concatenate(hashes), np.concatenate(signatures), np.concatenate(row_ids))
 
     def lookup(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """For each path: whether a record exists, and its index."""
@@ -132,9 +145,11 @@ def scan(
     """Diff the files under root against the stored records into TEMP table scan_changes.
 
     scan_changes(key, path, op) gets op 'U' for new or modified files and 'D' for deleted ones.
-    With several workers and a large stored snapshot, the stat calls run in worker processes
-    while this process lists folders and looks paths up (stat is most of a no-change rerun).
+    With several workers and a large stored snapshot, the lookups and stat calls run in reader
+    processes that inherit the snapshot by fork, while this process lists folders (stat is most
+    of a no-change rerun, and this process would otherwise bound it).
     """
+    global _FORKED_SNAPSHOT
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
     conn.execute("DELETE FROM scan_changes")
     snapshot = Snapshot.load(conn, dataset)
@@ -147,39 +162,35 @@ def scan(
             pending.clear()
 
     conn.execute("BEGIN")  # one temp-table transaction: no fsync per batch
-    pool = process_pool(workers) if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN else None
+    pool = None
+    if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN:
+        _FORKED_SNAPSHOT = snapshot  # the readers fork after this: they share it, never pickled
+        pool = process_pool(workers)
     in_flight: collections.deque = collections.deque()
+
+    def record(diff: Diff) -> None:
+        slots, changed, new = diff
+        snapshot.found[slots] = True
+        pending.extend((path[: path.rfind(".")], path, "U") for path in changed)
+        result.new += new
+        result.modified += len(changed) - new
+
     try:
         for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files,
                                       result.archives):
-            paths = [prefix + name for name in names]
-            known, index = snapshot.lookup(paths)
-            if not known.all():
-                for position in np.flatnonzero(~known).tolist():
-                    path = paths[position]
-                    pending.append((path[: path.rfind(".")], path, "U"))
-                result.new += int(len(paths) - known.sum())
-            if known.any():
-                positions = np.flatnonzero(known)
-                slots = index[positions]
-                snapshot.found[slots] = True
-                known_names = [names[p] for p in positions.tolist()]
-                if pool is None:
-                    signatures = stat_signatures(fd, known_names)
-                    result.modified += _queue_modified(signatures, paths, positions, slots, snapshot,
-                                                       pending)
-                else:
-                    future = pool.submit(stat_signatures_in, os.path.join(root, prefix), known_names)
-                    in_flight.append((future, paths, positions, slots))
-                    while len(in_flight) > 2 * workers:
-                        result.modified += _collect(in_flight.popleft(), snapshot, pending)
-            result.files_seen += len(paths)
+            if pool is None:
+                record(diff_names(snapshot, fd, prefix, names))
+            else:
+                in_flight.append(pool.submit(diff_names_in, os.path.join(root, prefix), prefix, names))
+                while len(in_flight) > 2 * workers:
+                    record(in_flight.popleft().result())
+            result.files_seen += len(names)
             if len(pending) >= 10000:
                 flush()
             if on_progress:
-                on_progress(len(paths))
+                on_progress(len(names))
         while in_flight:
-            result.modified += _collect(in_flight.popleft(), snapshot, pending)
+            record(in_flight.popleft().result())
         flush()
         _find_deleted(conn, dataset, root, snapshot, result, pending)
         flush()
@@ -191,7 +202,40 @@ def scan(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+            _FORKED_SNAPSHOT = None
     return result
+
+
+# What diff_names finds in a chunk of one folder's names: the snapshot slots of the records it
+# saw, the paths to read (new ones first), and how many of those are new.
+Diff = tuple[np.ndarray, list[str], int]
+_FORKED_SNAPSHOT: Snapshot | None = None  # the snapshot the stat readers inherit by fork
+
+
+def diff_names(snapshot: Snapshot, fd: int, prefix: str, names: list[str]) -> Diff:
+    """Look a chunk of names up, and stat the known ones (new files are not stat-ed: the readers
+    stat what they read)."""
+    paths = [prefix + name for name in names]
+    known, index = snapshot.lookup(paths)
+    changed = [paths[position] for position in np.flatnonzero(~known).tolist()]
+    new = len(changed)
+    positions = np.flatnonzero(known)
+    slots = index[positions]
+    if len(positions):
+        signatures = stat_signatures(fd, [names[position] for position in positions.tolist()])
+        modified = np.flatnonzero(signatures != snapshot.signatures[slots])
+        changed += [paths[position] for position in positions[modified].tolist()]
+    return slots, changed, new
+
+
+def diff_names_in(folder: str, prefix: str, names: list[str]) -> Diff:
+    """diff_names in a reader process, against the snapshot it inherited, in the folder it opens."""
+    assert _FORKED_SNAPSHOT is not None, "diff_names_in runs in readers forked by scan()"
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return diff_names(_FORKED_SNAPSHOT, fd, prefix, names)
+    finally:
+        os.close(fd)
 
 
 def shard_index_path(archive: str) -> str | None:
@@ -227,36 +271,6 @@ def stat_signatures(fd: int, names: list[str]) -> np.ndarray:
     return signatures
 
 
-def stat_signatures_in(folder: str, names: list[str]) -> np.ndarray:
-    """stat_signatures for a worker process, which opens the folder itself."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return stat_signatures(fd, names)
-    finally:
-        os.close(fd)
-
-
-def _collect(item: tuple, snapshot: Snapshot, pending: list[tuple[str, str, str]]) -> int:
-    future, paths, positions, slots = item
-    return _queue_modified(future.result(), paths, positions, slots, snapshot, pending)
-
-
-def _queue_modified(
-    signatures: np.ndarray,
-    paths: list[str],
-    positions: np.ndarray,
-    slots: np.ndarray,
-    snapshot: Snapshot,
-    pending: list[tuple[str, str, str]],
-) -> int:
-    """Queue the files whose stat signature differs from the stored one."""
-    modified = np.flatnonzero(signatures != snapshot.signatures[slots])
-    for j in modified.tolist():
-        path = paths[int(positions[j])]
-        pending.append((path[: path.rfind(".")], path, "U"))
-    return len(modified)
-
-
 def _find_deleted(
     conn: sqlite3.Connection,
     dataset: str,
@@ -265,17 +279,27 @@ def _find_deleted(
     result: ScanResult,
     pending: list[tuple[str, str, str]],
 ) -> None:
-    """Stored files the walk did not see are deleted, unless their folder could not be listed."""
+    """Stored files the walk did not see are deleted, unless their folder could not be listed.
+
+    Only the rows of records the walk missed are fetched (their ids are in the snapshot), so a
+    rerun that lost a few files does not read every record again.
+    """
     if snapshot.found.all():
         return
     skipped = tuple(prefix for prefix, _reason in result.unreadable)
-    cursor = conn.execute("SELECT key, path FROM files WHERE dataset = ?", (dataset,))
-    while rows := cursor.fetchmany(65536):
-        known, index = snapshot.lookup([row[1] for row in rows])
-        for (key, path), is_known, slot in zip(rows, known, index, strict=True):
-            if is_known and snapshot.found[slot]:
-                continue
-            if path.startswith(skipped):
+    missing_rows = np.unique(snapshot.row_ids[~snapshot.found]).tolist()
+    for start in range(0, len(missing_rows), SNAPSHOT_PAGE):
+        page = orjson.dumps(missing_rows[start : start + SNAPSHOT_PAGE]).decode()
+        candidates = [
+            (key, path)
+            for key, json_ext, image_ext, others in conn.execute(
+                "SELECT key, json_ext, image_ext, other_files FROM samples"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND shard IS NULL", (page,))
+            for path in _sample_paths(key, json_ext, image_ext, others)
+        ]
+        known, index = snapshot.lookup([path for _key, path in candidates])
+        for (key, path), is_known, slot in zip(candidates, known.tolist(), index.tolist(), strict=True):
+            if (is_known and snapshot.found[slot]) or path.startswith(skipped):
                 continue
             if os.path.lexists(os.path.join(root, path)):
                 pending.append((key, path, "U"))  # a hash collision hid it: re-read, to be safe
@@ -283,3 +307,11 @@ def _find_deleted(
             else:
                 pending.append((key, path, "D"))
                 result.deleted += 1
+
+
+def _sample_paths(key: str, json_ext: str | None, image_ext: str | None, others: str | None) -> list[str]:
+    """The loose files a sample row records (as the `files` view lists them)."""
+    extensions = [ext for ext in (json_ext, image_ext) if ext is not None]
+    if others:
+        extensions.extend(entry[0] for entry in orjson.loads(others))
+    return [f"{key}.{ext}" for ext in extensions]
