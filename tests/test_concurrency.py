@@ -12,7 +12,7 @@ import pytest
 
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.ingest import pipeline, scan
+from indexer.ingest import bulk, pipeline, scan
 from indexer.ingest.index import index_root
 
 
@@ -29,17 +29,28 @@ def _ok_count(db: Path) -> int:
         conn.close()
 
 
+# The two places a batch commits: a first run's copy from a reader's scratch database, and
+# every later run's merge of read results.
+BATCH_WRITERS = ((bulk, "_merge_scratch"), (pipeline, "write_results"))
+
+
+def _after_each_batch(monkeypatch, then) -> None:
+    """Call `then()` right after each batch the write path commits."""
+    for module, name in BATCH_WRITERS:
+        original = getattr(module, name)
+
+        def write_then(*args, _original=original, **kwargs):
+            result = _original(*args, **kwargs)
+            then()
+            return result
+
+        monkeypatch.setattr(module, name, write_then)
+
+
 def _export_after_batch(monkeypatch, export) -> list[dict]:
     """Run `export` from its own connections right after each of the first batches commits."""
     summaries: list[dict] = []
-    original = pipeline.write_results
-
-    def write_then_export(*args, **kwargs):
-        original(*args, **kwargs)
-        if len(summaries) < 3:
-            summaries.append(export())
-
-    monkeypatch.setattr(pipeline, "write_results", write_then_export)
+    _after_each_batch(monkeypatch, lambda: len(summaries) < 3 and summaries.append(export()))
     return summaries
 
 
@@ -70,8 +81,7 @@ def test_every_committed_batch_moves_the_data_version(tmp_path, gen, no_racy, mo
     gen.make_dataset(root, 500, faults=0.0, seed=4)
     db = tmp_path / "db.sqlite"
     batches = []
-    original = pipeline.write_results
-    monkeypatch.setattr(pipeline, "write_results", lambda *a, **k: batches.append(original(*a, **k)))
+    _after_each_batch(monkeypatch, lambda: batches.append(1))
     index_root(db, root, workers=1, keys_per_commit=100)
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute(

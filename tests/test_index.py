@@ -373,6 +373,7 @@ def test_killed_run_then_clean_rerun_matches_uninterrupted(tmp_path, gen):
         index_root(db, root, workers=2)
         assert samples(db) == samples(reference)
         assert same_files(files(db), files(reference))
+        assert not Path(f"{db}-scratch").exists()  # what the killed first run's readers left
         statuses = sqlite3.connect(db).execute("SELECT status FROM runs ORDER BY id").fetchall()
         assert statuses[-1] == ("done",)
         if killed_midway >= 2:

@@ -5,10 +5,11 @@ all record samples through this module, so the rules of a write live in one plac
 owns a key, when a sample counts as added, changed or removed, when data_version moves. Its
 interface:
 
-- `Counts`: what a run wrote so far (and how long the writer waited for readers);
-- `compact(...)` -> `CompactResult`: a read sample in the flat form readers send back;
+- `Counts`, `compact(...)` -> `CompactResult` (from rows.py): what a run wrote so far, and a read
+  sample in the flat form readers send back;
 - `apply_changes(...)`: read every key listed in TEMP table scan_changes (scan.py, or
-  index.update_paths) in reader processes and write the results in key order;
+  index.update_paths) in reader processes and write the results in key order (a first run of a
+  dataset through bulk.py's scratch databases);
 - `write_results(...)`: record one batch of CompactResults in one transaction (`write_batches`:
   a long sorted list of them, batch by batch);
 - `stored_files(...)`: the loose files recorded for some keys (to re-read a key whole);
@@ -22,19 +23,27 @@ before a batch commits leaves those files unrecorded, so the next run sees them 
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import orjson
 
 from indexer import store
 from indexer.db.counts import sample_count
+from indexer.ingest.bulk import bulk_load
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.read import FileRecord, SampleRecord, read_sample
-from indexer.ingest.scan import NEVER_MATCHES, stat_signature
+from indexer.ingest.rows import (
+    SHARD_AT,
+    STAT_COLUMNS,
+    STORED_COLUMNS,
+    CompactResult,
+    Counts,
+    Task,
+    compact,
+    json_bytes_in,
+    read_task,
+    wait_timed,
+)
 from indexer.ingest.workers import in_order, process_pool
 from indexer.progress import bar
 
@@ -44,55 +53,6 @@ __all__ = ["KEYS_PER_COMMIT", "CompactResult", "Counts", "apply_changes", "cache
 BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
 KEYS_PER_TASK = 256
 KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little work
-
-# The samples columns a read decides, in the order of a CompactResult's sample row.
-STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
-                  "meta")
-# The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
-# trust) gets signature -1, which never matches, so the next run reads it again.
-STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
-                "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
-RACY_SIGNATURE = NEVER_MATCHES
-SHARD_AT = STAT_COLUMNS.index("shard")
-JSON_SIZE_AT = STAT_COLUMNS.index("json_size")
-OTHER_FILES_AT = STAT_COLUMNS.index("other_files")
-# What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
-# left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
-# times cheaper than the reader's objects, and go to executemany as they are.
-CompactResult = tuple[str, tuple | None, tuple | None, int]
-
-
-def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], files_read: int) -> CompactResult:
-    """A read result in the form write_results stores (computed in the reader processes)."""
-    if sample is None:
-        return key, None, None, files_read
-    json_stat = image_stat = None
-    others = []
-    for path, size, mtime_ns, ctime_ns, inode, racy in files:
-        sig = RACY_SIGNATURE if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
-        if path == sample.json:
-            json_stat = (size, sig)
-        elif path == sample.image:
-            image_stat = (size, mtime_ns, sig)
-        else:
-            others.append([path[len(key) + 1 :], size, mtime_ns, sig])
-    image, json_path, *rest = sample
-    cut = len(key) + 1
-    row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
-    stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
-             orjson.dumps(sorted(others)).decode() if others else None, None, None, None)
-    return key, row, stats, files_read
-
-
-@dataclass
-class Counts:
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    files_read: int = 0
-    waited_s: float = 0.0  # time this (writer) process spent waiting for reader results
-    # keys two origins hold: (key, origin that lost it, origin that owns it); see write_results
-    conflicts: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
 
 def apply_changes(
@@ -115,23 +75,23 @@ def apply_changes(
         defer_derived(conn)  # built again on first use, off the critical path
     # A dataset with no stored sample yet (a first run) has nothing to merge with or replace.
     fresh = conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
-    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit), fresh)
+    if fresh:
+        with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
+            bulk_load(conn, dataset, _tasks(conn, dataset, keys_per_commit, fresh=True), root, scan_start_ns,
+                      verify_images, workers, counts, read_bar.update)
+        return counts
+    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit))
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
         pending: list[CompactResult] = []
         for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers, counts):
             pending.extend(results)
             read_bar.update(len(results))
             if len(pending) >= keys_per_commit:
-                write_results(conn, dataset, pending, counts, fresh=fresh)
+                write_results(conn, dataset, pending, counts)
                 pending = []
         if pending:
-            write_results(conn, dataset, pending, counts, fresh=fresh)
+            write_results(conn, dataset, pending, counts)
     return counts
-
-
-# A read task: (key, its current paths joined by NUL) per key. One string a key pickles several
-# times cheaper than a list of paths, and the reader splits it.
-Task = list[tuple[str, str]]
 
 
 def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
@@ -194,12 +154,6 @@ def stored_files(conn: sqlite3.Connection, dataset: str, keys: list[str]) -> dic
     return found
 
 
-def _read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
-    return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
-                                      verify_images))
-            for key, paths in task]
-
-
 def _run_tasks(
     tasks: Iterable[Task],
     root: str,
@@ -215,19 +169,12 @@ def _run_tasks(
     """
     if workers <= 1:
         for task in tasks:
-            yield _read_task(task, root, scan_start_ns, verify_images)
+            yield read_task(task, root, scan_start_ns, verify_images)
         return
     with process_pool(workers) as pool:
         calls = ((task, root, scan_start_ns, verify_images) for task in tasks)
-        for future in in_order(pool, _read_task, calls, ahead=workers * 4):
-            yield _wait(future, counts)
-
-
-def _wait(future: cf.Future, counts: Counts) -> list[CompactResult]:
-    started = time.perf_counter()
-    result = future.result()
-    counts.waited_s += time.perf_counter() - started
-    return result
+        for future in in_order(pool, read_task, calls, ahead=workers * 4):
+            yield wait_timed(future, counts)
 
 
 def write_results(
@@ -235,7 +182,6 @@ def write_results(
     dataset: str,
     results: list[CompactResult],
     counts: Counts,
-    fresh: bool = False,
     origin: str | None = None,
 ) -> None:
     """Record a batch of keys (content and stat records in one row per sample), in one transaction.
@@ -247,12 +193,10 @@ def write_results(
 
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
-
-    fresh: no key of the batch has stored rows yet (a first run), so nothing is looked up or deleted.
     """
     keys = [key for key, *_ in results]
     width = len(STORED_COLUMNS)
-    old = {} if fresh else {
+    old = {
         row[0]: (row[1 : width + 1], row[width + 1 :])
         for row in conn.execute(
             f"SELECT key, {', '.join(STORED_COLUMNS + STAT_COLUMNS)} FROM samples "
@@ -275,7 +219,7 @@ def write_results(
                 continue  # the holder keeps it
             counts.conflicts.append((key, holder, origin))
         if previous is not None and (row is None or previous[0] != row or previous[1] != stats):
-            json_delta -= _json_bytes_in(previous[1])
+            json_delta -= json_bytes_in(previous[1])
         if row is None:
             if previous is not None:
                 deletes.append((dataset, key))
@@ -284,14 +228,14 @@ def write_results(
         if previous is not None and previous[0] == row:
             if previous[1] != stats:
                 restats.append((*stats, dataset, key))
-                json_delta += _json_bytes_in(stats)
+                json_delta += json_bytes_in(stats)
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
         upserts.append((dataset, key, *row, *stats))
-        json_delta += _json_bytes_in(stats)
+        json_delta += json_bytes_in(stats)
     with store.transaction(conn):
         if restats:
             conn.executemany(STAT_UPDATE, restats)
@@ -304,7 +248,7 @@ def write_results(
             (json_delta, dataset),
         ).fetchall()[0][0]
         conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
-        conn.executemany(SAMPLE_INSERT if fresh else SAMPLE_UPSERT, [(*row, version) for row in upserts])
+        conn.executemany(SAMPLE_UPSERT, [(*row, version) for row in upserts])
 
 
 def write_batches(conn: sqlite3.Connection, dataset: str, results: list[CompactResult], counts: Counts,
@@ -321,14 +265,6 @@ SAMPLE_UPSERT = (SAMPLE_INSERT + " ON CONFLICT (dataset, key) DO UPDATE SET "
                  + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN))
 STAT_UPDATE = (f"UPDATE samples SET {', '.join(f'{c} = ?' for c in STAT_COLUMNS)}"
                " WHERE dataset = ? AND key = ?")
-
-
-def _json_bytes_in(stats: tuple) -> int:
-    """The JSON bytes a stat row records: its JSON, plus any other spelling of one (x.JSON)."""
-    total = stats[JSON_SIZE_AT] or 0
-    if stats[OTHER_FILES_AT]:
-        total += sum(size for ext, size, *_ in orjson.loads(stats[OTHER_FILES_AT]) if ext.lower() == "json")
-    return total
 
 
 def _add_json_bytes(conn: sqlite3.Connection, dataset: str, delta: int) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from indexer import store
 from indexer.errors import IndexerError
+from indexer.ingest.bulk import remove_scratch
 
 
 def resolve_root(root: str | os.PathLike[str]) -> Path:
@@ -66,6 +67,7 @@ def writer_run(db_path: str | os.PathLike[str], root: Path, command: str,
     conn = store.connect(db_path)
     try:
         with store.writer_lock(db_path, command):
+            remove_scratch(db_path)
             dataset = store.ensure_dataset(conn, dataset_id, root)
             run = Run(conn, dataset, store.start_run(conn, dataset, command))
             try:

@@ -1,0 +1,92 @@
+"""What a reader hands the write path: a read sample as flat rows, and what a run counted.
+
+Shared by the two ways samples are written (pipeline.py merges results into stored rows;
+bulk.py copies a first run's rows in from the readers' scratch databases), and by the tar shard
+readers and `extract`, which build the same rows from members.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from indexer.ingest.read import FileRecord, SampleRecord, read_sample
+from indexer.ingest.scan import NEVER_MATCHES, stat_signature
+
+# The samples columns a read decides, in the order of a CompactResult's sample row.
+STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
+                  "meta")
+# The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
+# trust) gets signature -1, which never matches, so the next run reads it again.
+STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
+                "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
+RACY_SIGNATURE = NEVER_MATCHES
+SHARD_AT = STAT_COLUMNS.index("shard")
+JSON_SIZE_AT = STAT_COLUMNS.index("json_size")
+OTHER_FILES_AT = STAT_COLUMNS.index("other_files")
+# What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
+# left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
+# times cheaper than the reader's objects, and go to executemany as they are.
+CompactResult = tuple[str, tuple | None, tuple | None, int]
+
+
+def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], files_read: int) -> CompactResult:
+    """A read result in the form write_results stores (computed in the reader processes)."""
+    if sample is None:
+        return key, None, None, files_read
+    json_stat = image_stat = None
+    others = []
+    for path, size, mtime_ns, ctime_ns, inode, racy in files:
+        sig = RACY_SIGNATURE if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
+        if path == sample.json:
+            json_stat = (size, sig)
+        elif path == sample.image:
+            image_stat = (size, mtime_ns, sig)
+        else:
+            others.append([path[len(key) + 1 :], size, mtime_ns, sig])
+    image, json_path, *rest = sample
+    cut = len(key) + 1
+    row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
+    stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
+             orjson.dumps(sorted(others)).decode() if others else None, None, None, None)
+    return key, row, stats, files_read
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    files_read: int = 0
+    waited_s: float = 0.0  # time this (writer) process spent waiting for reader results
+    # keys two origins hold: (key, origin that lost it, origin that owns it); see write_results
+    conflicts: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+
+
+# A read task: (key, its current paths joined by NUL) per key. One string a key pickles several
+# times cheaper than a list of paths, and the reader splits it.
+Task = list[tuple[str, str]]
+
+
+def read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
+    return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
+                                      verify_images))
+            for key, paths in task]
+
+
+def wait_timed(future: cf.Future, counts: Counts) -> list[CompactResult]:
+    started = time.perf_counter()
+    result = future.result()
+    counts.waited_s += time.perf_counter() - started
+    return result
+
+
+def json_bytes_in(stats: tuple) -> int:
+    """The JSON bytes a stat row records: its JSON, plus any other spelling of one (x.JSON)."""
+    total = stats[JSON_SIZE_AT] or 0
+    if stats[OTHER_FILES_AT]:
+        total += sum(size for ext, size, *_ in orjson.loads(stats[OTHER_FILES_AT]) if ext.lower() == "json")
+    return total
