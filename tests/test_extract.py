@@ -225,10 +225,28 @@ def test_database_inside_the_root_is_never_overwritten(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "index.sqlite"
-    shard = tar_of(tmp_path / "s.tar", [("index.sqlite", b"not a database"), ("a.json", b"{}")])
+    planted = "index.sqlite-scratch/task-shard-000000.sqlite"  # where the writer reads rows from
+    shard = tar_of(tmp_path / "s.tar", [("index.sqlite", b"not a database"), (planted, b"rows"),
+                                        ("a.json", b"{}")])
     summary = extract_shards(db, [shard], data, workers=1)
-    assert [r["member"] for r in summary["refusals"]] == ["index.sqlite"]
+    assert [r["member"] for r in summary["refusals"]] == ["index.sqlite", planted]
     assert sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone() == (1,)
+    assert not (data / "index.sqlite-scratch").exists()  # the run's scratch folder is gone too
+
+
+def test_a_whole_pair_in_two_shards_is_recorded_as_the_last_one_placed(tmp_path: Path) -> None:
+    image = b"\x89PNG" + bytes(60)
+    first = tar_of(tmp_path / "1.tar", [("k.json", b'{"short_caption": "one", "width": 2, "height": 2}'),
+                                        ("k.png", image), ("only1.json", b'{"width": 1, "height": 1}'),
+                                        ("only1.png", image)])
+    second = tar_of(tmp_path / "2.tar", [("k.json", b'{"short_caption": "two", "width": 2, "height": 2}'),
+                                         ("k.png", image)])
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    summary = extract_shards(db, [first, second], data, workers=1)
+    assert (summary["added"], summary["changed"]) == (2, 1)
+    assert orjson.loads(samples(db)["k"]["meta"]) == {"short_caption": "two", "width": 2, "height": 2}
+    index_root(tmp_path / "fresh.sqlite", data)
+    assert samples(db) == samples(tmp_path / "fresh.sqlite")
 
 
 def test_shard_interrupted_while_moving_into_place_is_redone(
@@ -340,7 +358,7 @@ def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path
     rows = shard_rows(db)
     assert (rows["whole.tar"][0], rows["cut.tar"][0], rows["junk.tgz"][0]) == ("finished", "failed", "failed")
     assert (rows["cut.tgz"][0], rows["garbled.tar"][0], rows["garbled.tar"][1]) == ("failed", "failed", 1)
-    assert "invalid member header" in result.stderr and "cut short" in result.stderr
+    assert "invalid header" in result.stderr and "cut short" in result.stderr
     assert 0 < rows["cut.tar"][1] < 20
     names = {p.name for p in data.iterdir()}
     assert {name for name, _ in members[:40]} <= names
@@ -389,3 +407,24 @@ def test_member_names_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in data_dir.iterdir()) == ["fine.json"]
     rows = sqlite3.connect(db).execute("SELECT key, status FROM samples").fetchall()
     assert rows == [("fine", "missing_image")]
+
+
+@pytest.mark.parametrize("compression", ["", ":gz"])
+def test_members_keep_their_pax_mtime_and_lose_unsafe_mode_bits(tmp_path: Path, compression: str) -> None:
+    """Both staging loops (the one-pass reader for .tar, tarfile for compressed shards) restore
+    what `tar xf` restores: sub-second pax mtimes, and the data filter's permissions."""
+    shard = tmp_path / f"s.tar{'.gz' if compression else ''}"
+    with tarfile.open(shard, "w" + compression, format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode, mtime in (("a.json", b'{"width": 4, "height": 4}', 0o4777, 1_700_000_000.5),
+                                        ("a.png", b"\x89PNG" + bytes(60), 0o600, 1_600_000_000)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, mtime
+            tar.addfile(info, io.BytesIO(data))
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert summary["members"] == 2
+    json_stat = (tmp_path / "data" / "a.json").stat()
+    image_stat = (tmp_path / "data" / "a.png").stat()
+    assert abs(json_stat.st_mtime_ns - 1_700_000_000_500_000_000) < 1_000  # tarfile's float: ~ns
+    assert image_stat.st_mtime_ns == 1_600_000_000_000_000_000
+    assert (json_stat.st_mode & 0o7777, image_stat.st_mode & 0o7777) == (0o755, 0o600)
+    assert (tmp_path / "data" / "a.png").read_bytes() == b"\x89PNG" + bytes(60)

@@ -14,8 +14,9 @@ One pass: JSON members are kept in memory as they stream by and parsed by the in
 and files are stat-ed after the rename (rename changes ctime), so a following `indexer index` finds
 every file unchanged and reads nothing.
 
-Modules: members.py (which members are written, and where), worker.py (a shard into staging, into
-place, and read; runs in a worker process), writer.py (the `shards` rows, the samples through the
+Modules: members.py (which members are written, and where), task.py (what a worker is given and
+returns), stage.py (a shard's members into its staging folder), worker.py (staged, into place, and
+read; runs in a worker process), writer.py (the `shards` rows, the samples through the
 ingest's write path, the summary); this one plans the shards and runs the workers.
 """
 
@@ -44,6 +45,7 @@ from indexer.extract.worker import (
     remove_staging,
 )
 from indexer.extract.writer import begin_shard, record_shard, run_error, run_summary
+from indexer.ingest.bulk import SCRATCH_SUFFIX, remove_scratch_folder, scratch_folder, scratch_path
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.pipeline import Counts
 from indexer.ingest.run import resolve_root, writer_run
@@ -113,7 +115,7 @@ def reserved_paths(db_path: str | os.PathLike[str], root: Path) -> frozenset[str
     """Root-relative paths of the database's own files, when the database lives inside the root."""
     base = os.fspath(Path(db_path).resolve())
     reserved = set()
-    for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+    for suffix in ("", "-wal", "-shm", "-journal", ".lock", SCRATCH_SUFFIX):
         with contextlib.suppress(ValueError):
             reserved.add(Path(base + suffix).relative_to(root).as_posix())
     return frozenset(reserved)
@@ -134,18 +136,22 @@ def _extract_all(
     progress: bool,
 ) -> dict:
     scan_start_ns = time.time_ns()
-    tasks, skipped = plan(conn, dataset, root, shard_paths, reserved, scan_start_ns)
+    scratch = scratch_folder(conn)
+    tasks, skipped = plan(conn, dataset, root, shard_paths, reserved, scan_start_ns, scratch)
     if tasks and not conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
         defer_derived(conn)  # a first extract is a bulk write: build them on first use instead
     _remove_orphan_staging(conn, dataset, root, {task.staging for task in tasks})
     counts = Counts()
     outcomes: list[ShardOutcome] = []
-    with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
-             total=sum(task.size for task in tasks)) as bytes_bar:
-        for outcome in _run_tasks(conn, dataset, tasks, workers, bytes_bar.update):
-            record_shard(conn, dataset, root, outcome, counts, scan_start_ns)
-            outcome.results = []  # recorded: free the memory
-            outcomes.append(outcome)
+    try:
+        with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
+                 total=sum(task.size for task in tasks)) as bytes_bar:
+            for outcome in _run_tasks(conn, dataset, tasks, workers, bytes_bar.update):
+                record_shard(conn, dataset, root, outcome, counts, scan_start_ns)
+                outcome.results = []  # recorded: free the memory
+                outcomes.append(outcome)
+    finally:
+        remove_scratch_folder(scratch)
     return run_summary(conn, dataset, root, shard_paths, skipped, outcomes, counts)
 
 
@@ -156,8 +162,10 @@ def plan(
     shard_paths: list[Path],
     reserved: frozenset[str],
     scan_start_ns: int,
+    scratch: str | None = None,
 ) -> tuple[list[ShardTask], list[str]]:
-    """Shards to extract, and the finished ones (same path, size and mtime) to skip."""
+    """Shards to extract, and the finished ones (same path, size and mtime) to skip; each task's
+    whole pairs go to a scratch database in the folder `scratch`, when given."""
     tasks: list[ShardTask] = []
     skipped: list[str] = []
     for path in shard_paths:
@@ -170,7 +178,8 @@ def plan(
             skipped.append(str(path))
             continue
         tasks.append(ShardTask(str(path), str(root), staging_name(path), st.st_size, st.st_mtime_ns,
-                               reserved, scan_start_ns))
+                               reserved, scan_start_ns,
+                               scratch_path(scratch, f"shard-{len(tasks):06d}") if scratch else None))
     return tasks, skipped
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import tarfile
 
+from indexer.ingest.tar_members import ONLY_FILES as TAR_ONLY_FILES
+from indexer.ingest.tar_members import Member
 from indexer.ingest.walk import STAGING_PREFIX
 
 ONLY_FILES = "only regular files and folders are extracted"
@@ -37,9 +39,28 @@ def member_parts(member: tarfile.TarInfo, root: str, reserved: frozenset[str] = 
     parts = _name_parts(member.name)
     if not parts and member.isreg():
         raise Refused("a file member without a name")
-    if parts and "/".join(parts) in reserved:
-        raise Refused("would overwrite the index database, which lives in the target folder")
+    _refuse_reserved(parts, reserved)
     return parts
+
+
+def extracted_parts(member: Member, root: str, reserved: frozenset[str] = frozenset()) -> list[str]:
+    """member_parts for a member of the one-pass tar reader (ingest/tar_members.py), which has
+    already refused links, devices, FIFOs, absolute names and `..`; the extract's own checks on
+    top (backslashes, drive letters, staging names, the database's files)."""
+    if member.refusal is not None:
+        raise Refused(member.refusal.replace(TAR_ONLY_FILES, ONLY_FILES))
+    if member.kind not in ("file", "dir"):
+        raise Refused(f"unsupported member type; {ONLY_FILES}")
+    parts = [] if member.name == "." else _name_parts(member.name)
+    _refuse_reserved(parts, reserved)
+    return parts
+
+
+def _refuse_reserved(parts: list[str], reserved: frozenset[str]) -> None:
+    """The database's files and its scratch folder (and anything under it) are never written."""
+    path = "/".join(parts)
+    if parts and (path in reserved or any(path.startswith(taken + "/") for taken in reserved)):
+        raise Refused("would overwrite the index database, which lives in the target folder")
 
 
 def printable(name: str) -> str:
@@ -72,8 +93,12 @@ def _name_parts(name: str) -> list[str]:
 
 
 def member_mode(member: tarfile.TarInfo) -> int:
+    return mode_of(member.mode)
+
+
+def mode_of(header_mode: int) -> int:
     """PEP 706 data-filter permissions: no setuid/sticky bits, no group/other write, owner rw."""
-    mode = member.mode & 0o755
+    mode = header_mode & 0o755
     if not mode & 0o100:
         mode &= ~0o111
     return mode | 0o600

@@ -1,4 +1,4 @@
-"""The worker side of `extract`: one shard into its staging folder, into place, and read.
+"""The worker side of `extract`: one shard into its staging folder (stage.py), into place, and read.
 
 Every write goes through directory file descriptors opened with O_NOFOLLOW, so neither a hostile
 member nor a symlink already in the root can put a byte outside it. Runs in a worker process (one
@@ -10,65 +10,24 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import stat as stat_module
-import tarfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-from indexer.extract.members import Refused, member_mode, member_mtime_ns, member_parts, printable
-from indexer.ingest.read import FileRecord, SampleRecord, read_sample
-from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
+from indexer.extract.members import Refused, printable
+from indexer.extract.stage import StagedMember, stage_members
+from indexer.extract.task import Result, ShardOutcome, ShardTask, cannot_write
+from indexer.ingest.bulk import write_scratch
+from indexer.ingest.read import FileRecord, read_sample
+from indexer.ingest.rows import compact
+from indexer.ingest.walk import split_sample_path
 from indexer.ingest.workers import init_worker
 
-JSON_PRELOAD_LIMIT = 64 << 20  # larger JSON members are read back from disk like `index` would
-COPY_CHUNK = 1 << 20
-PROGRESS_STEP = 4 << 20
 MAX_OPEN_FOLDERS = 256
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-Result = tuple[str, SampleRecord | None, list[FileRecord], int]
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """Everything a worker process needs to extract one shard (plain, picklable values)."""
-
-    path: str
-    root: str
-    staging: str
-    size: int
-    mtime_ns: int
-    reserved: frozenset[str]  # root-relative paths no member may take (the database's own files)
-    scan_start_ns: int
-
-
-@dataclass
-class ShardOutcome:
-    """What extracting one shard did; the writer records it."""
-
-    path: str
-    members: int = 0
-    bytes: int = 0
-    refusals: list[tuple[str, str]] = field(default_factory=list)
-    error: str | None = None
-    results: list[Result] = field(default_factory=list)
-
-
-class _Progress:
-    """Reports how far into the shard file the reader is (compressed bytes), in coarse steps."""
-
-    def __init__(self, handle, report: Callable[[int], None] | None) -> None:
-        self.handle = handle
-        self.report = report
-        self.reported = 0
-
-    def update(self, force: bool = False) -> int:
-        position = self.handle.tell()
-        if self.report and (force or position - self.reported >= PROGRESS_STEP) and position > self.reported:
-            self.report(position - self.reported)
-            self.reported = position
-        return position
+__all__ = ["DIR_FLAGS", "Result", "ShardOutcome", "ShardTask", "extract_in_worker", "extract_shard",
+           "init_extract_worker", "not_racy", "read_placed", "remove_staging"]
 
 
 class _Folders:
@@ -121,7 +80,7 @@ def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) 
             os.mkdir(task.staging, 0o700, dir_fd=root_fd)
             staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
             try:
-                staged, preloaded = _stage_members(task, staging_fd, outcome, report)
+                staged, preloaded = stage_members(task, staging_fd, outcome, report)
                 placed, json_data = _place_members(root_fd, staging_fd, staged, preloaded, outcome)
             finally:
                 os.close(staging_fd)
@@ -129,18 +88,27 @@ def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) 
         finally:
             os.close(root_fd)
     except OSError as exc:
-        outcome.error = _cannot_write(task.root, exc)
-    outcome.results = read_placed(task.root, placed, json_data, task.scan_start_ns)
+        outcome.error = cannot_write(task.root, exc)
+    results = read_placed(task.root, placed, json_data, task.scan_start_ns)
+    if task.scratch is None:
+        outcome.results = results
+        return outcome
+    # A pair the shard holds whole goes to the writer as a row of a scratch database (copied in
+    # with one INSERT ... SELECT); a key missing its JSON or image may have a partner elsewhere,
+    # so it goes as a result, for the writer to complete.
+    whole = [compact(*result) for result in results
+             if result[1] is not None and result[1].json is not None and result[1].image is not None]
+    outcome.results = [result for result in results
+                       if result[1] is None or result[1].json is None or result[1].image is None]
+    try:
+        outcome.scratch_rows, outcome.scratch_json_bytes = write_scratch(task.scratch, whole)
+    except (OSError, sqlite3.Error):
+        outcome.results = results  # the scratch folder is unwritable: send them all instead
+        outcome.scratch_rows = 0
+        return outcome
+    outcome.scratch = task.scratch
+    outcome.scratch_files_read = sum(result[3] for result in whole)
     return outcome
-
-
-def _cannot_write(root: str, exc: OSError) -> str:
-    return (f"cannot write into {root} ({exc.strerror or exc}); free some space or fix its "
-            "permissions, then run extract again")
-
-
-class _WriteFailed(Exception):
-    """Writing into the staging folder failed: the root's problem, not the shard's."""
 
 
 def remove_staging(root_fd: int, root: str, name: str) -> None:
@@ -154,122 +122,6 @@ def remove_staging(root_fd: int, root: str, name: str) -> None:
     else:
         os.unlink(name, dir_fd=root_fd)
 
-
-StagedMember = tuple[str | None, list[str], str]  # (staged file name or None for a folder, parts, member)
-
-
-def _stage_members(
-    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None
-) -> tuple[list[StagedMember], dict[str, bytes]]:
-    """Write every acceptable member into the staging folder under a numbered name."""
-    staged: list[StagedMember] = []
-    preloaded: dict[str, bytes] = {}
-    try:
-        handle = open(task.path, "rb")  # noqa: SIM115 (closed below, after the stream)
-    except OSError as exc:
-        outcome.error = f"cannot read shard {task.path} ({exc.strerror}); fix its permissions"
-        return staged, preloaded
-    progress = _Progress(handle, report)
-    try:
-        # "r:*" reads compressed shards through gzip/bz2/lzma file objects, which buffer well;
-        # tarfile's "r|*" stream re-copies its whole decompressed buffer on every read.
-        with tarfile.open(fileobj=handle, mode="r:*", tarinfo=_HeaderKeeper) as tar:
-            while (member := tar.next()) is not None:
-                tar.members = []  # members are read in order, never looked up: keep memory flat
-                progress.update()
-                try:
-                    parts = member_parts(member, task.root, task.reserved)
-                except Refused as exc:
-                    outcome.refusals.append((printable(member.name), str(exc)))
-                    continue
-                if not parts:
-                    continue
-                if member.isdir():
-                    staged.append((None, parts, member.name))
-                    continue
-                name = f"{len(staged):08d}"
-                data = _write_member(tar, member, staging_fd, name, parts[-1])
-                if data is not None:
-                    preloaded[name] = data
-                staged.append((name, parts, member.name))
-            _check_end(tar)
-    except _WriteFailed as exc:
-        outcome.error = _cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
-    except Exception as exc:  # tarfile, gzip, bz2, lzma and zlib each raise their own errors
-        outcome.error = _damaged(task.path, len(staged), exc)
-    finally:
-        outcome.bytes = progress.update(force=True)
-        handle.close()
-    return staged, preloaded
-
-
-class _HeaderKeeper(tarfile.TarInfo):
-    """TarInfo that keeps the last header block read, so the end of the archive can be checked
-    without seeking back (a backward seek in a gzip stream decompresses it again from the start)."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile_obj: tarfile.TarFile) -> tarfile.TarInfo:
-        buf = tarfile_obj.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
-        tarfile_obj.last_header = buf  # type: ignore[attr-defined]
-        obj = cls.frombuf(buf, tarfile_obj.encoding, tarfile_obj.errors)
-        obj.offset = tarfile_obj.fileobj.tell() - tarfile.BLOCKSIZE  # type: ignore[union-attr]
-        return obj._proc_member(tarfile_obj)  # type: ignore[attr-defined]
-
-
-def _check_end(tar: tarfile.TarFile) -> None:
-    """tarfile ends iteration quietly at a cut or garbled header; a whole archive ends in zeros."""
-    block = getattr(tar, "last_header", b"")
-    if len(block) < tarfile.BLOCKSIZE:
-        raise tarfile.ReadError("no end-of-archive marker: the file is cut short")
-    if block != tarfile.NUL * tarfile.BLOCKSIZE:
-        raise tarfile.ReadError(f"invalid member header at byte {tar.offset}")
-
-
-def _damaged(path: str, members: int, exc: BaseException) -> str:
-    return (f"{path}: damaged or not a tar archive after {members} good members "
-            f"({type(exc).__name__}: {exc}); the good members were kept: re-download the shard "
-            "and run extract again")
-
-
-def _write_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, staging_fd: int, name: str, leaf: str
-) -> bytes | None:
-    """Copy one member to staging; returns its bytes when it is a JSON small enough to keep."""
-    keep = leaf.rpartition(".")[2].lower() == JSON_EXTENSION and member.size <= JSON_PRELOAD_LIMIT
-    source = tar.extractfile(member)
-    assert source is not None  # regular files always have a stream
-    try:
-        fd = os.open(name, NEW_FILE_FLAGS, member_mode(member), dir_fd=staging_fd)
-    except OSError as exc:
-        raise _WriteFailed from exc
-    try:
-        if keep:
-            data = source.read()
-            _write_all(fd, data)
-            copied = len(data)
-        else:
-            data = None
-            copied = 0
-            while chunk := source.read(COPY_CHUNK):
-                _write_all(fd, chunk)
-                copied += len(chunk)
-        if copied != member.size:
-            raise tarfile.ReadError(f"member {member.name!r} is cut short ({copied} of {member.size} bytes)")
-        mtime = member_mtime_ns(member)
-        with contextlib.suppress(OSError, OverflowError, ValueError):
-            os.utime(fd, ns=(mtime, mtime))
-    finally:
-        os.close(fd)
-    return data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError as exc:
-        raise _WriteFailed from exc
 
 
 def _place_members(

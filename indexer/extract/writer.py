@@ -3,6 +3,7 @@ write path (ingest/pipeline.py), and the run summary."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -13,8 +14,10 @@ from indexer import store
 from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.extract.worker import Result, ShardOutcome, ShardTask, not_racy
+from indexer.ingest.bulk import SCRATCH_COLUMNS, copy_new_rows
 from indexer.ingest.pipeline import (
     KEYS_PER_COMMIT,
+    CompactResult,
     Counts,
     cached_json_bytes,
     compact,
@@ -22,6 +25,7 @@ from indexer.ingest.pipeline import (
     write_results,
 )
 from indexer.ingest.read import FileRecord, read_sample
+from indexer.ingest.rows import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in
 from indexer.ingest.scan import stat_signature
 from indexer.ingest.walk import SAMPLE_EXTENSIONS
 
@@ -56,6 +60,8 @@ def record_shard(
     scan_start_ns: int,
 ) -> None:
     """Record a shard's samples in sorted batches, then mark the shard finished (or failed)."""
+    if outcome.scratch_rows:
+        _record_scratch(conn, dataset, root, outcome, counts, scan_start_ns)
     results = outcome.results
     for start in range(0, len(results), KEYS_PER_COMMIT):
         batch = with_partners(conn, dataset, str(root), results[start : start + KEYS_PER_COMMIT],
@@ -72,6 +78,54 @@ def record_shard(
              orjson.dumps(outcome.refusals).decode(), outcome.error, store.now_iso(), dataset,
              outcome.path),
         )
+
+
+def _record_scratch(conn: sqlite3.Connection, dataset: str, root: Path, outcome: ShardOutcome,
+                    counts: Counts, scan_start_ns: int) -> None:
+    """The shard's whole pairs from its scratch database: those no sample row holds yet copied in
+    with one INSERT ... SELECT; keys already recorded (a shard extracted again, a key two shards
+    share) merged through write_results like any result."""
+    path = outcome.scratch
+    assert path is not None
+    conn.execute("ATTACH DATABASE ? AS scratch", (path,))
+    try:
+        known = conn.execute(
+            f"SELECT {', '.join(SCRATCH_COLUMNS)} FROM scratch.rows AS r WHERE EXISTS"
+            " (SELECT 1 FROM samples AS s WHERE s.dataset = ? AND s.key = r.key) ORDER BY r.key",
+            (dataset,),
+        ).fetchall()
+        json_total = outcome.scratch_json_bytes - sum(json_bytes_in(row[1 + len(STORED_COLUMNS):])
+                                                     for row in known)
+        if len(known) < outcome.scratch_rows:
+            copy_new_rows(conn, dataset, json_total, [row[0] for row in known])
+            counts.added += outcome.scratch_rows - len(known)
+        counts.files_read += outcome.scratch_files_read
+        for start in range(0, len(known), KEYS_PER_COMMIT):
+            rows = known[start : start + KEYS_PER_COMMIT]
+            stored = stored_files(conn, dataset, [row[0] for row in rows])
+            write_results(conn, dataset, [_completed(str(root), row, stored.get(row[0], {}), scan_start_ns)
+                                          for row in rows], counts)
+    finally:
+        conn.execute("DETACH DATABASE scratch")
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _completed(root: str, row: tuple, stored: dict[str, int | None], scan_start_ns: int) -> CompactResult:
+    """A scratch row of a key already recorded, as a result; re-read with the key's other
+    recorded files when it has some the shard did not bring (as with_partners does)."""
+    key = row[0]
+    content, stats = row[1 : 1 + len(STORED_COLUMNS)], row[1 + len(STORED_COLUMNS) :]
+    image_ext, json_ext, others = content[0], content[1], stats[STAT_COLUMNS.index("other_files")]
+    extensions = [ext for ext in (image_ext, json_ext) if ext is not None]
+    if others:
+        extensions.extend(entry[0] for entry in orjson.loads(others))
+    own = {f"{key}.{ext}" for ext in extensions}
+    extra = set(stored) - own
+    if not extra:
+        return key, content, stats, 0
+    sample, reread, read_count = read_sample(root, key, sorted(own | extra), scan_start_ns)
+    return compact(key, sample, [_keep_known(record, own, stored) for record in reread], read_count)
 
 
 def with_partners(

@@ -12,10 +12,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable
 
+import orjson
+
 from indexer import store
 from indexer.ingest.rows import (
     STAT_COLUMNS,
     STORED_COLUMNS,
+    CompactResult,
     Counts,
     Task,
     json_bytes_in,
@@ -59,9 +62,7 @@ def bulk_load(
             for future in in_order(pool, _read_into_scratch, calls, ahead=workers * 2):
                 _merge_scratch(conn, dataset, wait_timed(future, counts), counts, on_progress)
     finally:
-        _clear_scratch(folder)
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
+        remove_scratch_folder(folder)
 
 
 # What a reader reports of a task it wrote to a scratch database: (its path, keys in the task,
@@ -83,14 +84,22 @@ def scratch_folder(conn: sqlite3.Connection) -> str:
 
 def remove_scratch(db_path: str | os.PathLike[str]) -> None:
     """Remove what a killed bulk load left beside the database (each writer run starts so)."""
-    folder = os.fspath(db_path) + SCRATCH_SUFFIX
+    remove_scratch_folder(os.fspath(db_path) + SCRATCH_SUFFIX)
+
+
+def remove_scratch_folder(folder: str) -> None:
     _clear_scratch(folder)
     with contextlib.suppress(OSError):
         os.rmdir(folder)
 
 
 def _scratch_path(folder: str, number: int) -> str:
-    return os.path.join(folder, f"task-{number:07d}.sqlite")
+    return scratch_path(folder, f"{number:07d}")
+
+
+def scratch_path(folder: str, name: str) -> str:
+    """A scratch database's path in folder (the only names _clear_scratch removes)."""
+    return os.path.join(folder, f"task-{name}.sqlite")
 
 
 def _clear_scratch(folder: str) -> None:
@@ -104,12 +113,19 @@ def _clear_scratch(folder: str) -> None:
 
 def _read_into_scratch(task: Task, root: str, scan_start_ns: int, verify_images: bool,
                        path: str) -> ScratchTask:
-    """Read a task's keys and write their rows to a new scratch database at path (no journal, no
-    sync: it is thrown away once copied, and a crash only means reading the task again)."""
+    """Read a task's keys and write their rows to a new scratch database at path."""
+    results = read_task(task, root, scan_start_ns, verify_images)
+    rows, json_total = write_scratch(path, results)
+    return path, len(task), rows, sum(result[3] for result in results), json_total
+
+
+def write_scratch(path: str, results: Iterable[CompactResult]) -> tuple[int, int]:
+    """Write the results that hold a sample to a new scratch database at path (no journal, no
+    sync: it is thrown away once copied, and a crash only means reading again); returns (rows,
+    their JSON bytes)."""
     rows = []
-    files_read = json_total = 0
-    for key, row, stats, read in read_task(task, root, scan_start_ns, verify_images):
-        files_read += read
+    json_total = 0
+    for key, row, stats, _read in results:
         if row is not None:  # None: every file of the key vanished since the scan
             rows.append((key, *row, *stats))
             json_total += json_bytes_in(stats)
@@ -125,7 +141,7 @@ def _read_into_scratch(task: Task, root: str, scan_start_ns: int, verify_images:
         scratch.execute("COMMIT")
     finally:
         scratch.close()
-    return path, len(task), len(rows), files_read, json_total
+    return len(rows), json_total
 
 
 def _merge_scratch(conn: sqlite3.Connection, dataset: str, scratch: ScratchTask, counts: Counts,
@@ -135,19 +151,26 @@ def _merge_scratch(conn: sqlite3.Connection, dataset: str, scratch: ScratchTask,
     if rows:
         conn.execute("ATTACH DATABASE ? AS scratch", (path,))
         try:
-            with store.transaction(conn):
-                version = conn.execute(
-                    "UPDATE datasets SET data_version = data_version + 1,"
-                    " json_bytes = coalesce(json_bytes, 0) + ? WHERE id = ? RETURNING data_version",
-                    (json_total, dataset),
-                ).fetchall()[0][0]
-                conn.execute(
-                    f"INSERT INTO samples (dataset, {', '.join(SCRATCH_COLUMNS)}, data_version)"
-                    f" SELECT ?, {', '.join(SCRATCH_COLUMNS)}, ? FROM scratch.rows ORDER BY rowid",
-                    (dataset, version),
-                )
+            copy_new_rows(conn, dataset, json_total)
         finally:
             conn.execute("DETACH DATABASE scratch")
         counts.added += rows
     os.unlink(path)
     on_progress(keys)
+
+
+def copy_new_rows(conn: sqlite3.Connection, dataset: str, json_total: int, skip_keys: list[str] = ()) -> None:
+    """Copy the rows of the attached `scratch` database into samples (keys none of its rows hold,
+    except skip_keys), moving data_version and json_bytes in the same transaction."""
+    with store.transaction(conn):
+        version = conn.execute(
+            "UPDATE datasets SET data_version = data_version + 1,"
+            " json_bytes = coalesce(json_bytes, 0) + ? WHERE id = ? RETURNING data_version",
+            (json_total, dataset),
+        ).fetchall()[0][0]
+        conn.execute(
+            f"INSERT INTO samples (dataset, {', '.join(SCRATCH_COLUMNS)}, data_version)"
+            f" SELECT ?, {', '.join(SCRATCH_COLUMNS)}, ? FROM scratch.rows"
+            " WHERE key NOT IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+            (dataset, version, orjson.dumps(list(skip_keys)).decode()),
+        )

@@ -107,9 +107,9 @@ class Snapshot:
 
     def lookup(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """For each path: whether a record exists, and its index."""
-        wanted = np.fromiter((hash(p) for p in paths), dtype=np.int64, count=len(paths))
-        if not len(self.path_hashes):
+        if not len(self.path_hashes):  # a first run: nothing to look up
             return np.zeros(len(paths), dtype=bool), np.zeros(len(paths), dtype=np.int64)
+        wanted = np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths))
         order = np.argsort(wanted)  # sorted probes walk the big array in order: far fewer cache misses
         index = np.empty(len(paths), dtype=np.int64)
         index[order] = np.searchsorted(self.path_hashes, wanted[order])

@@ -75,9 +75,11 @@ class Member(NamedTuple):
     kind: Kind
     data_offset: int
     size: int
-    mtime: int
+    mtime: int  # whole seconds (a pax time's fraction floored), as an index records it
     data: bytes | None
     refusal: str | None
+    mtime_ns: int = 0  # with a pax time's fraction, which `tar xf` restores on the file
+    mode: int = 0o644  # the header's permission bits
 
 
 class TarReadError(IndexerError):
@@ -214,6 +216,11 @@ def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], in
             data_at = _skip_sparse_extensions(reader, path, block, data_at)
         name, kind, size, mtime, refusal = _member(path, pos, block, typeflag, size, pax, long_name,
                                                    long_link)
+        mtime_ns = _pax_ns(pax[b"mtime"]) if pax and pax.get(b"mtime") else mtime * 1_000_000_000
+        try:
+            mode = _number(block[100:108]) & 0o7777
+        except ValueError:
+            mode = 0o644
         if local_pax:
             local_pax = {}
         long_name = long_link = None
@@ -226,7 +233,7 @@ def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], in
             wanted = want_data(name)
             if wanted:
                 data = reader.read(data_at, size if wanted < 0 or wanted > size else wanted)
-        yield Member(name, kind, data_at, size, mtime, data, refusal)
+        yield Member(name, kind, data_at, size, mtime, data, refusal, mtime_ns, mode)
         pos = data_at + ((size + BLOCK - 1) & ~(BLOCK - 1) if has_data else 0)
 
 
@@ -412,6 +419,14 @@ def _pax_seconds(value: bytes) -> int:
     if whole.startswith(b"-") and fraction.strip(b"0"):
         seconds -= 1
     return seconds
+
+
+def _pax_ns(value: bytes) -> int:
+    """Nanoseconds of a pax time (already checked by _pax_seconds): `1.25` -> 1_250_000_000."""
+    whole, _, fraction = value.partition(b".")
+    digits = (fraction + b"000000000")[:9]
+    magnitude = abs(int(whole)) * 1_000_000_000 + int(digits)
+    return -magnitude if whole.startswith(b"-") else magnitude
 
 
 def _skip_sparse_extensions(reader: _Reader, path: str, block: bytes, data_at: int) -> int:

@@ -1,0 +1,284 @@
+"""Writing one shard's members into its staging folder: every acceptable member under a numbered
+name, JSON bytes kept for the reader. An uncompressed shard goes through the ingest's one-pass tar
+reader (ingest/tar_members.py) and the kernel's copy_file_range; a compressed one through tarfile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tarfile
+from collections.abc import Callable
+
+from indexer.extract.members import (
+    Refused,
+    extracted_parts,
+    member_mode,
+    member_mtime_ns,
+    member_parts,
+    mode_of,
+    printable,
+)
+from indexer.extract.task import ShardOutcome, ShardTask, cannot_write
+from indexer.ingest.tar_members import TarCompressed, TarDamaged, TarReadError, iter_members
+from indexer.ingest.walk import JSON_EXTENSION
+
+JSON_PRELOAD_LIMIT = 64 << 20  # larger JSON members are read back from disk like `index` would
+COPY_CHUNK = 1 << 20
+PROGRESS_STEP = 4 << 20
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Progress:
+    """Reports how far into the shard file the reader is (compressed bytes), in coarse steps."""
+
+    def __init__(self, handle, report: Callable[[int], None] | None) -> None:
+        self.handle = handle
+        self.report = report
+        self.reported = 0
+
+    def update(self, force: bool = False) -> int:
+        position = self.handle.tell()
+        if self.report and (force or position - self.reported >= PROGRESS_STEP) and position > self.reported:
+            self.report(position - self.reported)
+            self.reported = position
+        return position
+
+
+class _WriteFailed(Exception):
+    """Writing into the staging folder failed: the root's problem, not the shard's."""
+
+
+StagedMember = tuple[str | None, list[str], str]  # (staged file name or None for a folder, parts, member)
+
+
+def stage_members(
+    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None
+) -> tuple[list[StagedMember], dict[str, bytes]]:
+    """Write every acceptable member into the staging folder under a numbered name: an
+    uncompressed shard through the ingest's one-pass tar reader, a compressed one through tarfile."""
+    staged: list[StagedMember] = []
+    preloaded: dict[str, bytes] = {}
+    try:
+        _stage_uncompressed(task, staging_fd, outcome, report, staged, preloaded)
+    except TarCompressed:
+        return _stage_with_tarfile(task, staging_fd, outcome, report)
+    return staged, preloaded
+
+
+def _want_json(name: str) -> int:
+    """A JSON member's bytes are kept (parsed without reading the file back); others are copied
+    from the shard by the kernel. One byte over the limit tells a JSON too large to keep."""
+    return JSON_PRELOAD_LIMIT + 1 if name.rpartition(".")[2].lower() == JSON_EXTENSION else 0
+
+
+def _stage_uncompressed(
+    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None,
+    staged: list[StagedMember], preloaded: dict[str, bytes],
+) -> None:
+    """The staging loop over tar_members.iter_members: ~5x less Python a member than tarfile, and
+    image data goes shard -> file inside the kernel (copy_file_range), never through Python."""
+    reported = 0
+    try:
+        shard_fd = os.open(task.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        outcome.error = f"cannot read shard {task.path} ({exc.strerror}); fix its permissions"
+        return
+    try:
+        for member in iter_members(task.path, want_data=_want_json):
+            position = member.data_offset + member.size
+            if report and position - reported >= PROGRESS_STEP:
+                report(position - reported)
+                reported = position
+            try:
+                parts = extracted_parts(member, task.root, task.reserved)
+            except Refused as exc:
+                outcome.refusals.append((member.name, str(exc)))
+                continue
+            if not parts:
+                continue
+            if member.kind == "dir":
+                staged.append((None, parts, member.name))
+                continue
+            name = f"{len(staged):08d}"
+            data = member.data if member.data is not None and len(member.data) <= JSON_PRELOAD_LIMIT else None
+            _write_file(staging_fd, name, mode_of(member.mode), member.mtime_ns, data, shard_fd,
+                        member.data_offset, member.size)
+            if data is not None:
+                preloaded[name] = data
+            staged.append((name, parts, member.name))
+    except TarDamaged as exc:
+        outcome.error = (f"{task.path}: damaged or not a tar archive after {len(staged)} good members"
+                         f" ({exc.reason}, at byte {exc.offset}); the good members were kept:"
+                         " re-download the shard and run extract again")
+    except TarCompressed:
+        raise
+    except TarReadError as exc:
+        outcome.error = f"cannot read shard {task.path} ({exc.reason})"
+    except _WriteFailed as exc:
+        outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
+    finally:
+        os.close(shard_fd)
+        outcome.bytes = max(outcome.bytes, reported)
+        if report:
+            end = os.path.getsize(task.path) if os.path.exists(task.path) else reported
+            if end > reported:
+                report(end - reported)
+            outcome.bytes = end
+
+
+def _write_file(staging_fd: int, name: str, mode: int, mtime_ns: int, data: bytes | None,
+                shard_fd: int, offset: int, size: int) -> None:
+    """One staged file: data from memory, or `size` bytes at `offset` of the shard."""
+    try:
+        fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=staging_fd)
+    except OSError as exc:
+        raise _WriteFailed from exc
+    try:
+        if data is not None:
+            _write_all(fd, data)
+        else:
+            _copy_range(shard_fd, fd, offset, size)
+        with contextlib.suppress(OSError, OverflowError, ValueError):
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
+    """Copy in the kernel: copy_file_range (same filesystem type), else sendfile, else read/write."""
+    end = offset + size
+    try:
+        while offset < end:
+            copied = os.copy_file_range(source_fd, target_fd, end - offset, offset)
+            if copied == 0:
+                raise tarfile.ReadError("the shard ended inside a member")
+            offset += copied
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise _WriteFailed from exc
+    try:
+        while offset < end:
+            chunk = os.pread(source_fd, min(COPY_CHUNK, end - offset), offset)
+            if not chunk:
+                raise tarfile.ReadError("the shard ended inside a member")
+            _write_all(target_fd, chunk)
+            offset += len(chunk)
+    except OSError as exc:
+        raise _WriteFailed from exc
+
+
+def _stage_with_tarfile(
+    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None
+) -> tuple[list[StagedMember], dict[str, bytes]]:
+    """The staging loop for compressed shards, through tarfile's decompressing readers."""
+    staged: list[StagedMember] = []
+    preloaded: dict[str, bytes] = {}
+    try:
+        handle = open(task.path, "rb")  # noqa: SIM115 (closed below, after the stream)
+    except OSError as exc:
+        outcome.error = f"cannot read shard {task.path} ({exc.strerror}); fix its permissions"
+        return staged, preloaded
+    progress = _Progress(handle, report)
+    try:
+        # "r:*" reads compressed shards through gzip/bz2/lzma file objects, which buffer well;
+        # tarfile's "r|*" stream re-copies its whole decompressed buffer on every read.
+        with tarfile.open(fileobj=handle, mode="r:*", tarinfo=_HeaderKeeper) as tar:
+            while (member := tar.next()) is not None:
+                tar.members = []  # members are read in order, never looked up: keep memory flat
+                progress.update()
+                try:
+                    parts = member_parts(member, task.root, task.reserved)
+                except Refused as exc:
+                    outcome.refusals.append((printable(member.name), str(exc)))
+                    continue
+                if not parts:
+                    continue
+                if member.isdir():
+                    staged.append((None, parts, member.name))
+                    continue
+                name = f"{len(staged):08d}"
+                data = _write_member(tar, member, staging_fd, name, parts[-1])
+                if data is not None:
+                    preloaded[name] = data
+                staged.append((name, parts, member.name))
+            _check_end(tar)
+    except _WriteFailed as exc:
+        outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
+    except Exception as exc:  # tarfile, gzip, bz2, lzma and zlib each raise their own errors
+        outcome.error = _damaged(task.path, len(staged), exc)
+    finally:
+        outcome.bytes = progress.update(force=True)
+        handle.close()
+    return staged, preloaded
+
+
+class _HeaderKeeper(tarfile.TarInfo):
+    """TarInfo that keeps the last header block read, so the end of the archive can be checked
+    without seeking back (a backward seek in a gzip stream decompresses it again from the start)."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_obj: tarfile.TarFile) -> tarfile.TarInfo:
+        buf = tarfile_obj.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+        tarfile_obj.last_header = buf  # type: ignore[attr-defined]
+        obj = cls.frombuf(buf, tarfile_obj.encoding, tarfile_obj.errors)
+        obj.offset = tarfile_obj.fileobj.tell() - tarfile.BLOCKSIZE  # type: ignore[union-attr]
+        return obj._proc_member(tarfile_obj)  # type: ignore[attr-defined]
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """tarfile ends iteration quietly at a cut or garbled header; a whole archive ends in zeros."""
+    block = getattr(tar, "last_header", b"")
+    if len(block) < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("no end-of-archive marker: the file is cut short")
+    if block != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"invalid member header at byte {tar.offset}")
+
+
+def _damaged(path: str, members: int, exc: BaseException) -> str:
+    return (f"{path}: damaged or not a tar archive after {members} good members "
+            f"({type(exc).__name__}: {exc}); the good members were kept: re-download the shard "
+            "and run extract again")
+
+
+def _write_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, staging_fd: int, name: str, leaf: str
+) -> bytes | None:
+    """Copy one member to staging; returns its bytes when it is a JSON small enough to keep."""
+    keep = leaf.rpartition(".")[2].lower() == JSON_EXTENSION and member.size <= JSON_PRELOAD_LIMIT
+    source = tar.extractfile(member)
+    assert source is not None  # regular files always have a stream
+    try:
+        fd = os.open(name, NEW_FILE_FLAGS, member_mode(member), dir_fd=staging_fd)
+    except OSError as exc:
+        raise _WriteFailed from exc
+    try:
+        if keep:
+            data = source.read()
+            _write_all(fd, data)
+            copied = len(data)
+        else:
+            data = None
+            copied = 0
+            while chunk := source.read(COPY_CHUNK):
+                _write_all(fd, chunk)
+                copied += len(chunk)
+        if copied != member.size:
+            raise tarfile.ReadError(f"member {member.name!r} is cut short ({copied} of {member.size} bytes)")
+        mtime = member_mtime_ns(member)
+        with contextlib.suppress(OSError, OverflowError, ValueError):
+            os.utime(fd, ns=(mtime, mtime))
+    finally:
+        os.close(fd)
+    return data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise _WriteFailed from exc
