@@ -5,19 +5,22 @@ normalised name stays inside the root are written, and every write goes through 
 descriptors opened with O_NOFOLLOW, so neither a hostile member nor a symlink already in the root
 can put a byte outside it. The checks are those of PEP 706's `data` filter (members.py).
 
-Resumability: each shard is first written into its own staging folder (`.indexer-extract-*`, which
-the index walk skips), then its files are renamed into place, then its samples are recorded and the
-shard row is marked finished. A killed run leaves the shard unfinished, so the next run removes the
-staging folder and does that shard again from the start; finished shards are skipped.
+Resumability: each file is written unnamed (O_TMPFILE) in its folder and linked into place whole,
+or, on filesystems without O_TMPFILE, the shard goes into its own staging folder
+(`.indexer-extract-*`, which the index walk skips) and its files are renamed into place. Then its
+samples are recorded and the shard row is marked finished. A killed run leaves the shard
+unfinished, so the next run does that shard again from the start; finished shards are skipped.
 
 One pass: JSON members are kept in memory as they stream by and parsed by the index's own reader,
-and files are stat-ed after the rename (rename changes ctime), so a following `indexer index` finds
-every file unchanged and reads nothing.
+and files are stat-ed once in place (a link or rename changes ctime), so a following
+`indexer index` finds every file unchanged and reads nothing. A shard's whole new pairs reach the
+writer as a scratch database (ingest/bulk.py), copied in with one INSERT ... SELECT.
 
 Modules: members.py (which members are written, and where), task.py (what a worker is given and
-returns), stage.py (a shard's members into its staging folder), worker.py (staged, into place, and
-read; runs in a worker process), writer.py (the `shards` rows, the samples through the
-ingest's write path, the summary); this one plans the shards and runs the workers.
+returns), stage.py (a shard's members read), sinks.py (written into place, or through staging),
+worker.py (one shard, then its samples read; runs in a worker process), writer.py (the `shards`
+rows, the samples through the ingest's write path, the summary); this one plans the shards and
+runs the workers.
 """
 
 from __future__ import annotations

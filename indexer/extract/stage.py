@@ -1,11 +1,11 @@
-"""Writing one shard's members into its staging folder: every acceptable member under a numbered
-name, JSON bytes kept for the reader. An uncompressed shard goes through the ingest's one-pass tar
-reader (ingest/tar_members.py) and the kernel's copy_file_range; a compressed one through tarfile.
+"""Reading one shard's members and handing every acceptable one to a sink (sinks.py: into place,
+or into the shard's staging folder), JSON bytes kept for the reader. An uncompressed shard goes
+through the ingest's one-pass tar reader (ingest/tar_members.py) and the kernel's copy_file_range;
+a compressed one through tarfile.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import tarfile
@@ -20,6 +20,7 @@ from indexer.extract.members import (
     mode_of,
     printable,
 )
+from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed
 from indexer.extract.task import ShardOutcome, ShardTask, cannot_write
 from indexer.ingest.tar_members import TarCompressed, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION
@@ -27,7 +28,7 @@ from indexer.ingest.walk import JSON_EXTENSION
 JSON_PRELOAD_LIMIT = 64 << 20  # larger JSON members are read back from disk like `index` would
 COPY_CHUNK = 1 << 20
 PROGRESS_STEP = 4 << 20
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+Sink = LinkSink | StagingSink
 
 
 class _Progress:
@@ -46,25 +47,15 @@ class _Progress:
         return position
 
 
-class _WriteFailed(Exception):
-    """Writing into the staging folder failed: the root's problem, not the shard's."""
-
-
-StagedMember = tuple[str | None, list[str], str]  # (staged file name or None for a folder, parts, member)
-
-
 def stage_members(
-    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None
-) -> tuple[list[StagedMember], dict[str, bytes]]:
-    """Write every acceptable member into the staging folder under a numbered name: an
-    uncompressed shard through the ingest's one-pass tar reader, a compressed one through tarfile."""
-    staged: list[StagedMember] = []
-    preloaded: dict[str, bytes] = {}
+    task: ShardTask, sink: Sink, outcome: ShardOutcome, report: Callable[[int], None] | None
+) -> None:
+    """Hand every acceptable member to the sink: an uncompressed shard through the ingest's
+    one-pass tar reader, a compressed one through tarfile."""
     try:
-        _stage_uncompressed(task, staging_fd, outcome, report, staged, preloaded)
+        _stage_uncompressed(task, sink, outcome, report)
     except TarCompressed:
-        return _stage_with_tarfile(task, staging_fd, outcome, report)
-    return staged, preloaded
+        _stage_with_tarfile(task, sink, outcome, report)
 
 
 def _want_json(name: str) -> int:
@@ -74,11 +65,10 @@ def _want_json(name: str) -> int:
 
 
 def _stage_uncompressed(
-    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None,
-    staged: list[StagedMember], preloaded: dict[str, bytes],
+    task: ShardTask, sink: Sink, outcome: ShardOutcome, report: Callable[[int], None] | None,
 ) -> None:
-    """The staging loop over tar_members.iter_members: ~5x less Python a member than tarfile, and
-    image data goes shard -> file inside the kernel (copy_file_range), never through Python."""
+    """The loop over tar_members.iter_members: ~5x less Python a member than tarfile, and image
+    data goes shard -> file inside the kernel (copy_file_range), never through Python."""
     reported = 0
     try:
         shard_fd = os.open(task.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -93,30 +83,34 @@ def _stage_uncompressed(
                 reported = position
             try:
                 parts = extracted_parts(member, task.root, task.reserved)
+                if not parts:
+                    continue
+                if member.kind == "dir":
+                    sink.folder(parts, member.name)
+                    continue
+                fd = sink.create(parts, mode_of(member.mode))
             except Refused as exc:
                 outcome.refusals.append((member.name, str(exc)))
                 continue
-            if not parts:
-                continue
-            if member.kind == "dir":
-                staged.append((None, parts, member.name))
-                continue
-            name = f"{len(staged):08d}"
             data = member.data if member.data is not None and len(member.data) <= JSON_PRELOAD_LIMIT else None
-            _write_file(staging_fd, name, mode_of(member.mode), member.mtime_ns, data, shard_fd,
-                        member.data_offset, member.size)
-            if data is not None:
-                preloaded[name] = data
-            staged.append((name, parts, member.name))
+            try:
+                if data is not None:
+                    _write_all(fd, data)
+                else:
+                    _copy_range(shard_fd, fd, member.data_offset, member.size)
+            except BaseException:
+                sink.abandon(fd)
+                raise
+            sink.finish(fd, parts, member.name, member.mtime_ns, data)
     except TarDamaged as exc:
-        outcome.error = (f"{task.path}: damaged or not a tar archive after {len(staged)} good members"
+        outcome.error = (f"{task.path}: damaged or not a tar archive after {sink.count} good members"
                          f" ({exc.reason}, at byte {exc.offset}); the good members were kept:"
                          " re-download the shard and run extract again")
     except TarCompressed:
         raise
     except TarReadError as exc:
         outcome.error = f"cannot read shard {task.path} ({exc.reason})"
-    except _WriteFailed as exc:
+    except WriteFailed as exc:
         outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
     finally:
         os.close(shard_fd)
@@ -126,24 +120,6 @@ def _stage_uncompressed(
             if end > reported:
                 report(end - reported)
             outcome.bytes = end
-
-
-def _write_file(staging_fd: int, name: str, mode: int, mtime_ns: int, data: bytes | None,
-                shard_fd: int, offset: int, size: int) -> None:
-    """One staged file: data from memory, or `size` bytes at `offset` of the shard."""
-    try:
-        fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=staging_fd)
-    except OSError as exc:
-        raise _WriteFailed from exc
-    try:
-        if data is not None:
-            _write_all(fd, data)
-        else:
-            _copy_range(shard_fd, fd, offset, size)
-        with contextlib.suppress(OSError, OverflowError, ValueError):
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-    finally:
-        os.close(fd)
 
 
 def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
@@ -158,7 +134,7 @@ def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
         return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise _WriteFailed from exc
+            raise WriteFailed from exc
     try:
         while offset < end:
             chunk = os.pread(source_fd, min(COPY_CHUNK, end - offset), offset)
@@ -167,20 +143,18 @@ def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
             _write_all(target_fd, chunk)
             offset += len(chunk)
     except OSError as exc:
-        raise _WriteFailed from exc
+        raise WriteFailed from exc
 
 
 def _stage_with_tarfile(
-    task: ShardTask, staging_fd: int, outcome: ShardOutcome, report: Callable[[int], None] | None
-) -> tuple[list[StagedMember], dict[str, bytes]]:
-    """The staging loop for compressed shards, through tarfile's decompressing readers."""
-    staged: list[StagedMember] = []
-    preloaded: dict[str, bytes] = {}
+    task: ShardTask, sink: Sink, outcome: ShardOutcome, report: Callable[[int], None] | None
+) -> None:
+    """The loop for compressed shards, through tarfile's decompressing readers."""
     try:
         handle = open(task.path, "rb")  # noqa: SIM115 (closed below, after the stream)
     except OSError as exc:
         outcome.error = f"cannot read shard {task.path} ({exc.strerror}); fix its permissions"
-        return staged, preloaded
+        return
     progress = _Progress(handle, report)
     try:
         # "r:*" reads compressed shards through gzip/bz2/lzma file objects, which buffer well;
@@ -191,28 +165,29 @@ def _stage_with_tarfile(
                 progress.update()
                 try:
                     parts = member_parts(member, task.root, task.reserved)
+                    if not parts:
+                        continue
+                    if member.isdir():
+                        sink.folder(parts, member.name)
+                        continue
+                    fd = sink.create(parts, member_mode(member))
                 except Refused as exc:
                     outcome.refusals.append((printable(member.name), str(exc)))
                     continue
-                if not parts:
-                    continue
-                if member.isdir():
-                    staged.append((None, parts, member.name))
-                    continue
-                name = f"{len(staged):08d}"
-                data = _write_member(tar, member, staging_fd, name, parts[-1])
-                if data is not None:
-                    preloaded[name] = data
-                staged.append((name, parts, member.name))
+                try:
+                    data = _write_member(tar, member, fd, parts[-1])
+                except BaseException:
+                    sink.abandon(fd)
+                    raise
+                sink.finish(fd, parts, member.name, member_mtime_ns(member), data)
             _check_end(tar)
-    except _WriteFailed as exc:
+    except WriteFailed as exc:
         outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
     except Exception as exc:  # tarfile, gzip, bz2, lzma and zlib each raise their own errors
-        outcome.error = _damaged(task.path, len(staged), exc)
+        outcome.error = _damaged(task.path, sink.count, exc)
     finally:
         outcome.bytes = progress.update(force=True)
         handle.close()
-    return staged, preloaded
 
 
 class _HeaderKeeper(tarfile.TarInfo):
@@ -243,35 +218,23 @@ def _damaged(path: str, members: int, exc: BaseException) -> str:
             "and run extract again")
 
 
-def _write_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, staging_fd: int, name: str, leaf: str
-) -> bytes | None:
-    """Copy one member to staging; returns its bytes when it is a JSON small enough to keep."""
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, leaf: str) -> bytes | None:
+    """Copy one member's data to fd; returns its bytes when it is a JSON small enough to keep."""
     keep = leaf.rpartition(".")[2].lower() == JSON_EXTENSION and member.size <= JSON_PRELOAD_LIMIT
     source = tar.extractfile(member)
     assert source is not None  # regular files always have a stream
-    try:
-        fd = os.open(name, NEW_FILE_FLAGS, member_mode(member), dir_fd=staging_fd)
-    except OSError as exc:
-        raise _WriteFailed from exc
-    try:
-        if keep:
-            data = source.read()
-            _write_all(fd, data)
-            copied = len(data)
-        else:
-            data = None
-            copied = 0
-            while chunk := source.read(COPY_CHUNK):
-                _write_all(fd, chunk)
-                copied += len(chunk)
-        if copied != member.size:
-            raise tarfile.ReadError(f"member {member.name!r} is cut short ({copied} of {member.size} bytes)")
-        mtime = member_mtime_ns(member)
-        with contextlib.suppress(OSError, OverflowError, ValueError):
-            os.utime(fd, ns=(mtime, mtime))
-    finally:
-        os.close(fd)
+    if keep:
+        data = source.read()
+        _write_all(fd, data)
+        copied = len(data)
+    else:
+        data = None
+        copied = 0
+        while chunk := source.read(COPY_CHUNK):
+            _write_all(fd, chunk)
+            copied += len(chunk)
+    if copied != member.size:
+        raise tarfile.ReadError(f"member {member.name!r} is cut short ({copied} of {member.size} bytes)")
     return data
 
 
@@ -281,4 +244,4 @@ def _write_all(fd: int, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
     except OSError as exc:
-        raise _WriteFailed from exc
+        raise WriteFailed from exc

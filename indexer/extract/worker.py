@@ -1,4 +1,5 @@
-"""The worker side of `extract`: one shard into its staging folder (stage.py), into place, and read.
+"""The worker side of `extract`: one shard's files into place (stage.py reads it, sinks.py writes),
+then read.
 
 Every write goes through directory file descriptors opened with O_NOFOLLOW, so neither a hostile
 member nor a symlink already in the root can put a byte outside it. Runs in a worker process (one
@@ -7,15 +8,14 @@ shard each), so it takes and returns plain, picklable values.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
 import stat as stat_module
 from collections.abc import Callable, Iterable
 
-from indexer.extract.members import Refused, printable
-from indexer.extract.stage import StagedMember, stage_members
+from indexer.extract.sinks import DIR_FLAGS, LinkSink, StagingSink, links_in_place, place_staged
+from indexer.extract.stage import stage_members
 from indexer.extract.task import Result, ShardOutcome, ShardTask, cannot_write
 from indexer.ingest.bulk import write_scratch
 from indexer.ingest.read import FileRecord, read_sample
@@ -23,73 +23,37 @@ from indexer.ingest.rows import compact
 from indexer.ingest.walk import split_sample_path
 from indexer.ingest.workers import init_worker
 
-MAX_OPEN_FOLDERS = 256
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
 __all__ = ["DIR_FLAGS", "Result", "ShardOutcome", "ShardTask", "extract_in_worker", "extract_shard",
            "init_extract_worker", "not_racy", "read_placed", "remove_staging"]
 
 
-class _Folders:
-    """Folder fds under the root, opened component by component without following symlinks."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self.fds: dict[str, int] = {}
-
-    def open(self, parts: list[str]) -> int:
-        if len(self.fds) >= MAX_OPEN_FOLDERS:
-            self.close()
-        fd = self.root_fd
-        path = ""
-        for part in parts:
-            path = f"{path}/{part}" if path else part
-            cached = self.fds.get(path)
-            if cached is None:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o777, dir_fd=fd)
-                try:
-                    cached = os.open(part, DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    raise Refused(
-                        f"{path} in the target folder is a symlink or a file, not a folder; "
-                        "nothing is written through it"
-                    ) from None
-                self.fds[path] = cached
-            fd = cached
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
 def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> ShardOutcome:
-    """Stage one shard, move its files into place and read their samples (runs in a worker).
+    """Put one shard's files in place and read their samples (runs in a worker).
 
     Never raises for a bad shard or an unwritable root: the reason goes to outcome.error.
     """
     outcome = ShardOutcome(task.path)
     placed: list[str] = []
     json_data: dict[str, bytes] = {}
+    stats: dict[str, os.stat_result] | None = None
     try:
         root_fd = os.open(task.root, DIR_FLAGS)
         try:
-            remove_staging(root_fd, task.root, task.staging)
-            os.mkdir(task.staging, 0o700, dir_fd=root_fd)
-            staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
-            try:
-                staged, preloaded = stage_members(task, staging_fd, outcome, report)
-                placed, json_data = _place_members(root_fd, staging_fd, staged, preloaded, outcome)
-            finally:
-                os.close(staging_fd)
-            remove_staging(root_fd, task.root, task.staging)
+            remove_staging(root_fd, task.root, task.staging)  # an earlier run's, on another filesystem
+            if links_in_place(root_fd):
+                sink = LinkSink(root_fd, outcome)
+                try:
+                    stage_members(task, sink, outcome, report)
+                finally:
+                    sink.close()
+                placed, json_data, stats = list(sink.placed), sink.json_data, sink.stats
+            else:
+                placed, json_data = _through_staging(task, root_fd, outcome, report)
         finally:
             os.close(root_fd)
     except OSError as exc:
         outcome.error = cannot_write(task.root, exc)
-    results = read_placed(task.root, placed, json_data, task.scan_start_ns)
+    results = read_placed(task.root, placed, json_data, task.scan_start_ns, stats)
     if task.scratch is None:
         outcome.results = results
         return outcome
@@ -124,46 +88,27 @@ def remove_staging(root_fd: int, root: str, name: str) -> None:
 
 
 
-def _place_members(
-    root_fd: int,
-    staging_fd: int,
-    staged: list[StagedMember],
-    preloaded: dict[str, bytes],
-    outcome: ShardOutcome,
-) -> tuple[list[str], dict[str, bytes]]:
-    """Rename staged files to their place (in member order, so a later duplicate wins)."""
-    folders = _Folders(root_fd)
-    placed: dict[str, None] = {}
-    json_data: dict[str, bytes] = {}
+def _through_staging(task: ShardTask, root_fd: int, outcome: ShardOutcome,
+                     report: Callable[[int], None] | None) -> tuple[list[str], dict[str, bytes]]:
+    """The whole shard into its staging folder, then each file renamed into place."""
+    os.mkdir(task.staging, 0o700, dir_fd=root_fd)
+    staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
     try:
-        for staged_name, parts, member_name in staged:
-            try:
-                if staged_name is None:
-                    folders.open(parts)
-                else:
-                    parent = folders.open(parts[:-1])
-                    os.rename(staged_name, parts[-1], src_dir_fd=staging_fd, dst_dir_fd=parent)
-                    path = "/".join(parts)
-                    placed[path] = None
-                    if staged_name in preloaded:
-                        json_data[path] = preloaded.pop(staged_name)
-                    else:
-                        json_data.pop(path, None)
-                outcome.members += 1
-            except Refused as exc:
-                outcome.refusals.append((printable(member_name), str(exc)))
-            except OSError as exc:
-                reason = f"cannot put it in place: {exc.strerror or exc}"
-                outcome.refusals.append((printable(member_name), reason))
+        sink = StagingSink(staging_fd)
+        stage_members(task, sink, outcome, report)
+        placed = place_staged(root_fd, sink, outcome)
     finally:
-        folders.close()
-    return list(placed), json_data
+        os.close(staging_fd)
+    remove_staging(root_fd, task.root, task.staging)
+    return placed
 
 
 def read_placed(
-    root: str, placed: Iterable[str], json_data: dict[str, bytes], scan_start_ns: int
+    root: str, placed: Iterable[str], json_data: dict[str, bytes], scan_start_ns: int,
+    stats: dict[str, os.stat_result] | None = None,
 ) -> list[Result]:
-    """Sample records for the placed files, from the bytes already in hand and a fresh stat."""
+    """Sample records for the placed files, from the bytes already in hand and their stat after
+    placing (given, or taken now)."""
     by_key: dict[str, list[str]] = {}
     for path in placed:
         parts = split_sample_path(path)
@@ -171,7 +116,8 @@ def read_placed(
             by_key.setdefault(parts[0], []).append(path)
     results: list[Result] = []
     for key in sorted(by_key):
-        sample, files, files_read = read_sample(root, key, by_key[key], scan_start_ns, json_bytes=json_data)
+        sample, files, files_read = read_sample(root, key, by_key[key], scan_start_ns, json_bytes=json_data,
+                                                known_stats=stats)
         results.append((key, sample, [not_racy(record) for record in files], files_read))
     return results
 

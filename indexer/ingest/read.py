@@ -166,11 +166,13 @@ def _stat_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecor
 def read_sample(
     root: str, key: str, paths: list[str], scan_start_ns: int, verify_images: bool = False,
     json_bytes: dict[str, bytes] | None = None,
+    known_stats: dict[str, os.stat_result] | None = None,
 ) -> tuple[SampleRecord | None, list[FileRecord], int]:
     """Read one key's files. Returns (sample or None if no file is left, file records, files read).
 
     json_bytes maps a JSON path to the bytes its file holds (extract has them from the tar stream):
-    such a file is only stat-ed, not read again, and does not count as read.
+    such a file is only stat-ed, not read again, and does not count as read. known_stats maps a
+    path to its stat when the caller has it (extract, from the descriptor it wrote through).
     """
     files: list[FileRecord] = []
     json_path: str | None = None
@@ -189,7 +191,7 @@ def read_sample(
             preloaded = json_bytes.get(path) if json_bytes else None
             try:
                 if preloaded is not None:
-                    st = os.stat(full)
+                    st = (known_stats.get(path) if known_stats else None) or os.stat(full)
                     json_data = preloaded
                 else:
                     st, json_data = read_regular(full)
@@ -207,7 +209,7 @@ def read_sample(
             json_path = path
         else:
             try:
-                st = os.stat(full)
+                st = (known_stats.get(path) if known_stats else None) or os.stat(full)
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):
