@@ -68,7 +68,7 @@ def apply_changes(
 ) -> Counts:
     """Re-read the keys listed in scan_changes and write them, in key order, batch by batch."""
     counts = Counts()
-    total = conn.execute("SELECT count(DISTINCT key) FROM scan_changes").fetchone()[0]
+    total = _order_changes(conn)
     if not total:
         return counts
     if total >= BULK_MIN_KEYS and total * 2 >= sample_count(conn, dataset):
@@ -94,20 +94,25 @@ def apply_changes(
     return counts
 
 
-def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
-    """Group scan_changes by key (sorted, so writes hit the B-tree in order) into task lists.
-
-    SQLite groups and sorts the changes into one row a key, read back in pages with fetchall: a
-    cursor left open across the batches' write transactions would pin this connection's read
-    snapshot (SQLite keeps it for the open statement), and the next BEGIN IMMEDIATE after any other
-    process wrote would fail at once with "database is locked" (a stale snapshot bypasses the busy
-    timeout).
-    """
+def _order_changes(conn: sqlite3.Connection) -> int:
+    """Group scan_changes by key, sorted, into TEMP table scan_order; returns how many keys."""
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
     conn.execute(
         "CREATE TEMP TABLE scan_order AS SELECT key, group_concat(op || path, char(0)) AS changes"
         " FROM scan_changes GROUP BY key ORDER BY key"
     )
+    return conn.execute("SELECT count(*) FROM scan_order").fetchone()[0]
+
+
+def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
+    """scan_order (_order_changes: sorted, so writes hit the B-tree in order) as task lists.
+
+    SQLite has grouped and sorted the changes into one row a key, read back in pages with fetchall: a
+    cursor left open across the batches' write transactions would pin this connection's read
+    snapshot (SQLite keeps it for the open statement), and the next BEGIN IMMEDIATE after any other
+    process wrote would fail at once with "database is locked" (a stale snapshot bypasses the busy
+    timeout).
+    """
     after = 0
     while rows := conn.execute(
         "SELECT rowid, key, changes FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",

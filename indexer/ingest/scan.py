@@ -216,6 +216,8 @@ def diff_names(snapshot: Snapshot, fd: int, prefix: str, names: list[str]) -> Di
     """Look a chunk of names up, and stat the known ones (new files are not stat-ed: the readers
     stat what they read)."""
     paths = [prefix + name for name in names]
+    if not len(snapshot):  # a first run: every file is new, nothing to stat
+        return np.empty(0, dtype=np.int64), paths, len(paths)
     known, index = snapshot.lookup(paths)
     changed = [paths[position] for position in np.flatnonzero(~known).tolist()]
     new = len(changed)
