@@ -440,3 +440,16 @@ def test_members_keep_their_pax_mtime_and_lose_unsafe_mode_bits(tmp_path: Path, 
     assert image_stat.st_mtime_ns == 1_600_000_000_000_000_000
     assert (json_stat.st_mode & 0o7777, image_stat.st_mode & 0o7777) == (0o755, 0o600)
     assert (tmp_path / "data" / "a.png").read_bytes() == b"\x89PNG" + bytes(60)
+
+
+def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_unknown(tmp_path: Path) -> None:
+    first = tar_of(tmp_path / "1.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")])
+    second = tar_of(tmp_path / "2.tar", [("b.json", b'{"width": 2, "height": 2, "x": 1}'), ("b.png", b"png")])
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    extract_shards(db, [first], data, workers=1)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE datasets SET json_bytes = NULL")  # as schema 011 leaves an older database
+    conn.commit()
+    conn.close()
+    summary = extract_shards(db, [second], data, workers=1)
+    assert summary["json_bytes"] == sum(path.stat().st_size for path in data.glob("*.json"))

@@ -41,11 +41,8 @@ def bulk_load(
 ) -> None:
     """Record keys no sample row holds yet (a first run): readers write their rows into scratch
     databases, and this process copies each into `samples` with one INSERT ... SELECT, a
-    transaction a task, in task (key) order.
-
-    The single writer bounds a first run on few cores: pickling rows across, unpickling them and
-    binding them one by one cost it ~3x more than SQLite's own copy between attached databases.
-    A kill leaves scratch files that the next bulk load removes; committed tasks stand.
+    transaction a task, in task (key) order. A kill leaves scratch files that the next writer run
+    removes; committed tasks stand.
     """
     folder = scratch_folder(conn)
     try:
@@ -160,12 +157,13 @@ def _merge_scratch(conn: sqlite3.Connection, dataset: str, scratch: ScratchTask,
 
 
 def copy_new_rows(conn: sqlite3.Connection, dataset: str, json_total: int, skip_keys: list[str] = ()) -> None:
-    """Copy the rows of the attached `scratch` database into samples (keys none of its rows hold,
-    except skip_keys), moving data_version and json_bytes in the same transaction."""
+    """Copy the rows of the attached `scratch` database into samples, but for skip_keys (keys that
+    already have a row: the caller merges those), moving data_version and json_bytes (json_total:
+    the JSON bytes of the rows copied) in the same transaction."""
     with store.transaction(conn):
         version = conn.execute(
             "UPDATE datasets SET data_version = data_version + 1,"
-            " json_bytes = coalesce(json_bytes, 0) + ? WHERE id = ? RETURNING data_version",
+            " json_bytes = json_bytes + ? WHERE id = ? RETURNING data_version",  # NULL: not known
             (json_total, dataset),
         ).fetchall()[0][0]
         conn.execute(
