@@ -23,9 +23,8 @@ from indexer.ingest.rows import (
     Task,
     json_bytes_in,
     read_task,
-    wait_timed,
 )
-from indexer.ingest.workers import in_order, process_pool
+from indexer.ingest.workers import map_in_order
 
 
 def bulk_load(
@@ -46,18 +45,10 @@ def bulk_load(
     """
     folder = scratch_folder(conn)
     try:
-        if workers <= 1:
-            finished: Iterable = (
-                _read_into_scratch(task, root, scan_start_ns, verify_images, _scratch_path(folder, n))
-                for n, task in enumerate(tasks))
-            for scratch in finished:
-                _merge_scratch(conn, dataset, scratch, counts, on_progress)
-            return
-        with process_pool(workers) as pool:
-            calls = ((task, root, scan_start_ns, verify_images, _scratch_path(folder, n))
-                     for n, task in enumerate(tasks))
-            for future in in_order(pool, _read_into_scratch, calls, ahead=workers * 2):
-                _merge_scratch(conn, dataset, wait_timed(future, counts), counts, on_progress)
+        calls = ((task, root, scan_start_ns, verify_images, _scratch_path(folder, n))
+                 for n, task in enumerate(tasks))
+        for scratch in map_in_order(_read_into_scratch, calls, workers, workers * 2, counts.waited):
+            _merge_scratch(conn, dataset, scratch, counts, on_progress)
     finally:
         remove_scratch_folder(folder)
 

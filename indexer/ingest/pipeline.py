@@ -42,9 +42,8 @@ from indexer.ingest.rows import (
     compact,
     json_bytes_in,
     read_task,
-    wait_timed,
 )
-from indexer.ingest.workers import in_order, process_pool
+from indexer.ingest.workers import map_in_order
 from indexer.progress import bar
 
 __all__ = ["KEYS_PER_COMMIT", "CompactResult", "Counts", "apply_changes", "cached_json_bytes", "compact",
@@ -167,19 +166,10 @@ def _run_tasks(
     workers: int,
     counts: Counts,
 ) -> Iterator[list[CompactResult]]:
-    """Read tasks in worker processes, yielding results in submission (key) order.
-
-    The time spent waiting for a result is added to counts.waited_s: what is left of the wall
-    time is the writer's own work, which tells whether readers or the writer bound a run.
-    """
-    if workers <= 1:
-        for task in tasks:
-            yield read_task(task, root, scan_start_ns, verify_images)
-        return
-    with process_pool(workers) as pool:
-        calls = ((task, root, scan_start_ns, verify_images) for task in tasks)
-        for future in in_order(pool, read_task, calls, ahead=workers * 4):
-            yield wait_timed(future, counts)
+    """Read tasks in worker processes, yielding results in submission (key) order (the waits
+    counted in counts.waited_s)."""
+    calls = ((task, root, scan_start_ns, verify_images) for task in tasks)
+    yield from map_in_order(read_task, calls, workers, workers * 4, counts.waited)
 
 
 def write_results(

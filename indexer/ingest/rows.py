@@ -7,8 +7,6 @@ readers and `extract`, which build the same rows from members.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -65,6 +63,9 @@ class Counts:
     # keys two origins hold: (key, origin that lost it, origin that owns it); see write_results
     conflicts: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
+    def waited(self, seconds: float) -> None:
+        self.waited_s += seconds
+
 
 # A read task: (key, its current paths joined by NUL) per key. One string a key pickles several
 # times cheaper than a list of paths, and the reader splits it.
@@ -75,13 +76,6 @@ def read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) ->
     return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
                                       verify_images))
             for key, paths in task]
-
-
-def wait_timed(future: cf.Future, counts: Counts) -> list[CompactResult]:
-    started = time.perf_counter()
-    result = future.result()
-    counts.waited_s += time.perf_counter() - started
-    return result
 
 
 def json_bytes_in(stats: tuple) -> int:

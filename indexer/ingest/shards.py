@@ -27,7 +27,7 @@ from indexer.ingest.pipeline import Counts, write_batches
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
-from indexer.ingest.workers import in_order, process_pool
+from indexer.ingest.workers import map_in_order
 
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -172,15 +172,8 @@ def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: lis
 def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bool) -> Iterator[ShardRead]:
     """Shards read in parallel, yielded in the given (sorted) order: who owns a duplicate key is
     then the same whatever the timing."""
-    if not shards:
-        return
-    if workers <= 1 or len(shards) == 1:
-        for rel in shards:
-            yield read_shard(root, rel, verify_images)
-        return
-    with process_pool(min(workers, len(shards))) as pool:
-        calls = ((root, rel, verify_images) for rel in shards)
-        yield from (future.result() for future in in_order(pool, read_shard, calls, ahead=workers * 2))
+    calls = ((root, rel, verify_images) for rel in shards)
+    yield from map_in_order(read_shard, calls, min(workers, len(shards)), workers * 2)
 
 
 def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts: Counts,

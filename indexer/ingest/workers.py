@@ -13,6 +13,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from indexer import store
@@ -47,6 +48,24 @@ def in_order(pool: cf.Executor, function: Callable, calls: Iterable[tuple], ahea
             yield in_flight.popleft()
     while in_flight:
         yield in_flight.popleft()
+
+
+def map_in_order(function: Callable, calls: Iterable[tuple], workers: int, ahead: int,
+                 on_wait: Callable[[float], None] | None = None) -> Iterator:
+    """function(*call) for each call, the results in call order: in this process for one worker,
+    else in `workers` forked readers, `ahead` calls in flight. on_wait(seconds) hears how long this
+    process waited for each result: the rest of its time is its own work (`writer_busy`)."""
+    if workers <= 1:
+        for call in calls:
+            yield function(*call)
+        return
+    with process_pool(workers) as pool:
+        for future in in_order(pool, function, calls, ahead):
+            started = time.perf_counter()
+            result = future.result()
+            if on_wait is not None:
+                on_wait(time.perf_counter() - started)
+            yield result
 
 
 def default_workers() -> int:
