@@ -628,3 +628,20 @@ def test_header_size_is_the_stored_size_whatever_the_exif_orientation(data_root,
     run(db_path, data_root)
     row = samples(db_path)["turned"]
     assert (row["width"], row["height"], row["size_from"]) == (1200, 800, "image")
+
+
+def test_an_unwritable_scratch_database_ends_a_first_run_with_one_clear_error(data_root, db_path, gen, cli,
+                                                                               monkeypatch):
+    from indexer.ingest import bulk
+
+    write_pair(data_root, "a", gen)
+
+    def full(path, results):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(bulk, "write_scratch", full)
+    result = cli("index", data_root, "--db", db_path, "--workers", "1")
+    assert result.exit_code == 1
+    assert "cannot write scratch database" in result.stderr and "free some space" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not Path(f"{db_path}-scratch").exists()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import orjson
 
 from indexer import store
+from indexer.errors import IndexerError
 from indexer.ingest.rows import (
     STAT_COLUMNS,
     STORED_COLUMNS,
@@ -103,7 +104,11 @@ def _read_into_scratch(task: Task, root: str, scan_start_ns: int, verify_images:
                        path: str) -> ScratchTask:
     """Read a task's keys and write their rows to a new scratch database at path."""
     results = read_task(task, root, scan_start_ns, verify_images)
-    rows, json_total = write_scratch(path, results)
+    try:
+        rows, json_total = write_scratch(path, results)
+    except (OSError, sqlite3.Error) as exc:
+        raise IndexerError(f"cannot write scratch database {path} ({exc}): free some space beside the"
+                           " database (or fix its folder's permissions) and run index again") from None
     return path, len(task), rows, sum(result[3] for result in results), json_total
 
 
