@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from indexer.extract import extract_shards, staging_name, worker
 from indexer.extract.members import Refused, member_parts
+from indexer.extract.sinks import LinkSink
 from indexer.ingest.index import index_root
 from indexer.ingest.walk import STAGING_PREFIX
 
@@ -161,7 +162,9 @@ def hostile_tar(path: Path) -> Path:
 def test_hostile_tar_extracts_its_good_members_and_nothing_outside(tmp_path: Path, cli, monkeypatch,
                                                                    through: str) -> None:
     if through == "staging":  # what filesystems without O_TMPFILE get
-        monkeypatch.setattr(worker, "links_in_place", lambda root_fd: False)
+        monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
+    sinks_used = []
+    monkeypatch.setattr(worker, "LinkSink", lambda *a: sinks_used.append(1) or LinkSink(*a))
     box = tmp_path / "box"
     data = box / "data"
     data.mkdir(parents=True)
@@ -199,7 +202,8 @@ def test_hostile_tar_extracts_its_good_members_and_nothing_outside(tmp_path: Pat
         "data/nested/deeper", "data/nested/deeper/fine.json", "data/uplink",
         "data/uplink/through-link.json",
     }
-    # rename(2) replaces a planted symlink itself (never its target); O_NOFOLLOW refuses the folder
+    assert len(sinks_used) == (through == "links")
+    # a link or rename replaces a planted symlink itself (never its target); O_NOFOLLOW refuses the folder
     assert not (data / "victim.json").is_symlink()
     assert (data / "victim.json").read_bytes().startswith(b'{"short_caption": "replaced')
     assert (outside / "secret.json").read_bytes() == b"secret"
@@ -262,7 +266,7 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
     shards, src = sample_shards
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     if through == "staging":
-        monkeypatch.setattr(worker, "links_in_place", lambda root_fd: False)
+        monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     extract_shards(db, shards[:1], data, workers=1)
     step = "link" if through == "links" else "rename"
     real_step = getattr(os, step)
@@ -280,7 +284,7 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
     monkeypatch.setattr(worker.os, step, real_step)
     rows = shard_rows(db)
     assert rows["a.tar"][0] == "finished" and rows["b.tar.gz"][0] == "extracting"
-    assert (data / rows["b.tar.gz"][3]).is_dir() == (through == "staging")  # half a shard in staging
+    assert (data / rows["b.tar.gz"][3]).is_dir()  # the shard's staging folder, for the next run to remove
     sources = dict(files_of(src))
     assert all(path.read_bytes() == sources[path.name] for path in data.iterdir() if path.is_file())
     conn = sqlite3.connect(db)
@@ -342,6 +346,8 @@ def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_
     assert summary["shards_done"] == 1 and summary["samples"] == 1500
     assert not [p for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
     assert tree(data) == tree(src)
+    rerun = index_root(db, data)
+    assert (rerun["added"], rerun["changed"], rerun["files_read"]) == (0, 0, 0)
 
 
 def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path, cli, gen) -> None:
@@ -453,3 +459,51 @@ def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_un
     conn.close()
     summary = extract_shards(db, [second], data, workers=1)
     assert summary["json_bytes"] == sum(path.stat().st_size for path in data.glob("*.json"))
+
+
+@pytest.mark.parametrize("through", ["links", "staging"])
+def test_a_folder_that_cannot_be_created_refuses_its_members_only(tmp_path: Path, monkeypatch,
+                                                                   through: str) -> None:
+    if through == "staging":
+        monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
+    shard = tar_of(tmp_path / "s.tar", [("locked/x.json", b"{}"), ("a.json", b'{"width": 1, "height": 1}'),
+                                        ("a.png", b"png"), ("open/b.json", b"{}")])
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.fspath(path) == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert summary["failures"] == []
+    assert [(r["member"], "Permission denied" in r["reason"]) for r in summary["refusals"]] == [
+        ("locked/x.json", True)]
+    assert summary["added"] == 2 and (tmp_path / "data" / "open" / "b.json").exists()
+
+
+def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, monkeypatch) -> None:
+    src = tmp_path / "src"
+    gen.make_dataset(src, 40, faults=0.0, seed=2)
+    shard = tar_of(tmp_path / "s.tar", files_of(src))
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    real_link = os.link
+    calls = []
+
+    def link_then_die(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+        return real_link(*args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract_shards(db, [shard], data, workers=1)
+    monkeypatch.setattr(os, "link", real_link)
+    sources = dict(files_of(src))
+    landed = [path for path in data.iterdir() if path.is_file()]
+    assert 0 < len(landed) < len(sources)
+    assert all(path.read_bytes() == sources[path.name] for path in landed)
+    summary = extract_shards(db, [shard], data, workers=1)
+    assert summary["samples"] == 40 and tree(data) == tree(src)

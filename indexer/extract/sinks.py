@@ -3,28 +3,32 @@ staging folder.
 
 `LinkSink` (Linux, on filesystems with O_TMPFILE: ext4, xfs, btrfs, tmpfs): each file is written
 unnamed in the folder it belongs to and linked under its name only once it is whole, so nobody
-ever sees half a file, a killed run leaves nothing to clean up, and the file's final stat comes
+ever sees half a file, a killed run leaves no partial file behind, and the file's final stat comes
 from the open descriptor. Per file that is one directory entry and no path lookup, against three
 (create, rename out of staging, stat) for `StagingSink`, which is what other filesystems get:
 numbered files in the shard's staging folder, renamed into place by `place_staged` afterwards.
 
 Both write only through folder descriptors opened with O_NOFOLLOW (`Folders`), so no symlink in
 the root can lead a byte outside it; a later member of the same name replaces an earlier one.
+Both use the shard's staging folder (created in the root, removed after the shard): StagingSink
+for every file, LinkSink for replacements and for folders on filesystems without O_TMPFILE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from indexer.extract.members import Refused, printable
 from indexer.extract.task import ShardOutcome
-from indexer.ingest.walk import STAGING_PREFIX
 
 MAX_OPEN_FOLDERS = 256
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the root's problem: stop the shard, say so
+NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a folder on a filesystem without it
 
 
 class WriteFailed(Exception):
@@ -47,8 +51,15 @@ class Folders:
             path = f"{path}/{part}" if path else part
             cached = self.fds.get(path)
             if cached is None:
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    if exc.errno in OUT_OF_SPACE:
+                        raise WriteFailed from exc
+                    raise Refused(f"cannot create folder {path} in the target folder: "
+                                  f"{exc.strerror or exc}") from None
                 try:
                     cached = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except OSError:
@@ -67,15 +78,22 @@ class Folders:
 
 
 class LinkSink:
-    """Members written unnamed (O_TMPFILE) in their folder and linked into place whole."""
+    """Members written unnamed (O_TMPFILE) in their folder and linked into place whole.
 
-    def __init__(self, root_fd: int, outcome: ShardOutcome) -> None:
+    A file that replaces another is linked first into the shard's staging folder and renamed over
+    it from there (atomic, and what a kill leaves in between goes with the staging folder). In a
+    folder whose filesystem has no O_TMPFILE (a mount under the root), the file is written under a
+    name in the staging folder and renamed into place, as StagingSink does.
+    """
+
+    def __init__(self, root_fd: int, staging_fd: int, outcome: ShardOutcome) -> None:
         self.folders = Folders(root_fd)
+        self.staging_fd = staging_fd
         self.outcome = outcome
         self.placed: dict[str, None] = {}
         self.json_data: dict[str, bytes] = {}
         self.stats: dict[str, os.stat_result] = {}
-        self._parents: dict[int, int] = {}
+        self._open: dict[int, tuple[int, str | None]] = {}  # fd -> (parent fd, staged name or None)
         self._spare = 0
 
     @property
@@ -90,25 +108,37 @@ class LinkSink:
         parent = self.folders.open(parts[:-1])  # Refused when a symlink or file is in the way
         try:
             fd = os.open(".", TMPFILE_FLAGS, mode, dir_fd=parent)
+            self._open[fd] = (parent, None)
         except OSError as exc:
-            raise WriteFailed from exc
-        self._parents[fd] = parent
+            if exc.errno in OUT_OF_SPACE:
+                raise WriteFailed from exc
+            if exc.errno not in NO_TMPFILE:
+                raise Refused(f"cannot write in its folder: {exc.strerror or exc}") from None
+            name = self._spare_name()
+            try:
+                fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=self.staging_fd)
+            except OSError as staged_exc:
+                raise WriteFailed from staged_exc
+            self._open[fd] = (parent, name)
         return fd
 
     def finish(self, fd: int, parts: list[str], member: str, mtime_ns: int, data: bytes | None) -> None:
         """Give the written file its mtime and its name; record its final stat."""
-        parent = self._parents.pop(fd)
+        parent, staged = self._open.pop(fd)
         try:
             with contextlib.suppress(OSError, OverflowError, ValueError):
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             try:
-                self._link(fd, parent, parts[-1])
+                if staged is None:
+                    self._link(fd, parent, parts[-1])
+                else:
+                    os.rename(staged, parts[-1], src_dir_fd=self.staging_fd, dst_dir_fd=parent)
             except OSError as exc:
                 reason = f"cannot put it in place: {exc.strerror or exc}"
                 self.outcome.refusals.append((printable(member), reason))
                 return
             path = "/".join(parts)
-            self.stats[path] = os.fstat(fd)  # after the link, which changed its ctime
+            self.stats[path] = os.fstat(fd)  # after the link or rename, which changed its ctime
         finally:
             os.close(fd)
         self.placed[path] = None
@@ -119,41 +149,40 @@ class LinkSink:
         self.outcome.members += 1
 
     def abandon(self, fd: int) -> None:
-        """A file that could not be written whole: closed unnamed, so it vanishes."""
-        self._parents.pop(fd, None)
+        """A file that could not be written whole: closed unnamed, so it vanishes (or, staged,
+        left for the staging folder's removal)."""
+        self._open.pop(fd, None)
         os.close(fd)
+
+    def _spare_name(self) -> str:
+        self._spare += 1
+        return f"{self._spare:08d}"
 
     def _link(self, fd: int, parent: int, name: str) -> None:
         source = f"/proc/self/fd/{fd}"
         try:
             os.link(source, name, dst_dir_fd=parent, follow_symlinks=True)
         except FileExistsError:  # replace what is there (a file, or a planted symlink) atomically
-            self._spare += 1
-            spare = f"{STAGING_PREFIX}{os.getpid()}-{self._spare}"
-            os.link(source, spare, dst_dir_fd=parent, follow_symlinks=True)
-            try:
-                os.rename(spare, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(spare, dir_fd=parent)
-                raise
+            spare = self._spare_name()
+            os.link(source, spare, dst_dir_fd=self.staging_fd, follow_symlinks=True)
+            os.rename(spare, name, src_dir_fd=self.staging_fd, dst_dir_fd=parent)
 
     def close(self) -> None:
         self.folders.close()
 
 
-def links_in_place(root_fd: int) -> bool:
-    """Whether the root's filesystem takes LinkSink's unnamed files and links (and /proc is there)."""
+def links_in_place(staging_fd: int) -> bool:
+    """Whether the filesystem (of the shard's staging folder, in the root) takes LinkSink's
+    unnamed files and links (and /proc is there to link them by)."""
     if not TMPFILE_FLAGS & getattr(os, "O_TMPFILE", 0):
         return False
-    probe = f"{STAGING_PREFIX}probe-{os.getpid()}"
     try:
-        fd = os.open(".", TMPFILE_FLAGS, 0o600, dir_fd=root_fd)
+        fd = os.open(".", TMPFILE_FLAGS, 0o600, dir_fd=staging_fd)
     except OSError:
         return False
     try:
-        os.link(f"/proc/self/fd/{fd}", probe, dst_dir_fd=root_fd, follow_symlinks=True)
-        os.unlink(probe, dir_fd=root_fd)
+        os.link(f"/proc/self/fd/{fd}", "probe", dst_dir_fd=staging_fd, follow_symlinks=True)
+        os.unlink("probe", dir_fd=staging_fd)
     except OSError:
         return False
     finally:

@@ -110,6 +110,8 @@ def _stage_uncompressed(
         raise
     except TarReadError as exc:
         outcome.error = f"cannot read shard {task.path} ({exc.reason})"
+    except tarfile.ReadError as exc:  # the shard shrank while it was copied from
+        outcome.error = _damaged(task.path, sink.count, exc)
     except WriteFailed as exc:
         outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
     finally:

@@ -39,16 +39,17 @@ def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) 
     try:
         root_fd = os.open(task.root, DIR_FLAGS)
         try:
-            remove_staging(root_fd, task.root, task.staging)  # an earlier run's, on another filesystem
-            if links_in_place(root_fd):
-                sink = LinkSink(root_fd, outcome)
-                try:
-                    stage_members(task, sink, outcome, report)
-                finally:
-                    sink.close()
-                placed, json_data, stats = list(sink.placed), sink.json_data, sink.stats
-            else:
-                placed, json_data = _through_staging(task, root_fd, outcome, report)
+            remove_staging(root_fd, task.root, task.staging)  # what a killed run left
+            os.mkdir(task.staging, 0o700, dir_fd=root_fd)
+            staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
+            try:
+                if links_in_place(staging_fd):
+                    placed, json_data, stats = _linked(task, root_fd, staging_fd, outcome, report)
+                else:
+                    placed, json_data = _through_staging(task, root_fd, staging_fd, outcome, report)
+            finally:
+                os.close(staging_fd)
+            remove_staging(root_fd, task.root, task.staging)
         finally:
             os.close(root_fd)
     except OSError as exc:
@@ -88,19 +89,27 @@ def remove_staging(root_fd: int, root: str, name: str) -> None:
 
 
 
-def _through_staging(task: ShardTask, root_fd: int, outcome: ShardOutcome,
+def _linked(task: ShardTask, root_fd: int, staging_fd: int, outcome: ShardOutcome,
+            report: Callable[[int], None] | None
+            ) -> tuple[list[str], dict[str, bytes], dict[str, os.stat_result]]:
+    """Each file written unnamed and linked into place whole; what was placed is returned even
+    when the shard stops half-way (a write error), so it is recorded."""
+    sink = LinkSink(root_fd, staging_fd, outcome)
+    try:
+        stage_members(task, sink, outcome, report)
+    except OSError as exc:
+        outcome.error = cannot_write(task.root, exc)
+    finally:
+        sink.close()
+    return list(sink.placed), sink.json_data, sink.stats
+
+
+def _through_staging(task: ShardTask, root_fd: int, staging_fd: int, outcome: ShardOutcome,
                      report: Callable[[int], None] | None) -> tuple[list[str], dict[str, bytes]]:
     """The whole shard into its staging folder, then each file renamed into place."""
-    os.mkdir(task.staging, 0o700, dir_fd=root_fd)
-    staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
-    try:
-        sink = StagingSink(staging_fd)
-        stage_members(task, sink, outcome, report)
-        placed = place_staged(root_fd, sink, outcome)
-    finally:
-        os.close(staging_fd)
-    remove_staging(root_fd, task.root, task.staging)
-    return placed
+    sink = StagingSink(staging_fd)
+    stage_members(task, sink, outcome, report)
+    return place_staged(root_fd, sink, outcome)
 
 
 def read_placed(

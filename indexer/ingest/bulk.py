@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable
 
 import orjson
@@ -62,24 +63,32 @@ SCRATCH_SUFFIX = "-scratch"
 
 
 def scratch_folder(conn: sqlite3.Connection) -> str:
-    """`DB-scratch/` beside the database (the folder the user named for it), emptied of what a
-    killed run left."""
+    """A new folder for this run's scratch databases, `DB-scratch/run-XXXXXXXX/` beside the
+    database (the folder the user named for it). Its name is random, so nothing from a tar shard
+    can be placed there ahead of the reader writing it, whatever the filesystem's case rules."""
     main_file = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
-    folder = main_file + SCRATCH_SUFFIX
-    os.makedirs(folder, exist_ok=True)
-    _clear_scratch(folder)
-    return folder
+    parent = main_file + SCRATCH_SUFFIX
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix="run-", dir=parent)
 
 
 def remove_scratch(db_path: str | os.PathLike[str]) -> None:
-    """Remove what a killed bulk load left beside the database (each writer run starts so)."""
-    remove_scratch_folder(os.fspath(db_path) + SCRATCH_SUFFIX)
+    """Remove what killed runs left beside the database (each writer run starts so)."""
+    parent = os.path.realpath(db_path) + SCRATCH_SUFFIX  # as SQLite names the file it opened
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            if entry.name.startswith("run-") and entry.is_dir(follow_symlinks=False):
+                remove_scratch_folder(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(parent)
 
 
 def remove_scratch_folder(folder: str) -> None:
+    """Remove a run's scratch folder (only the files this module names), and its parent if empty."""
     _clear_scratch(folder)
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
+    for empty in (folder, os.path.dirname(folder)):
+        with contextlib.suppress(OSError):
+            os.rmdir(empty)
 
 
 def _scratch_path(folder: str, number: int) -> str:
