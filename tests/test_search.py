@@ -30,6 +30,7 @@ def assert_fts_in_sync(db) -> None:
     try:
         conn.execute("INSERT INTO samples_fts (samples_fts, rank) VALUES ('integrity-check', 1)")
         assert conn.execute("SELECT count(*) FROM search_pending").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM search_stale").fetchone()[0] == 0
         assert (conn.execute("SELECT count(*) FROM samples_fts_docsize").fetchone()[0]
                 == conn.execute("SELECT count(*) FROM samples").fetchone()[0])
     finally:
@@ -189,3 +190,26 @@ def test_cli_takes_unquoted_words(tmp_path, cli):
     result = cli("search", "red", "dragon", "--db", db, "--json")
     assert result.exit_code == 0
     assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == ["a"]
+
+
+def test_an_edited_caption_is_not_found_by_its_old_words_before_the_sync(tmp_path):
+    """Between a caption edit and the run's sync, the FTS still holds the old words: the row is
+    left out (queued as not searchable yet), never shown for words it no longer has."""
+    root = tmp_path / "data"
+    root.mkdir()
+    db = tmp_path / "s.sqlite"
+    write_sample(root, "one", "a red dragon")
+    write_sample(root, "two", "another dragon")
+    index_root(db, root, workers=1)
+    conn = store.connect(db)
+    with store.transaction(conn):  # as a run killed after writing, before its sync
+        conn.execute("""UPDATE samples SET meta = json_set(meta, '$.short_caption', 'a green meadow')
+                        WHERE key = 'one'""")
+    conn.close()
+    assert fts_keys(db, "dragon") == ["two"]
+    assert fts_keys(db, "meadow") == [] and search.search_status(db) == 1
+    conn = store.connect(db)
+    sync_search_index(conn)
+    conn.close()
+    assert_fts_in_sync(db)
+    assert (fts_keys(db, "dragon"), fts_keys(db, "meadow")) == (["two"], ["one"])

@@ -63,6 +63,7 @@ def build_derived(conn: sqlite3.Connection, progress: bool = False) -> int:
         if triggers:
             with store.transaction(conn):
                 conn.execute("DELETE FROM search_pending")
+                conn.execute("DELETE FROM search_stale")
                 conn.execute("INSERT INTO samples_fts (samples_fts) VALUES ('rebuild')")
                 for name, sql in triggers:
                     conn.execute(sql)

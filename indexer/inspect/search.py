@@ -64,9 +64,11 @@ def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str,
     params: dict = {"match": match}
     score = f"bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT})" if scored else "NULL"
     several = conn.execute("SELECT count(*) > 1 FROM datasets").fetchone()[0]
+    fresh = "samples_fts.rowid NOT IN (SELECT id FROM search_stale)"  # their FTS text is the old one
     if not phrases and not several:
-        return f"SELECT rowid AS id, {score} AS score FROM samples_fts WHERE samples_fts MATCH :match", params
-    clauses = ["samples_fts MATCH :match"]
+        return (f"SELECT rowid AS id, {score} AS score FROM samples_fts WHERE samples_fts MATCH :match"
+                f" AND {fresh}", params)
+    clauses = ["samples_fts MATCH :match", fresh]
     if several:
         clauses.append("s.dataset = :dataset")
         params["dataset"] = dataset
