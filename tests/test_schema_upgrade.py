@@ -101,3 +101,29 @@ def test_upgrade_rereads_nothing_and_keeps_every_sample(tmp_path, cli, fixture):
     stats = cli("stats", "--db", db, "--json")  # the reading code works on the upgraded database
     assert stats.exit_code == 0, stats.stderr
     assert json.loads(stats.stdout)["samples"] == manifest["samples"]
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda path: path.name.split(".")[0])
+def test_search_follows_edits_after_an_upgrade(tmp_path, cli, fixture, monkeypatch):
+    """The search triggers an upgrade replaces (schema 012) keep the FTS right through an edit."""
+    from indexer.ingest import scan
+
+    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    db, root, _manifest = unpack(fixture, tmp_path)
+    place_as_recorded(db, root)
+    index_root(db, root, workers=1)
+    assert cli("search", "anything", "--db", db).exit_code == 0  # builds the FTS if it was deferred
+    edited = next(path for path in sorted(Path(root).rglob("*.json"))
+                  if isinstance(json.loads(path.read_bytes() or b"null"), dict))
+    record = json.loads(edited.read_bytes())
+    record["short_caption"] = "zanzibarquux"
+    edited.write_text(json.dumps(record), encoding="utf-8")
+    assert index_root(db, root, workers=1)["changed"] == 1
+    found = cli("search", "zanzibarquux", "--db", db, "--json")
+    assert found.exit_code == 0, found.stderr
+    hits = [json.loads(line)["key"] for line in found.stdout.splitlines()]
+    assert hits == [edited.relative_to(root).as_posix()[:-5]]
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO samples_fts (samples_fts, rank) VALUES ('integrity-check', 1)")
+    assert conn.execute("SELECT count(*) FROM search_stale").fetchone() == (0,)
+    conn.close()
