@@ -507,3 +507,21 @@ def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, m
     assert all(path.read_bytes() == sources[path.name] for path in landed)
     summary = extract_shards(db, [shard], data, workers=1)
     assert summary["samples"] == 40 and tree(data) == tree(src)
+
+
+@pytest.mark.parametrize("kernel_copy", ["refused", "missing"])
+def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, monkeypatch, kernel_copy: str) -> None:
+    """Across filesystems copy_file_range may refuse (EXDEV); outside Linux it does not exist."""
+    import errno
+
+    image = bytes(range(256)) * 5000  # larger than one copy chunk would need
+    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
+    if kernel_copy == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert summary["failures"] == [] and summary["added"] == 1
+    assert (tmp_path / "data" / "a.png").read_bytes() == image

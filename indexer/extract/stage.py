@@ -128,12 +128,13 @@ def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
     """Copy in the kernel: copy_file_range (same filesystem type), else sendfile, else read/write."""
     end = offset + size
     try:
-        while offset < end:
+        while offset < end and hasattr(os, "copy_file_range"):  # Linux only
             copied = os.copy_file_range(source_fd, target_fd, end - offset, offset)
             if copied == 0:
                 raise tarfile.ReadError("the shard ended inside a member")
             offset += copied
-        return
+        if offset >= end:
+            return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise WriteFailed from exc
