@@ -525,3 +525,32 @@ def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, monkeypatc
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == [] and summary["added"] == 1
     assert (tmp_path / "data" / "a.png").read_bytes() == image
+
+
+def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: Path, monkeypatch) -> None:
+    """Re-extracting over existing files links each new file under a spare name first: the spare
+    lives in the shard's staging folder, which the next run removes with everything in it."""
+    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")])
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    extract_shards(db, [shard], data, workers=1)
+    os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # re-downloaded: extracted again, over a.*
+    real_rename = os.rename
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # killed between linking the spare and renaming it over a.json
+
+    monkeypatch.setattr(os, "rename", die)
+    with pytest.raises(KeyboardInterrupt):
+        extract_shards(db, [shard], data, workers=1)
+    monkeypatch.setattr(os, "rename", real_rename)
+    leftovers = [p.name for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert leftovers == [staging_name(shard.resolve())]  # only the staging folder, spare inside
+    extract_shards(db, [shard], data, workers=1)
+    assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
+
+
+def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, monkeypatch) -> None:
+    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"p" * 5000)])
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)  # as if the file shrank under us
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert len(summary["failures"]) == 1 and "damaged" in summary["failures"][0]["error"]

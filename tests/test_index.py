@@ -645,3 +645,22 @@ def test_an_unwritable_scratch_database_ends_a_first_run_with_one_clear_error(da
     assert "cannot write scratch database" in result.stderr and "free some space" in result.stderr
     assert "Traceback" not in result.stderr
     assert not Path(f"{db_path}-scratch").exists()
+
+
+def test_each_run_gets_its_own_unguessable_scratch_folder(tmp_path):
+    """A tar member cannot be placed where a reader will write (whatever the filesystem's case
+    rules): the run folder's name is random and only its owner may enter it."""
+    import stat as stat_module
+
+    from indexer.ingest import bulk
+
+    conn = store.connect(tmp_path / "db.sqlite")
+    try:
+        first, second = bulk.scratch_folder(conn), bulk.scratch_folder(conn)
+    finally:
+        conn.close()
+    assert first != second
+    assert Path(first).parent == Path(second).parent == (tmp_path / "db.sqlite-scratch").resolve()
+    assert stat_module.S_IMODE(os.stat(first).st_mode) == 0o700
+    bulk.remove_scratch(tmp_path / "db.sqlite")
+    assert not (tmp_path / "db.sqlite-scratch").exists()
