@@ -551,6 +551,86 @@ def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: P
 
 def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, monkeypatch) -> None:
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"p" * 5000)])
-    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)  # as if the file shrank under us
+
+    def shrink(source_fd, target_fd, count, offset):  # the shard is cut short under us
+        os.truncate(shard, offset)
+        return 0
+
+    monkeypatch.setattr(os, "copy_file_range", shrink)
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert len(summary["failures"]) == 1 and "damaged" in summary["failures"][0]["error"]
+
+
+def test_a_kernel_copy_that_stops_early_is_finished_by_reading(tmp_path: Path, monkeypatch) -> None:
+    image = b"p" * 5000
+    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)  # some filesystems copy nothing
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert summary["failures"] == [] and (tmp_path / "data" / "a.png").read_bytes() == image
+
+
+def test_a_full_disk_while_renaming_from_staging_fails_the_shard_not_the_run(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    import errno
+
+    monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
+    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png"),
+                                        ("sub/b.json", b"{}")])
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.fspath(path) == "sub":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
+    assert len(summary["failures"]) == 1 and "free some space" in summary["failures"][0]["error"]
+    assert summary["added"] == 1  # what was placed before the disk filled is recorded
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_the_database_files_are_refused_whatever_the_case_of_the_member_name(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    shard = tar_of(tmp_path / "s.tar", [("INDEX.SQLITE", b"x"), ("Index.sqlite-Scratch/a.json", b"{}"),
+                                        ("a.json", b"{}")])
+    summary = extract_shards(data / "index.sqlite", [shard], data, workers=1)
+    assert sorted(r["member"] for r in summary["refusals"]) == ["INDEX.SQLITE", "Index.sqlite-Scratch/a.json"]
+
+
+def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_their_files(
+        tmp_path: Path, monkeypatch) -> None:
+    """A mount under the root: O_TMPFILE refused there (files go in under a hidden name in their
+    own folder), or spares in the staging folder refused (EXDEV) when files are replaced."""
+    import errno
+
+    members = [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")]
+    shard = tar_of(tmp_path / "s.tar", members)
+    data, db = tmp_path / "data", tmp_path / "db.sqlite"
+    real_open, real_link = os.open, os.link
+    tmpfile_opens = []
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            tmpfile_opens.append(path)
+            if len(tmpfile_opens) > 1:  # the probe passes; the folder the files go to refuses
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    extract_shards(db, [shard], data, workers=1)
+    monkeypatch.setattr(os, "open", real_open)
+    assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
+
+    def link(source, name, *args, **kwargs):
+        if name.isdigit():  # a spare in the staging folder: another filesystem
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(source, name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # extracted again, over its files
+    again = extract_shards(db, [shard], data, workers=1)
+    assert again["failures"] == [] and again["refused"] == 0
+    assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
+    assert dict(files_of(data)) == dict(members)

@@ -21,7 +21,8 @@ import errno
 import os
 
 from indexer.extract.members import Refused, printable
-from indexer.extract.task import ShardOutcome
+from indexer.extract.task import ShardOutcome, cannot_write
+from indexer.ingest.walk import STAGING_PREFIX
 
 MAX_OPEN_FOLDERS = 256
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,11 +115,13 @@ class LinkSink:
                 raise WriteFailed from exc
             if exc.errno not in NO_TMPFILE:
                 raise Refused(f"cannot write in its folder: {exc.strerror or exc}") from None
-            name = self._spare_name()
+            # another filesystem mounted under the root: a hidden name in the folder itself
+            # (a rename out of the staging folder would cross filesystems)
+            name = self._local_spare_name()
             try:
-                fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=self.staging_fd)
-            except OSError as staged_exc:
-                raise WriteFailed from staged_exc
+                fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=parent)
+            except OSError as named_exc:
+                raise WriteFailed from named_exc
             self._open[fd] = (parent, name)
         return fd
 
@@ -132,7 +135,7 @@ class LinkSink:
                 if staged is None:
                     self._link(fd, parent, parts[-1])
                 else:
-                    os.rename(staged, parts[-1], src_dir_fd=self.staging_fd, dst_dir_fd=parent)
+                    os.rename(staged, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as exc:
                 reason = f"cannot put it in place: {exc.strerror or exc}"
                 self.outcome.refusals.append((printable(member), reason))
@@ -149,23 +152,38 @@ class LinkSink:
         self.outcome.members += 1
 
     def abandon(self, fd: int) -> None:
-        """A file that could not be written whole: closed unnamed, so it vanishes (or, staged,
-        left for the staging folder's removal)."""
-        self._open.pop(fd, None)
+        """A file that could not be written whole: closed, and gone (unnamed, or its hidden name
+        removed)."""
+        parent, staged = self._open.pop(fd, (None, None))
         os.close(fd)
+        if staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(staged, dir_fd=parent)
 
     def _spare_name(self) -> str:
         self._spare += 1
         return f"{self._spare:08d}"
 
+    def _local_spare_name(self) -> str:
+        """A name for a file on its way in, in its own folder: hidden, and never a sample."""
+        return f"{STAGING_PREFIX}{os.getpid()}-{self._spare_name()}"
+
     def _link(self, fd: int, parent: int, name: str) -> None:
         source = f"/proc/self/fd/{fd}"
         try:
             os.link(source, name, dst_dir_fd=parent, follow_symlinks=True)
+            return
         except FileExistsError:  # replace what is there (a file, or a planted symlink) atomically
-            spare = self._spare_name()
-            os.link(source, spare, dst_dir_fd=self.staging_fd, follow_symlinks=True)
-            os.rename(spare, name, src_dir_fd=self.staging_fd, dst_dir_fd=parent)
+            pass
+        spare, spare_dir = self._spare_name(), self.staging_fd  # goes with the staging folder
+        try:
+            os.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            spare, spare_dir = self._local_spare_name(), parent  # another filesystem under the root
+            os.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
+        os.rename(spare, name, src_dir_fd=spare_dir, dst_dir_fd=parent)
 
     def close(self) -> None:
         self.folders.close()
@@ -235,9 +253,10 @@ class StagingSink:
         os.close(fd)
 
 
-def place_staged(root_fd: int, sink: StagingSink, outcome: ShardOutcome
+def place_staged(root_fd: int, root: str, sink: StagingSink, outcome: ShardOutcome
                  ) -> tuple[list[str], dict[str, bytes]]:
-    """Rename staged files to their place (in member order, so a later duplicate wins)."""
+    """Rename staged files to their place (in member order, so a later duplicate wins); a full
+    disk stops it, what was placed so far being returned to be recorded."""
     folders = Folders(root_fd)
     placed: dict[str, None] = {}
     json_data: dict[str, bytes] = {}
@@ -258,6 +277,9 @@ def place_staged(root_fd: int, sink: StagingSink, outcome: ShardOutcome
                 outcome.members += 1
             except Refused as exc:
                 outcome.refusals.append((printable(member_name), str(exc)))
+            except WriteFailed as exc:
+                outcome.error = cannot_write(root, exc.__cause__)  # type: ignore[arg-type]
+                break
             except OSError as exc:
                 reason = f"cannot put it in place: {exc.strerror or exc}"
                 outcome.refusals.append((printable(member_name), reason))

@@ -109,7 +109,7 @@ def _through_staging(task: ShardTask, root_fd: int, staging_fd: int, outcome: Sh
     """The whole shard into its staging folder, then each file renamed into place."""
     sink = StagingSink(staging_fd)
     stage_members(task, sink, outcome, report)
-    return place_staged(root_fd, sink, outcome)
+    return place_staged(root_fd, task.root, sink, outcome)
 
 
 def read_placed(
