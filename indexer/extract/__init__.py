@@ -115,12 +115,13 @@ def prepare_root(to: str | os.PathLike[str]) -> Path:
 
 
 def reserved_paths(db_path: str | os.PathLike[str], root: Path) -> frozenset[str]:
-    """Root-relative paths of the database's own files, when the database lives inside the root."""
+    """Root-relative paths of the database's own files, when the database lives inside the root
+    (casefolded: members.py compares names whatever their case)."""
     base = os.fspath(Path(db_path).resolve())
     reserved = set()
     for suffix in ("", "-wal", "-shm", "-journal", ".lock", SCRATCH_SUFFIX):
         with contextlib.suppress(ValueError):
-            reserved.add(Path(base + suffix).relative_to(root).as_posix())
+            reserved.add(Path(base + suffix).relative_to(root).as_posix().casefold())
     return frozenset(reserved)
 
 

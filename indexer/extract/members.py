@@ -59,9 +59,10 @@ def extracted_parts(member: Member, root: str, reserved: frozenset[str] = frozen
 def _refuse_reserved(parts: list[str], reserved: frozenset[str]) -> None:
     """The database's files and its scratch folder (and anything under it) are never written,
     whatever the case of the member's name (a case-insensitive folder takes `DB.SQLITE` for it)."""
-    path = "/".join(parts).casefold()
-    taken = {name.casefold() for name in reserved}
-    if parts and (path in taken or any(path.startswith(name + "/") for name in taken)):
+    if not reserved or not parts:  # the database lives outside the root: nothing to guard
+        return
+    path = "/".join(parts).casefold()  # reserved names are casefolded (reserved_paths)
+    if path in reserved or any(path.startswith(name + "/") for name in reserved):
         raise Refused("would overwrite the index database, which lives in the target folder")
 
 
