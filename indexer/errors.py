@@ -21,6 +21,11 @@ class IndexerError(Exception):
     exit_code = EXIT_FAILURE
 
 
+class DataProblem(IndexerError):
+    """A problem in the data being read (a damaged shard, say): recorded for that sample or shard,
+    never the end of a run (ingest/guard.py)."""
+
+
 class DatabaseLocked(IndexerError):
     exit_code = EXIT_LOCKED
 

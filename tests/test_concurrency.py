@@ -12,13 +12,13 @@ import pytest
 
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.ingest import bulk, pipeline, scan
+from indexer.ingest import bulk, change, pipeline
 from indexer.ingest.index import index_root
 
 
 @pytest.fixture
 def no_racy(monkeypatch):
-    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
 def _ok_count(db: Path) -> int:

@@ -14,7 +14,7 @@ from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.aitk import CACHE_NAME, export_aitk, st_mtime_seconds
-from indexer.ingest import scan
+from indexer.ingest import change
 from indexer.ingest.index import index_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 @pytest.fixture
 def settled(monkeypatch):
     """Files written by the test before a scan count as settled (the real window is 3 s)."""
-    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
 def aitk_sizes(folder_path: str) -> dict[str, tuple[int, int] | None]:

@@ -13,7 +13,7 @@ from helpers_index import files, samples, write_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.ingest import scan, walk
+from indexer.ingest import change, walk
 from indexer.ingest.index import index_root
 from indexer.ingest.read import parse_dimension, parse_json_bytes
 from indexer.ingest.walk import split_sample_path
@@ -96,7 +96,7 @@ def _apply(root: Path, op: str, key: str, other: str, n: int, gen) -> None:
 @given(st.lists(OPS, min_size=1, max_size=3))
 def test_incremental_index_equals_fresh_index(gen, monkeypatch, rounds):
     """Whatever happens to the files between runs, the updated index equals a fresh index."""
-    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
     work = Path(tempfile.mkdtemp())
     try:
         root = work / "data"

@@ -106,9 +106,9 @@ def test_upgrade_rereads_nothing_and_keeps_every_sample(tmp_path, cli, fixture):
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda path: path.name.split(".")[0])
 def test_search_follows_edits_after_an_upgrade(tmp_path, cli, fixture, monkeypatch):
     """The search triggers an upgrade replaces (schema 012) keep the FTS right through an edit."""
-    from indexer.ingest import scan
+    from indexer.ingest import change
 
-    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
     db, root, _manifest = unpack(fixture, tmp_path)
     place_as_recorded(db, root)
     index_root(db, root, workers=1)

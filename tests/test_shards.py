@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexer.export.jsonl import export_jsonl
-from indexer.ingest import scan
+from indexer.ingest import change
 from indexer.ingest.index import index_root
 from indexer.ingest.pipeline import json_bytes
 
@@ -25,7 +25,7 @@ CONTENT = "key, image_ext, json_ext, width, height, size_from, status, error, wa
 
 @pytest.fixture(autouse=True)
 def no_racy(monkeypatch):
-    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
 def make_shard(path: Path, members: dict[str, bytes], *, extra: list[tarfile.TarInfo] = ()) -> None:

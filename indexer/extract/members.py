@@ -6,15 +6,15 @@ extract's time), which the worker's O_NOFOLLOW folder descriptors make unnecessa
 
 from __future__ import annotations
 
-import re
 import tarfile
 
-from indexer.ingest.tar_members import ONLY_FILES as TAR_ONLY_FILES
+from indexer.ingest import tar_policy
 from indexer.ingest.tar_members import Member
 from indexer.ingest.walk import STAGING_PREFIX
 
-ONLY_FILES = "only regular files and folders are extracted"
-DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+# tarfile's member types as the policy's kinds
+_TARFILE_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "device",
+                  tarfile.BLKTYPE: "device", tarfile.FIFOTYPE: "fifo"}
 
 
 class Refused(Exception):
@@ -26,19 +26,13 @@ def member_parts(member: tarfile.TarInfo, root: str, reserved: frozenset[str] = 
 
     An empty list means the member names the root itself (a `./` folder entry): nothing to do.
     """
-    if member.issym():
-        raise Refused(f"symbolic link (to {member.linkname!r}); {ONLY_FILES}")
-    if member.islnk():
-        raise Refused(f"hard link (to {member.linkname!r}); {ONLY_FILES}")
-    if member.ischr() or member.isblk():
-        raise Refused(f"device file; {ONLY_FILES}")
-    if member.isfifo():
-        raise Refused(f"FIFO (named pipe); {ONLY_FILES}")
-    if not (member.isreg() or member.isdir()):
-        raise Refused(f"unsupported member type {member.type!r}; {ONLY_FILES}")
+    kind = "file" if member.isreg() else "dir" if member.isdir() else _TARFILE_KINDS.get(member.type, "other")
+    refusal = tar_policy.kind_refusal(kind, member.type.decode("latin-1"), member.linkname)
+    if refusal is not None:
+        raise Refused(refusal)
     parts = _name_parts(member.name)
     if not parts and member.isreg():
-        raise Refused("a file member without a name")
+        raise Refused(tar_policy.NO_NAME)
     _refuse_reserved(parts, reserved)
     return parts
 
@@ -48,9 +42,9 @@ def extracted_parts(member: Member, root: str, reserved: frozenset[str] = frozen
     already refused links, devices, FIFOs, absolute names and `..`; the extract's own checks on
     top (backslashes, drive letters, staging names, the database's files)."""
     if member.refusal is not None:
-        raise Refused(member.refusal.replace(TAR_ONLY_FILES, ONLY_FILES))
+        raise Refused(member.refusal)
     if member.kind not in ("file", "dir"):
-        raise Refused(f"unsupported member type; {ONLY_FILES}")
+        raise Refused(tar_policy.kind_refusal(member.kind, member.kind) or tar_policy.ONLY_FILES)
     parts = [] if member.name == "." else _name_parts(member.name)
     _refuse_reserved(parts, reserved)
     return parts
@@ -74,22 +68,18 @@ def printable(name: str) -> str:
 
 
 def _name_parts(name: str) -> list[str]:
-    if "\x00" in name:
-        raise Refused("name contains a NUL byte")
+    """The policy's checks on a name tarfile decoded (undecodable bytes as surrogates), then
+    extract's own: the names it reserves for its staging folders."""
     if not name.isascii():
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            raise Refused("name is not valid UTF-8 (the index stores text paths)") from None
-    if "\\" in name:
-        raise Refused("name contains a backslash (a Windows path separator)")
-    if name.startswith("/"):
-        raise Refused("absolute path; members must be relative to the target folder")
-    if DRIVE_LETTER.match(name):
-        raise Refused("name starts with a drive letter")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise Refused("name contains '..' and could escape the target folder")
+            raise Refused(tar_policy.NOT_UTF8) from None
+    placed, refusal = tar_policy.placed_name(name)
+    refusal = refusal or tar_policy.written_name_refusal(name)
+    if refusal is not None:
+        raise Refused(refusal)
+    parts = [] if placed == "." else placed.split("/")
     if any(part.startswith(STAGING_PREFIX) for part in parts):
         raise Refused(f"names starting with {STAGING_PREFIX!r} are reserved for extract's staging folders")
     return parts

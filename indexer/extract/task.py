@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from indexer.ingest.read import FileRecord, SampleRecord
+from indexer.ingest.change import FileRecord
+from indexer.ingest.read import SampleRecord
 
 Result = tuple[str, SampleRecord | None, list[FileRecord], int]
 

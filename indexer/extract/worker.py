@@ -18,13 +18,13 @@ from indexer.extract.sinks import DIR_FLAGS, LinkSink, StagingSink, links_in_pla
 from indexer.extract.stage import stage_members
 from indexer.extract.task import Result, ShardOutcome, ShardTask, cannot_write
 from indexer.ingest.bulk import write_scratch
-from indexer.ingest.read import FileRecord, read_sample
+from indexer.ingest.read import read_sample
 from indexer.ingest.rows import compact
 from indexer.ingest.walk import split_sample_path
 from indexer.ingest.workers import init_worker
 
 __all__ = ["DIR_FLAGS", "Result", "ShardOutcome", "ShardTask", "extract_in_worker", "extract_shard",
-           "init_extract_worker", "not_racy", "read_placed", "remove_staging"]
+           "init_extract_worker", "read_placed", "remove_staging"]
 
 
 def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> ShardOutcome:
@@ -127,13 +127,9 @@ def read_placed(
     for key in sorted(by_key):
         sample, files, files_read = read_sample(root, key, by_key[key], scan_start_ns, json_bytes=json_data,
                                                 known_stats=stats)
-        results.append((key, sample, [not_racy(record) for record in files], files_read))
+        # this run wrote the files and stat-ed them after placing them: their content is known
+        results.append((key, sample, [record.trusted() for record in files], files_read))
     return results
-
-
-def not_racy(record: FileRecord) -> FileRecord:
-    """This run wrote the file and stat-ed it after the rename: its content is known."""
-    return (*record[:5], 0)  # type: ignore[return-value]
 
 
 # The worker process's end of the progress queue (bytes read), set by its pool initializer.

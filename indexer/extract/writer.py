@@ -13,8 +13,9 @@ import orjson
 from indexer import store
 from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
-from indexer.extract.worker import Result, ShardOutcome, ShardTask, not_racy
+from indexer.extract.worker import Result, ShardOutcome, ShardTask
 from indexer.ingest.bulk import SCRATCH_COLUMNS, copy_new_rows
+from indexer.ingest.change import FileRecord
 from indexer.ingest.pipeline import (
     KEYS_PER_COMMIT,
     CompactResult,
@@ -24,9 +25,8 @@ from indexer.ingest.pipeline import (
     stored_files,
     write_results,
 )
-from indexer.ingest.read import FileRecord, read_sample
+from indexer.ingest.read import read_sample
 from indexer.ingest.rows import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in
-from indexer.ingest.scan import stat_signature
 from indexer.ingest.walk import SAMPLE_EXTENSIONS
 
 
@@ -140,7 +140,7 @@ def with_partners(
     stored = stored_files(conn, dataset, [result[0] for result in results])
     completed: list[Result] = []
     for key, sample, files, files_read in results:
-        own = {record[0] for record in files}
+        own = {record.path for record in files}
         extra = set(stored.get(key, ())) - own
         if sample is None or sample.json is None or sample.image is None:
             extra.update(path for path in _partner_paths(key) if path not in own
@@ -161,9 +161,8 @@ def _partner_paths(key: str) -> list[str]:
 def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int | None]) -> FileRecord:
     """Files this shard wrote are not racy; a stored file that did not change stays trusted (a
     racy one is stored with a signature that never matches, so it keeps being re-checked)."""
-    path, size, mtime_ns, ctime_ns, inode, _racy = record
-    if path in own or stored.get(path) == stat_signature(size, mtime_ns, ctime_ns, inode):
-        return not_racy(record)
+    if record.path in own or stored.get(record.path) == record.trusted().signature:
+        return record.trusted()
     return record
 
 

@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import orjson
 
-from indexer.ingest import scan
+from indexer.db.status import Status
+from indexer.ingest.change import INT64_MAX, INT64_MIN, FileRecord, file_record, out_of_range_warning
 from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION
 
 MAX_DIMENSION = 1 << 20
@@ -24,8 +25,6 @@ MAX_DIMENSION = 1 << 20
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 RERUN = "then run `indexer index` again"
 IMAGE_RANK = {ext: rank for rank, ext in enumerate(IMAGE_EXTENSIONS)}
-
-FileRecord = tuple[str, int, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode, racy
 
 
 class SampleRecord(NamedTuple):
@@ -157,12 +156,6 @@ def read_regular(path: str) -> tuple[os.stat_result, bytes | None]:
         os.close(fd)
 
 
-def _stat_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:
-    racy_cut = scan_start_ns - scan.RACY_WINDOW_NS
-    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-            1 if st.st_mtime_ns >= racy_cut or st.st_ctime_ns >= racy_cut else 0)
-
-
 def read_sample(
     root: str, key: str, paths: list[str], scan_start_ns: int, verify_images: bool = False,
     json_bytes: dict[str, bytes] | None = None,
@@ -182,6 +175,7 @@ def read_sample(
     json_data: bytes | None = None
     json_read_error: str | None = None
     files_read = 0
+    odd_times: list[FileRecord] = []  # files whose times a 64-bit column cannot hold
     cut = len(key) + 1
     prefix = root + "/"
     for path in sorted(paths):
@@ -219,14 +213,23 @@ def read_sample(
             else:
                 image_paths.append(path)
                 image_sizes[path] = st.st_size
-        files.append(_stat_record(path, st, scan_start_ns))
+        files.append(file_record(path, st, scan_start_ns))
+        if not (INT64_MIN <= st.st_mtime_ns <= INT64_MAX and INT64_MIN <= st.st_ctime_ns <= INT64_MAX):
+            odd_times.append(files[-1])
     if not files:
         return None, [], files_read
     sample, header_reads = build_sample(
         key, json_path, extra_json, image_paths, json_data, json_read_error, verify_images,
         lambda image: image_header_size(f"{root}/{image}", image_sizes[image]),
     )
+    if odd_times:
+        sample = with_warnings(sample, [out_of_range_warning(record) or "" for record in odd_times])
     return sample, files, files_read + header_reads
+
+
+def with_warnings(sample: SampleRecord, warnings: list[str]) -> SampleRecord:
+    """The sample with more warnings after the ones it has."""
+    return sample._replace(warning="; ".join([*filter(None, [sample.warning]), *warnings]) or None)
 
 
 def build_sample(
@@ -240,61 +243,105 @@ def build_sample(
     header: Callable[[str], tuple[int, int] | str],
 ) -> tuple[SampleRecord, int]:
     """A key's sample from its JSON bytes and image paths; `header(image)` reads an image's size
-    from its header (from a file, or from a tar member by offset), and is called only when needed."""
+    from its header (from a file, or from a tar member by offset), and is called only when needed.
+    Returns the sample and how many image headers were read."""
     warnings: list[str] = []
     if extra_json:
         warnings.append(f"several JSON files for {key}: using {json_path}")
-    obj: dict | None = None
-    json_error = json_read_error
+    obj, meta, json_error = None, None, json_read_error
     if json_path is not None and json_error is None:
         obj, json_error = parse_json_bytes(json_data or b"")
+        if obj is not None:
+            obj, meta, json_error = storable_json(obj, json_path, json_data or b"", warnings)
     image = None
     if image_paths:
         image = choose_image(image_paths, obj.get("image_name") if obj else None)
         if len(image_paths) > 1:
             others = ", ".join(p for p in image_paths if p != image)
             warnings.append(f"several images for {key}: using {image}, ignoring {others}")
-    meta = None
-    json_size = None
-    if obj is not None:
-        meta = orjson.dumps(obj).decode()
-        name = obj.get("image_name")
-        file_name = image[image.rfind("/") + 1 :] if image is not None else None
-        if file_name is not None and isinstance(name, str) and name and name != file_name:
-            warnings.append(f"image_name says {name!r} but the image file is {image}")
-        json_width = parse_dimension(obj.get("width"))
-        json_height = parse_dimension(obj.get("height"))
-        if json_width and json_height:
-            json_size = (json_width, json_height)
+    json_size = _json_size(obj, image, warnings) if obj is not None else None
+    status, error, size, size_from, header_reads = _decide(
+        key, json_path, json_error, image, json_size, verify_images, header, warnings)
+    sample = SampleRecord(image, json_path, size[0] if size else None, size[1] if size else None,
+                          size_from if size else None, status.value, error, "; ".join(warnings) or None, meta)
+    return sample, header_reads
 
-    def record(status: str, error: str | None, size: tuple[int, int] | None, size_from: str):
-        return SampleRecord(
-            image, json_path, size[0] if size else None, size[1] if size else None,
-            size_from if size else None, status, error, "; ".join(warnings) or None, meta,
-        )
 
+MAX_STORED_DEPTH = 254  # orjson writes objects nested this deep at most
+
+
+def storable_json(obj: dict, json_path: str, data: bytes, warnings: list[str]
+                  ) -> tuple[dict | None, str | None, str | None]:
+    """(object, meta text, None) for a parsed sidecar the index can store as it is, or
+    (None, None, reason) for one it cannot: JSON that parses is not always JSON that serialises.
+
+    NUL characters are dropped from its text, with a warning: SQLite's text functions, and so the
+    caption columns and every export, would otherwise cut a caption at the first one, silently."""
+    if b"\\u0000" in data:
+        cleaned = _without_nul(obj)
+        if cleaned != obj:
+            obj = cleaned
+            warnings.append(f"{json_path}: NUL characters (\\u0000) dropped from its text")
+    try:
+        return obj, orjson.dumps(obj).decode(), None
+    except orjson.JSONEncodeError as exc:
+        if "Recursion" in str(exc):
+            why = f"nested deeper than {MAX_STORED_DEPTH} levels, the most the index stores"
+        else:
+            why = f"holds a value the index cannot store ({exc})"
+        return None, None, why
+
+
+def _without_nul(value: object) -> object:
+    """value with every NUL taken out of its strings and keys (called only when one is likely)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key.replace("\x00", ""): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def _json_size(obj: dict, image: str | None, warnings: list[str]) -> tuple[int, int] | None:
+    """The width and height the JSON gives, if usable; warns when image_name names another file."""
+    name = obj.get("image_name")
+    file_name = image[image.rfind("/") + 1 :] if image is not None else None
+    if file_name is not None and isinstance(name, str) and name and name != file_name:
+        warnings.append(f"image_name says {name!r} but the image file is {image}")
+    json_width = parse_dimension(obj.get("width"))
+    json_height = parse_dimension(obj.get("height"))
+    return (json_width, json_height) if json_width and json_height else None
+
+
+Decision = tuple[Status, str | None, tuple[int, int] | None, str, int]  # status, error, size, from, reads
+
+
+def _decide(key: str, json_path: str | None, json_error: str | None, image: str | None,
+            json_size: tuple[int, int] | None, verify_images: bool,
+            header: Callable[[str], tuple[int, int] | str], warnings: list[str]) -> Decision:
+    """The sample's status, error and size, reading the image header only when the rules need it."""
     if json_path is None:
         header_size = header(image)  # type: ignore[arg-type]
         error = f"{image}: image without JSON ({key}.json is missing); add it or remove the image"
-        return record("missing_json", error, None if isinstance(header_size, str) else header_size,
-                      "image"), 1
+        return (Status.MISSING_JSON, error, None if isinstance(header_size, str) else header_size,
+                "image", 1)
     if json_error is not None:
-        return record("bad_json", f"{json_path}: {json_error}; fix or replace it, {RERUN}", None,
-                      "json"), 0
+        return Status.BAD_JSON, f"{json_path}: {json_error}; fix or replace it, {RERUN}", None, "json", 0
     if image is None:
         error = (f"{json_path}: JSON without image (no {key}.png/.jpg/.jpeg/.webp); "
                  "add the image or remove the JSON")
-        return record("missing_image", error, json_size, "json"), 0
+        return Status.MISSING_IMAGE, error, json_size, "json", 0
     if json_size and not verify_images:
-        return record("ok", None, json_size, "json"), 0
+        return Status.OK, None, json_size, "json", 0
     header_size = header(image)
     if isinstance(header_size, str):
         why = "its JSON has no usable width/height and " if not json_size else ""
         error = f"{image}: {why}{header_size}; replace the image, {RERUN}"
-        return record("bad_image", error, json_size, "json"), 1
+        return Status.BAD_IMAGE, error, json_size, "json", 1
     if json_size and json_size != header_size:
         warnings.append(
             f"{json_path} says {json_size[0]}x{json_size[1]} but the {image} header says "
             f"{header_size[0]}x{header_size[1]}; using the header"
         )
-    return record("ok", None, header_size, "image"), 1
+    return Status.OK, None, header_size, "image", 1

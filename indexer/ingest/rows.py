@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from indexer.ingest.read import FileRecord, SampleRecord, read_sample
-from indexer.ingest.scan import NEVER_MATCHES, stat_signature
+from indexer.ingest.change import FileRecord
+from indexer.ingest.guard import failed_sample, raise_if_environment
+from indexer.ingest.read import SampleRecord, read_sample
 
 # The samples columns a read decides, in the order of a CompactResult's sample row.
 STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
                   "meta")
-# The stat record of a sample's files, stored in its row (schema 009). A racy file (too young to
-# trust) gets signature -1, which never matches, so the next run reads it again.
+# The stat record of a sample's files, stored in its row (schema 009): change.FileRecord decides
+# the signature (NEVER_MATCHES for a file too young to trust) and the stored mtime.
 STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
                 "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
-RACY_SIGNATURE = NEVER_MATCHES
 SHARD_AT = STAT_COLUMNS.index("shard")
 JSON_SIZE_AT = STAT_COLUMNS.index("json_size")
 OTHER_FILES_AT = STAT_COLUMNS.index("other_files")
@@ -37,14 +37,14 @@ def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], file
         return key, None, None, files_read
     json_stat = image_stat = None
     others = []
-    for path, size, mtime_ns, ctime_ns, inode, racy in files:
-        sig = RACY_SIGNATURE if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
+    for record in files:
+        path = record.path
         if path == sample.json:
-            json_stat = (size, sig)
+            json_stat = (record.size, record.signature)
         elif path == sample.image:
-            image_stat = (size, mtime_ns, sig)
+            image_stat = (record.size, record.stored_mtime_ns, record.signature)
         else:
-            others.append([path[len(key) + 1 :], size, mtime_ns, sig])
+            others.append([path[len(key) + 1 :], record.size, record.stored_mtime_ns, record.signature])
     image, json_path, *rest = sample
     cut = len(key) + 1
     row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
@@ -73,9 +73,17 @@ Task = list[tuple[str, str]]
 
 
 def read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
-    return [compact(key, *read_sample(root, key, paths.split("\0") if paths else [], scan_start_ns,
-                                      verify_images))
-            for key, paths in task]
+    """Read a task's keys (in a reader process), each under the guard: a key whose read raises
+    is that key's recorded problem, not the end of the task."""
+    results = []
+    for key, joined in task:
+        paths = joined.split("\0") if joined else []
+        try:
+            results.append(compact(key, *read_sample(root, key, paths, scan_start_ns, verify_images)))
+        except Exception as exc:
+            raise_if_environment(exc)
+            results.append(failed_sample(key, paths, exc))
+    return results
 
 
 def json_bytes_in(stats: tuple) -> int:

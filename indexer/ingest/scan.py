@@ -17,23 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from indexer.ingest.change import NEVER_MATCHES, current_signature
 from indexer.ingest.walk import walk
 from indexer.ingest.workers import process_pool
 
-RACY_WINDOW_NS = 3_000_000_000
-NEVER_MATCHES = -1  # stat_signature is never negative, so a racy record can never look unchanged
 SNAPSHOT_PAGE = 65_536
 PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more than it saves
-
-
-def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
-    """A 63-bit mix of the four stat fields, stored with each file record.
-
-    Stable across processes and Python versions (unlike hash() of a tuple); each field is multiplied
-    by an odd constant, so a change in any one field alone always changes the signature.
-    """
-    return (size * 0x9E3779B97F4A7C15 ^ mtime_ns * 0xC2B2AE3D27D4EB4F
-            ^ ctime_ns * 0x165667B19E3779F9 ^ inode * 0x27D4EB2F165667C5) & 0x7FFF_FFFF_FFFF_FFFF
+CHANGES_PER_INSERT = 10_000  # scan_changes rows buffered before one executemany
 
 
 # One page of stored stat records in one walk of the table (rowid order, no index lookups):
@@ -195,7 +185,7 @@ def scan(
                 while len(in_flight) > 2 * workers:
                     record(in_flight.popleft().result())
             result.files_seen += len(names)
-            if len(pending) >= 10000:
+            if len(pending) >= CHANGES_PER_INSERT:
                 flush()
             if on_progress:
                 on_progress(len(names))
@@ -276,10 +266,7 @@ def stat_signatures(fd: int, names: list[str]) -> np.ndarray:
         except OSError:
             signatures[j] = NEVER_MATCHES  # vanished since listing: the re-read decides
             continue
-        signatures[j] = (
-            stat_signature(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-            if stat_module.S_ISREG(st.st_mode) else NEVER_MATCHES
-        )
+        signatures[j] = current_signature(st) if stat_module.S_ISREG(st.st_mode) else NEVER_MATCHES
     return signatures
 
 

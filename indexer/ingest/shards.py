@@ -14,6 +14,7 @@ or removed), the other shard is read again so the key is not lost.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -23,9 +24,11 @@ from pathlib import Path
 import orjson
 
 from indexer import store
+from indexer.ingest.change import NS_PER_SECOND, clamp_int64, fits_int64, shard_record
+from indexer.ingest.guard import REPORT, describe, failed_sample, raise_if_environment
 from indexer.ingest.pipeline import Counts, write_batches
-from indexer.ingest.read import build_sample, header_size_of
-from indexer.ingest.tar_members import Member, TarDamaged, TarReadError, iter_members
+from indexer.ingest.read import build_sample, header_size_of, with_warnings
+from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import map_in_order
 
@@ -54,15 +57,45 @@ def _want(name: str) -> int:
 
 
 def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
-    """Read one shard's members into sample rows (runs in a reader process)."""
+    """Read one shard's members into sample rows (runs in a reader process), under the guard:
+    whatever the shard's bytes make fail is the shard's recorded error, never the run's end."""
     full = os.path.join(root, rel)
-    st = os.stat(full)
-    found = ShardRead(rel, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    try:
+        st = os.stat(full)
+    except OSError as exc:
+        raise_if_environment(exc)
+        return ShardRead(rel, (0, 0, 0, 0), error=f"{full}: cannot read it ({exc.strerror}); check it"
+                         " and run index again")
+    found = ShardRead(rel, shard_record(st))
+    try:
+        keys = _sample_members(full, found)
+    except Exception as exc:
+        raise_if_environment(exc)
+        found.error = f"{full}: reading stopped ({describe(exc)}); {REPORT}"
+        return found
+    if keys is None:
+        return found
+    with _open_shard(full, found) as fd:
+        for key in sorted(keys):
+            try:
+                found.results.append(_member_sample(rel, key, keys[key], fd, verify_images, found))
+            except Exception as exc:
+                raise_if_environment(exc)
+                found.results.append(failed_sample(key, sorted(keys[key]), exc, shard=rel))
+    return found
+
+
+def _sample_members(full: str, found: ShardRead) -> dict[str, dict[str, Member]] | None:
+    """The shard's sample members by key; None when it cannot be read at all. Damage (a garbled
+    header, a cut file, a malformed number: anything the walk raises) ends the walk, records the
+    error with its offset, and keeps every member before it."""
     keys: dict[str, dict[str, Member]] = collections.defaultdict(dict)
+    position = 0  # where the last complete member ends
     try:
         for member in iter_members(full, want_data=_want):
+            position = member.data_offset + member.size
             found.members += 1
-            found.bytes_read += 512 + len(member.data or b"")
+            found.bytes_read += BLOCK + len(member.data or b"")
             if member.refusal is not None:
                 found.refusals.append([member.name, member.refusal])
                 continue
@@ -75,17 +108,31 @@ def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
         found.error = str(exc)
     except TarReadError as exc:
         found.error = str(exc)
-        return found
-    fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return None
+    except Exception as exc:
+        raise_if_environment(exc)
+        found.error = (f"{full}: damaged tar after byte {position} ({describe(exc)}); the members before"
+                       " it were read: re-download or re-create the shard")
+    return keys
+
+
+@contextlib.contextmanager
+def _open_shard(full: str, found: ShardRead) -> Iterator[int | None]:
+    """A descriptor for image heads read by offset (None if the shard vanished since the walk)."""
     try:
-        for key in sorted(keys):
-            found.results.append(_member_sample(rel, key, keys[key], fd, verify_images, found))
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise_if_environment(exc)
+        found.error = found.error or f"{full}: cannot open it again ({exc.strerror})"
+        yield None
+        return
+    try:
+        yield fd
     finally:
         os.close(fd)
-    return found
 
 
-def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int, verify_images: bool,
+def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int | None, verify_images: bool,
                    found: ShardRead) -> tuple:
     """One key's CompactResult from its members (the same rules as for loose files)."""
     cut = len(key) + 1
@@ -97,6 +144,8 @@ def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int, ve
 
     def header(image: str) -> tuple[int, int] | str:
         member = members[image]
+        if fd is None:
+            return "the shard could not be opened again to read it"
         head = os.pread(fd, min(member.size, HEAD_BYTES), member.data_offset)
         found.bytes_read += len(head)
         return header_size_of(head)
@@ -105,12 +154,16 @@ def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int, ve
                                          verify_images, header)
     json_member = members[json_name] if json_name else None
     image_member = members[sample.image] if sample.image else None
+    odd = [f"{shard}:{m.name}: its header time is outside the years 1677-2262; stored clamped to that range"
+           for m in (json_member, image_member) if m is not None and not fits_int64(m.mtime_ns)]
+    if odd:
+        sample = with_warnings(sample, odd)
     row = (sample.image[cut:] if sample.image else None, json_name[cut:] if json_name else None,
            *sample[2:])
     stats = (
         json_member.size if json_member else None, None,
         image_member.size if image_member else None,
-        image_member.mtime * 1_000_000_000 if image_member else None, None, None,
+        clamp_int64(image_member.mtime * NS_PER_SECOND) if image_member else None, None, None,
         shard, json_member.data_offset if json_member else None,
         image_member.data_offset if image_member else None,
     )
@@ -151,10 +204,9 @@ def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: lis
     current = {}
     for rel in found:
         try:
-            st = os.stat(os.path.join(root, rel))
+            current[rel] = shard_record(os.stat(os.path.join(root, rel)))
         except OSError:
             continue
-        current[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     removed = [p for p in stored if p not in current and not p.startswith(skipped_prefixes)]
     for rel in sorted(removed):
         _forget_shard(conn, dataset, rel, counts)

@@ -15,14 +15,8 @@ Rules, chosen to match what `tar xf` (GNU tar) would do, or to refuse where that
   followed by the end of the file is accepted, as GNU tar does); what follows them is ignored.
 - Names: as `tar xf` places them: `./`, empty and `.` components and trailing slashes dropped; the
   archive's root folder itself (`./`) is named `.`.
-- Refusals (stricter than PEP 706's `data` filter, which strips a leading `/`, allows `..` that stays
-  inside and links that point inside; an index of files wants none of that): absolute names, any
-  `..` component, a NUL in the name, names that are not valid UTF-8 (shown with `\\x` escapes),
-  symbolic and hard links, devices, FIFOs, sparse files (their bytes in the tar are not the file's)
-  and unknown member types. A refused member is still yielded, with `refusal` set and no data.
-- Backslashes and drive letters (`C:x`) are accepted: GNU tar on POSIX treats both as ordinary name
-  characters (`a\\b.png` is one file in the target folder), and a reader by offset never makes a path
-  of them. `indexer extract` refuses them, since it writes files.
+- Refusals: tar_policy.py (the one policy `extract` shares). A refused member is still yielded,
+  with `refusal` set and no data.
 - Damage: a cut or garbled archive raises `TarDamaged` after every complete member before the damage
   was yielded; a compressed file raises `TarCompressed` before anything is yielded (found by its
   magic bytes, whatever its name).
@@ -37,14 +31,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
-from indexer.errors import IndexerError
+from indexer.errors import DataProblem
+from indexer.ingest import tar_policy
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 JUMP_READ = 8 << 10  # first read after a jump: a header, a JSON and the next header, usually
 READ_MAX = 1 << 20  # sequential reads double up to this, so shards of tiny members cost few syscalls
 EXTENDED_LIMIT = 1 << 20  # a pax or GNU long-name header larger than this is taken for damage
-ONLY_FILES = "only regular files and folders are read"
 
 Kind = Literal["file", "dir", "symlink", "hardlink", "device", "fifo", "other"]
 
@@ -82,7 +76,7 @@ class Member(NamedTuple):
     mode: int = 0o644  # the header's permission bits
 
 
-class TarReadError(IndexerError):
+class TarReadError(DataProblem):
     """The shard cannot be read as a tar by offset; the message names the file and the fix."""
 
     def __init__(self, path: str, reason: str, message: str | None = None) -> None:
@@ -285,30 +279,19 @@ def _member(
         kind: Kind = "dir" if typeflag == b"\x00" and raw_name.endswith(b"/") else "file"
     else:
         kind = _NO_DATA.get(typeflag, "other")  # type: ignore[assignment]
-    name, refusal = _name(raw_name)
+    name, refusal = tar_policy.raw_name(raw_name)
     if kind == "file" and refusal is None:
         if sparse:
-            refusal = "sparse file: its bytes in the tar are not the file's contents"
+            refusal = tar_policy.SPARSE
         elif name == ".":
-            refusal = "a file member without a name"
+            refusal = tar_policy.NO_NAME
         elif raw_name.endswith(b"/"):
             refusal = "a file member whose name ends in '/'"
     elif kind not in ("file", "dir"):
-        refusal = _kind_refusal(kind, typeflag, block, pax, long_link)
-    return name, kind, size, mtime, refusal
-
-
-def _kind_refusal(kind: str, typeflag: bytes, block: bytes, pax: dict[bytes, bytes],
-                  long_link: bytes | None) -> str:
-    if kind in ("symlink", "hardlink"):
         link = pax.get(b"linkpath") or long_link or block[157:257].split(b"\x00", 1)[0]
-        target = link.decode("utf-8", "backslashreplace")
-        return f"{'symbolic' if kind == 'symlink' else 'hard'} link (to {target!r}); {ONLY_FILES}"
-    if kind == "device":
-        return f"device file; {ONLY_FILES}"
-    if kind == "fifo":
-        return f"FIFO (named pipe); {ONLY_FILES}"
-    return f"unsupported member type {typeflag.decode('latin-1')!r}; {ONLY_FILES}"
+        refusal = tar_policy.kind_refusal(kind, typeflag.decode("latin-1"),
+                                          link.decode("utf-8", "backslashreplace"))
+    return name, kind, size, mtime, refusal
 
 
 def _header_name(block: bytes) -> bytes:
@@ -317,26 +300,6 @@ def _header_name(block: bytes) -> bytes:
         prefix = block[345:500].split(b"\x00", 1)[0]
         name = prefix + b"/" + name
     return name
-
-
-def _name(raw: bytes) -> tuple[str, str | None]:
-    """The name as `tar xf` would place it, and why it is refused (None when it is not)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace"), "name is not valid UTF-8 (shown with \\x escapes)"
-    if "\x00" in text:
-        return text.replace("\x00", "\\x00"), "name contains a NUL byte"
-    if text.startswith("/"):
-        return text, "absolute path; members must be relative to the archive"
-    if text.startswith(".") or "/." in text or "//" in text or text.endswith("/"):
-        parts = text.split("/")
-        if ".." in parts:
-            return text, "name contains '..' and could escape the target folder"
-        text = "/".join(part for part in parts if part not in ("", ".")) or "."
-    elif not text:
-        text = "."
-    return text, None
 
 
 def _checksum_ok(block: bytes) -> bool:
@@ -348,7 +311,7 @@ def _checksum_ok(block: bytes) -> bool:
     """
     field = block[148:156]
     digits = field.split(b"\x00", 1)[0].strip()
-    if not digits.isdigit():
+    if not is_octal(digits):
         return False
     stored = int(digits, 8)
     block_sum = stored - 256 + sum(field)  # what the whole block must sum to
@@ -367,9 +330,15 @@ def _number(field: bytes) -> int:
     digits = field.split(b"\x00", 1)[0].strip()
     if not digits:
         return 0
-    if not digits.isdigit():  # int() would also take signs, '_' and '0o'
+    if not is_octal(digits):
         raise ValueError
     return int(digits, 8)
+
+
+def is_octal(digits: bytes) -> bool:
+    """Only the digits 0-7: int(x, 8) would also take signs, '_', '0o' and spaces, and fails on 8
+    and 9, which `isdigit` lets through."""
+    return bool(digits) and not digits.translate(None, b"01234567")
 
 
 def _padded(size: int) -> int:

@@ -21,7 +21,7 @@ LABEL_WIDTH = 170
 BAR_WIDTH = 300
 VALUE_WIDTH = 130
 COLORS = {Status.OK: "#3a7d44", Status.MISSING_IMAGE: "#c0392b", Status.MISSING_JSON: "#d35400",
-          Status.BAD_JSON: "#8e44ad", Status.BAD_IMAGE: "#7f8c8d"}
+          Status.BAD_JSON: "#8e44ad", Status.BAD_IMAGE: "#7f8c8d", Status.READ_FAILED: "#2c3e50"}
 DEFAULT_COLOR = "#2e6da4"
 
 CSS = """

@@ -13,10 +13,10 @@ from typing import Any
 from indexer import store
 from indexer.db.counts import problem_counts, sample_count
 from indexer.errors import IndexerError
+from indexer.ingest import change
 from indexer.ingest.derived import build_derived
 from indexer.ingest.index import update_dataset, update_paths
 from indexer.ingest.run import resolve_root, writer_run
-from indexer.ingest.scan import RACY_WINDOW_NS
 from indexer.ingest.walk import STAGING_PREFIX, split_sample_path, walk
 from indexer.ingest.workers import default_workers
 from indexer.watch.debounce import Debouncer, stat_look
@@ -28,9 +28,14 @@ from indexer.watch.runlog import Totals, stop_on_signals
 MAX_BATCH_PATHS = 8192  # a batch this size commits in well under a second and stays stoppable
 PARALLEL_MIN_PATHS = 2048  # below this, forking reader processes costs more than it saves
 MAX_TICK = 0.2
-# After an overflow rescan that changed samples, scan again once the files it read are no longer
-# younger than the index's racy window (it marked them racy), plus half a second of margin.
-RACY_RECHECK_SECONDS = RACY_WINDOW_NS / 1e9 + 0.5
+RACY_RECHECK_MARGIN = 0.5
+
+
+def racy_recheck_seconds() -> float:
+    """After an overflow rescan that changed samples, scan again once the files it read are no
+    longer younger than the index's racy window (it marked them racy), plus a margin. Read at call
+    time: the window is change.RACY_WINDOW_NS, wherever it is set."""
+    return change.RACY_WINDOW_NS / change.NS_PER_SECOND + RACY_RECHECK_MARGIN
 
 
 class Watcher:
@@ -112,7 +117,7 @@ class Watcher:
                 if alarm.tripped.is_set() and now - self.inbox.last_event >= self.settle:
                     alarm.tripped.clear()
                     if self._rescan("overflow"):
-                        next_rescan = min(next_rescan, now + RACY_RECHECK_SECONDS)
+                        next_rescan = min(next_rescan, now + racy_recheck_seconds())
                 elif now >= next_rescan:
                     self._rescan("periodic")
                     next_rescan = time.monotonic() + self.rescan_every
