@@ -22,6 +22,7 @@ from indexer.extract.members import (
 )
 from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed
 from indexer.extract.task import ShardOutcome, ShardTask, cannot_write
+from indexer.ingest.guard import describe, raise_if_environment
 from indexer.ingest.tar_members import TarCompressed, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION
 
@@ -110,10 +111,11 @@ def _stage_uncompressed(
         raise
     except TarReadError as exc:
         outcome.error = f"cannot read shard {task.path} ({exc.reason})"
-    except tarfile.ReadError as exc:  # the shard shrank while it was copied from
-        outcome.error = _damaged(task.path, sink.count, exc)
     except WriteFailed as exc:
         outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
+    except Exception as exc:  # a shard that shrank while copied from, or anything else in its bytes
+        raise_if_environment(exc)
+        outcome.error = _damaged(task.path, sink.count, exc)
     finally:
         os.close(shard_fd)
         outcome.bytes = max(outcome.bytes, reported)
@@ -187,6 +189,7 @@ def _stage_with_tarfile(
     except WriteFailed as exc:
         outcome.error = cannot_write(task.root, exc.__cause__)  # type: ignore[arg-type]
     except Exception as exc:  # tarfile, gzip, bz2, lzma and zlib each raise their own errors
+        raise_if_environment(exc)
         outcome.error = _damaged(task.path, sink.count, exc)
     finally:
         outcome.bytes = progress.update(force=True)
@@ -217,7 +220,7 @@ def _check_end(tar: tarfile.TarFile) -> None:
 
 def _damaged(path: str, members: int, exc: BaseException) -> str:
     return (f"{path}: damaged or not a tar archive after {members} good members "
-            f"({type(exc).__name__}: {exc}); the good members were kept: re-download the shard "
+            f"({describe(exc)}); the good members were kept: re-download the shard "
             "and run extract again")
 
 

@@ -18,6 +18,7 @@ from indexer.extract.sinks import DIR_FLAGS, LinkSink, StagingSink, links_in_pla
 from indexer.extract.stage import stage_members
 from indexer.extract.task import Result, ShardOutcome, ShardTask, cannot_write
 from indexer.ingest.bulk import write_scratch
+from indexer.ingest.guard import REPORT, describe, failed_record, raise_if_environment
 from indexer.ingest.read import read_sample
 from indexer.ingest.rows import compact
 from indexer.ingest.walk import split_sample_path
@@ -28,10 +29,18 @@ __all__ = ["DIR_FLAGS", "Result", "ShardOutcome", "ShardTask", "extract_in_worke
 
 
 def extract_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> ShardOutcome:
-    """Put one shard's files in place and read their samples (runs in a worker).
+    """Put one shard's files in place and read their samples (runs in a worker), under the guard.
 
     Never raises for a bad shard or an unwritable root: the reason goes to outcome.error.
     """
+    try:
+        return _extract_shard(task, report)
+    except Exception as exc:
+        raise_if_environment(exc)
+        return ShardOutcome(task.path, error=f"{task.path}: extracting stopped ({describe(exc)}); {REPORT}")
+
+
+def _extract_shard(task: ShardTask, report: Callable[[int], None] | None) -> ShardOutcome:
     outcome = ShardOutcome(task.path)
     placed: list[str] = []
     json_data: dict[str, bytes] = {}
@@ -125,8 +134,13 @@ def read_placed(
             by_key.setdefault(parts[0], []).append(path)
     results: list[Result] = []
     for key in sorted(by_key):
-        sample, files, files_read = read_sample(root, key, by_key[key], scan_start_ns, json_bytes=json_data,
-                                                known_stats=stats)
+        try:
+            sample, files, files_read = read_sample(root, key, by_key[key], scan_start_ns,
+                                                    json_bytes=json_data, known_stats=stats)
+        except Exception as exc:
+            raise_if_environment(exc)
+            results.append((key, failed_record(key, by_key[key], exc), [], 0))
+            continue
         # this run wrote the files and stat-ed them after placing them: their content is known
         results.append((key, sample, [record.trusted() for record in files], files_read))
     return results

@@ -25,6 +25,7 @@ NEVER_MATCHES = -1  # a signature is never negative: a record with this one alwa
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 NS_PER_SECOND = 1_000_000_000
+FUTURE_MTIME_NS = 86_400 * NS_PER_SECOND  # a run (its scan and reads) is assumed shorter than a day
 
 
 class FileRecord(NamedTuple):
@@ -65,9 +66,14 @@ def stat_signature(size: int, mtime_ns: int, ctime_ns: int, inode: int) -> int:
 
 
 def is_racy(mtime_ns: int, ctime_ns: int, scan_start_ns: int) -> bool:
-    """Whether a file is too young, at a run that started at scan_start_ns, to trust its stat."""
+    """Whether a file is too young, at a run that started at scan_start_ns, to trust its stat.
+
+    The kernel sets ctime to its clock at every change, so a recent ctime says it all; mtime is
+    checked too for filesystems whose ctime is not kept, but only up to FUTURE_MTIME_NS past the
+    run's start: a file dated years ahead (a wrong camera clock) is not young, and taking it for
+    racy would re-read it on every run."""
     cut = scan_start_ns - RACY_WINDOW_NS
-    return mtime_ns >= cut or ctime_ns >= cut
+    return ctime_ns >= cut or cut <= mtime_ns <= scan_start_ns + FUTURE_MTIME_NS
 
 
 def file_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:

@@ -18,6 +18,7 @@ import orjson
 from indexer.db.status import Status
 from indexer.errors import DataProblem, IndexerError
 from indexer.ingest.change import NEVER_MATCHES
+from indexer.ingest.read import SampleRecord
 
 # OSError numbers that say the machine, not the file, is at fault.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE,
@@ -51,18 +52,30 @@ def raise_if_environment(exc: BaseException) -> None:
         raise exc
 
 
-def failed_sample(key: str, paths: list[str], exc: BaseException, shard: str | None = None) -> tuple:
-    """The CompactResult (rows.py) of a key whose read raised: status read_failed, its files
-    recorded with a signature that never matches, so the next run reads them again (and notices
-    when they are gone), and the error naming the files, the exception and what to do."""
+def failed_record(key: str, paths: list[str], exc: BaseException, shard: str | None = None) -> SampleRecord:
+    """The sample of a key whose read raised: status read_failed, the error naming its files, the
+    exception and what to do."""
     cut = len(key) + 1
     extensions = sorted(path[cut:] for path in paths)
     where = ", ".join(f"{shard}:{path}" if shard else path for path in sorted(paths)) or key
-    error = f"{where}: reading failed ({describe(exc)}); {REPORT}; the rest of the run went on"
     json_ext = next((ext for ext in extensions if ext.lower() == "json"), None)
     image_ext = next((ext for ext in extensions if ext != json_ext), None)
-    others = [[ext, 0, None, NEVER_MATCHES] for ext in extensions if ext not in (json_ext, image_ext)]
-    row = (image_ext, json_ext, None, None, None, Status.READ_FAILED.value, error, None, None)
+    error = f"{where}: reading failed ({describe(exc)}); {REPORT}; the rest of the run went on"
+    image = f"{key}.{image_ext}" if image_ext else None
+    json_path = f"{key}.{json_ext}" if json_ext else None
+    return SampleRecord(image, json_path, None, None, None, Status.READ_FAILED.value, error, None, None)
+
+
+def failed_sample(key: str, paths: list[str], exc: BaseException, shard: str | None = None) -> tuple:
+    """failed_record as the CompactResult (rows.py) a reader sends back: its files recorded with a
+    signature that never matches, so the next run reads them again (and notices when they are gone)."""
+    sample = failed_record(key, paths, exc, shard)
+    cut = len(key) + 1
+    json_ext = sample.json[cut:] if sample.json else None
+    image_ext = sample.image[cut:] if sample.image else None
+    others = [[path[cut:], 0, None, NEVER_MATCHES] for path in sorted(paths)
+              if path[cut:] not in (json_ext, image_ext)]
+    row = (image_ext, json_ext, *sample[2:])
     stats = (None, NEVER_MATCHES if json_ext else None, None, None, NEVER_MATCHES if image_ext else None,
              orjson.dumps(others).decode() if others else None, shard, None, None)
     return key, row, stats, 0
