@@ -30,7 +30,8 @@ def no_racy(monkeypatch):
 
 
 def pair_members(gen, key: str, record: dict | None = None) -> list[tuple[str, bytes]]:
-    record = record if record is not None else {"width": 64, "height": 48, "short_caption": f"caption of {key}"}
+    record = record if record is not None else {"width": 64, "height": 48,
+                                                "short_caption": f"caption of {key}"}
     return [(f"{key}.json", json.dumps(record).encode()), (f"{key}.png", gen.png_bytes(64, 48))]
 
 
@@ -187,7 +188,8 @@ def test_a_nul_in_a_caption_is_dropped_with_a_warning_everywhere(tmp_path, cli, 
     index_root(tmp_path / "p.sqlite", shard.parent, workers=1)
     extract_shards(tmp_path / "x.sqlite", [shard], tmp_path / "out", workers=1)
     for database, key in ((db, "a"), (tmp_path / "p.sqlite", "n"), (tmp_path / "x.sqlite", "n")):
-        [(caption, warning)] = db_rows(database, "SELECT short_caption, warning FROM samples WHERE key = ?", key)
+        [(caption, warning)] = db_rows(database, "SELECT short_caption, warning FROM samples WHERE key = ?",
+                                       key)
         assert caption == "firstsecond" and "NUL characters" in warning
 
     out = tmp_path / "exports"

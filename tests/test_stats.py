@@ -56,7 +56,8 @@ def test_figures_of_a_hand_built_database(tmp_path):
     conn.close()
     f = stats.dataset_stats(db, None)
     assert f["samples"] == 8
-    assert f["status"] == {"ok": 6, "missing_image": 1, "missing_json": 0, "bad_json": 1, "bad_image": 0, "read_failed": 0}
+    assert f["status"] == {"ok": 6, "missing_image": 1, "missing_json": 0, "bad_json": 1, "bad_image": 0,
+                           "read_failed": 0}
     assert f["sources"] == {"chan": 3, "reddit": 2, "(none)": 2, "twitter": 1}
     assert f["extensions"] == {"png": 4, "jpg": 1, "jpeg": 1, "(no image)": 1, "webp": 1}
     sizes = f["sizes"]
