@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.atomic import atomic_file
 from indexer.errors import IndexerError
 from indexer.export.exif import size_doubt
-from indexer.export.record import atomic_file, is_up_to_date, previous_export, record_export
+from indexer.export.record import is_up_to_date, previous_export, record_export
 from indexer.export.select import (
     ReadSnapshot,
     Selection,

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.export.record import atomic_file, is_up_to_date, previous_export, record_export
+from indexer.atomic import atomic_file
+from indexer.export.record import is_up_to_date, previous_export, record_export
 from indexer.export.select import (
     ReadSnapshot,
     Selection,

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import orjson
 
+from indexer.atomic import atomic_file
 from indexer.errors import IndexerError
-from indexer.export.record import atomic_file, record_export
+from indexer.export.record import record_export
 from indexer.export.select import (
     DEFAULT_CAPTIONS,
     ReadSnapshot,
