@@ -18,6 +18,7 @@ API = {
     "watch_root": "indexer.watch",
     "follow_up_exports": "indexer.export.registry",
     "run_export": "indexer.export.registry",
+    "make_selection": "indexer.export.selection",
     "export_parquet": "indexer.export.parquet",
     "export_captions": "indexer.export.captions",
     "export_config": "indexer.export.config",

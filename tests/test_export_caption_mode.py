@@ -12,7 +12,8 @@ from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.export.select import join_captions, make_selection
+from indexer.export.select import join_captions
+from indexer.export.selection import make_selection
 from indexer.ingest.index import index_root
 
 FIELDS = ("short_caption", "short_caption2", "long_caption")

@@ -21,7 +21,8 @@ from indexer import store
 from indexer.errors import IndexerError
 from indexer.export import parquet as parquet_module
 from indexer.export.parquet import export_parquet
-from indexer.export.select import caption_sql, make_selection
+from indexer.export.select import caption_sql
+from indexer.export.selection import make_selection
 from indexer.ingest.index import index_root
 
 SIMPLETUNER_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from indexer import store
 from indexer.errors import DatabaseLocked
 from indexer.export.registry import follow_up_exports
+from indexer.export.selection import SELECTION_FIELDS, make_selection
 from indexer.watch import watch_root
 from indexer.watch.debounce import Debouncer
 from indexer.watch.events import EventInbox
@@ -180,14 +181,15 @@ class SilentObserver:
         pass
 
 
-EXPORT_OPTIONS = ("export_parquet", "export_captions", "captions", "where", "allow_mass_removal",
-                  "exporters")
+EXPORT_OPTIONS = ("export_parquet", "export_captions", "allow_mass_removal", "exporters")
 
 
 def watch(db: Path, root: Path, **options):
-    """watch_root with the exports the CLI would build from the same options."""
+    """watch_root with the exports the CLI would build from the same options (the selection ones,
+    captions, where and caption_mode, made into one Selection as the CLI does)."""
     exports = {name: options.pop(name) for name in EXPORT_OPTIONS if name in options}
-    return watch_root(db, root, after_change=follow_up_exports(db, **exports), **options)
+    chosen = make_selection(**{name: options.pop(name) for name in SELECTION_FIELDS if name in options})
+    return watch_root(db, root, after_change=follow_up_exports(db, chosen, **exports), **options)
 
 
 @contextlib.contextmanager
@@ -239,7 +241,8 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
         wait_for(lambda: len(calls) == 4, "the exports after a batch")
         assert calls[2] == ("parquet", {"out": str(out), "dataset_id": "data",
                                         "captions": ("long_caption", "short_caption"),
-                                        "where": "width >= 512", "progress": False})
+                                        "where": "width >= 512", "progress": False,
+                                        "columns": (), "caption_mode": "first"})
         assert calls[3][1]["overwrite"] is False
         os.utime(data_root / "x.json")  # touched, same content: re-read, nothing changed
         wait_for(lambda: sum(e["event"] == "batch" for e in events) == 2, "the touch batch")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -11,12 +12,17 @@ from typing import Any
 import click
 import orjson
 
-from indexer.export import DEFAULT_CAPTIONS
+from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
+from indexer.export.selection import SELECTION_FIELDS, make_selection
 from indexer.store import default_db_path
 
 Decorator = Callable[[Callable], Callable]
 ID_HELP = "Dataset id (needed only when the database holds several)."
 ROOT_ID_HELP = "Dataset id (default: ROOT's folder name; the same root keeps its id)."
+CAPTION_HELP = ("Caption field; repeat for fallbacks (in first mode the first non-empty wins; a list field "
+                "gives its first non-empty item)")
+WHERE_HELP = ("Boolean expression over samples columns, e.g. \"width >= 1024 AND source != 'twitter'\" "
+              "(read-only).")
 
 
 def db_option(func: Callable) -> Callable:
@@ -50,15 +56,45 @@ def json_lines_option(what: str) -> Decorator:
                         help=f"Print one JSON object per {what}, one per line (JSON lines).")
 
 
-def caption_option(help_text: str) -> Decorator:
+def caption_option(help_text: str = CAPTION_HELP) -> Decorator:
     """--caption FIELD (repeatable); `help_text` ends where the default is named."""
     return click.option("--caption", "captions", metavar="FIELD", multiple=True,
                         help=f"{help_text} (default: {', '.join(DEFAULT_CAPTIONS)}).")
 
 
-def where_option(help_text: str = "Boolean expression over samples columns, e.g. \"width >= 1024 AND "
-                                  "source != 'twitter'\" (read-only).") -> Decorator:
+def caption_mode_option(func: Callable) -> Callable:
+    return click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first",
+                        show_default=True,
+                        help="first: the first non-empty --caption field; all: every non-empty one (list "
+                             "items included, duplicates dropped), one caption a line.")(func)
+
+
+def where_option(help_text: str = WHERE_HELP) -> Decorator:
     return click.option("--where", metavar="SQL", default=None, help=help_text)
+
+
+def column_option(func: Callable) -> Callable:
+    return click.option("--column", "columns", metavar="NAME", multiple=True,
+                        help="Extra column: key, source, long_caption, md5_file_hash, aspect_ratio or any "
+                             "JSON field.")(func)
+
+
+def selection_options(*, captions: bool = True, columns: bool = False,
+                      where_help: str = WHERE_HELP) -> Decorator:
+    """The options that choose an export's rows (--caption, --caption-mode, --where, and --column
+    with `columns`), handed to the command as one `selection` argument built by make_selection,
+    so `export` and `watch` choose rows alike and a bad field name or --where fails before
+    anything runs. Without `captions` the export holds sizes only: --where alone."""
+    chosen = [caption_option(), caption_mode_option] if captions else []
+    chosen += [where_option(where_help), *([column_option] if columns else [])]
+
+    def apply(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def command(**values: Any) -> Any:
+            picked = {name: values.pop(name) for name in SELECTION_FIELDS if name in values}
+            return func(selection=make_selection(**picked), **values)
+        return options(*chosen)(command)
+    return apply
 
 
 def options(*decorators: Decorator) -> Decorator:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from indexer.cli.common import (
-    caption_option,
+    WHERE_HELP,
+    Decorator,
     db_option,
     id_option,
     json_option,
     options,
     quiet_option,
     resolve_db,
+    selection_options,
     show,
     show_progress,
-    where_option,
 )
 from indexer.errors import ExportIncomplete
-from indexer.export import CAPTION_MODES
 from indexer.export.config import ConfigOptions
 from indexer.export.registry import run_export
+from indexer.export.selection import Selection
 from indexer.render.exports import export_text
 
 
@@ -39,16 +42,20 @@ class OptionalFloat(click.ParamType):
             self.fail(f"{value!r} is not a number (or `none`)", param, ctx)
 
 
-selection_options = options(
-    id_option(),
-    caption_option("Caption field; repeat for fallbacks (in first mode the first non-empty wins; a "
-                   "list field gives its first non-empty item)"),
-    click.option("--caption-mode", type=click.Choice(CAPTION_MODES), default="first", show_default=True,
-                 help="first: the first non-empty --caption field; all: every non-empty one (list "
-                      "items included, duplicates dropped), one caption a line."),
-    where_option(),
-    db_option, quiet_option, json_option,
-)  # --id, --caption, --caption-mode, --where, --db, --quiet, --json: every export of rows
+def row_export_options(*, captions: bool = True, columns: bool = False,
+                       where_help: str = WHERE_HELP) -> Decorator:
+    """--id, the options that choose the rows (as one `selection`), --db, --quiet, --json: every
+    export of rows."""
+    return options(id_option(), selection_options(captions=captions, columns=columns, where_help=where_help),
+                   db_option, quiet_option, json_option)
+
+
+def export_and_show(kind: str, db: str | None, quiet: bool, as_json: bool, **values: Any) -> dict:
+    """Run `indexer export KIND` through the registry, with a progress bar where one is wanted,
+    and print its summary; returns the summary for what the command adds."""
+    summary = run_export(kind, resolve_db(db), progress=show_progress(quiet, as_json), **values)
+    show(summary, export_text, as_json=as_json, quiet=quiet)
+    return summary
 
 
 @click.group("export")
@@ -59,32 +66,23 @@ def export_group() -> None:
 
 @export_group.command("parquet")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=str))
-@selection_options
-@click.option("--column", "columns", metavar="NAME", multiple=True,
-              help="Extra column: key, source, long_caption, md5_file_hash, aspect_ratio or any JSON field.")
-def parquet_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
-                    where: str | None, db: str | None, quiet: bool, as_json: bool,
-                    columns: tuple[str, ...]) -> None:
+@row_export_options(columns=True)
+def parquet_command(out: str, dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                    as_json: bool) -> None:
     """Write OUT: width, height, caption, filename (image path relative to the root) per sample."""
-    summary = run_export("parquet", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
-                         where=where, columns=columns, caption_mode=caption_mode,
-                         progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    export_and_show("parquet", db, quiet, as_json, selection=selection, out=out, dataset_id=dataset_id)
 
 
 @export_group.command("captions")
-@selection_options
+@row_export_options()
 @click.option("--overwrite", is_flag=True, help="Also replace .txt files this tool did not write.")
 @click.option("--allow-mass-removal", is_flag=True,
               help="Go on when the run would remove more than half of the caption files it wrote.")
-def captions_command(dataset_id: str | None, captions: tuple[str, ...], caption_mode: str, where: str | None,
-                     db: str | None, quiet: bool, as_json: bool, overwrite: bool,
-                     allow_mass_removal: bool) -> None:
+def captions_command(dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                     as_json: bool, overwrite: bool, allow_mass_removal: bool) -> None:
     """Write <image stem>.txt beside each exported image; only new or changed captions are written."""
-    summary = run_export("captions", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
-                         overwrite=overwrite, allow_mass_removal=allow_mass_removal,
-                         caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    summary = export_and_show("captions", db, quiet, as_json, selection=selection, dataset_id=dataset_id,
+                              overwrite=overwrite, allow_mass_removal=allow_mass_removal)
     if not summary["complete"]:
         raise ExportIncomplete(
             f"{summary['failed']:,} caption files under {summary['root']} could not be written or removed "
@@ -134,59 +132,49 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
 
 
 @export_group.command("webshart")
-@selection_options
+@row_export_options()
 @click.option("--metadata", metavar="DIR", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Write the indexes under DIR (at the shards' relative paths) instead of beside them.")
-def webshart_command(dataset_id: str | None, captions: tuple[str, ...], caption_mode: str, where: str | None,
-                     db: str | None, quiet: bool, as_json: bool, metadata: str | None) -> None:
+def webshart_command(dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                     as_json: bool, metadata: str | None) -> None:
     """Write X.json beside each indexed X.tar (or under --metadata): webshart's index, with sizes and
     captions, for SimpleTuner's `type: webshart`."""
-    summary = run_export("webshart", resolve_db(db), dataset_id=dataset_id, captions=captions, where=where,
-                         caption_mode=caption_mode, metadata=metadata, progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    export_and_show("webshart", db, quiet, as_json, selection=selection, dataset_id=dataset_id,
+                    metadata=metadata)
 
 
 @export_group.command("jsonl")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=str))
-@selection_options
-def jsonl_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
-                  where: str | None, db: str | None, quiet: bool, as_json: bool) -> None:
+@row_export_options()
+def jsonl_command(out: str, dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                  as_json: bool) -> None:
     """Write OUT as Hugging Face imagefolder metadata (file_name + text); ROOT/metadata.jsonl fits."""
-    summary = run_export("jsonl", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
-                         where=where, caption_mode=caption_mode, progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    export_and_show("jsonl", db, quiet, as_json, selection=selection, out=out, dataset_id=dataset_id)
 
 
 @export_group.command("kohya")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=str))
-@selection_options
+@row_export_options()
 @click.option("--relative", is_flag=True,
               help="Write image paths relative to the dataset root (then sd-scripts' --train_data_dir "
                    "must be the root); default: absolute paths, right whatever train_data_dir is.")
-def kohya_command(out: str, dataset_id: str | None, captions: tuple[str, ...], caption_mode: str,
-                  where: str | None, db: str | None, quiet: bool, as_json: bool, relative: bool) -> None:
+def kohya_command(out: str, dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                  as_json: bool, relative: bool) -> None:
     """Write OUT.jsonl as sd-scripts fine-tuning metadata: image_path, caption, image_size."""
-    summary = run_export("kohya", resolve_db(db), out=out, dataset_id=dataset_id, captions=captions,
-                         where=where, caption_mode=caption_mode, relative=relative,
-                         progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    export_and_show("kohya", db, quiet, as_json, selection=selection, out=out, dataset_id=dataset_id,
+                    relative=relative)
 
 
 @export_group.command("aitk")
-@id_option()
-@where_option("Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
+@row_export_options(captions=False,
+                    where_help="Boolean expression over samples columns, e.g. \"width >= 1024\" (read-only).")
 @click.option("--folder", metavar="DIR", default=None,
               help="ai-toolkit's folder_path, exactly as in its config: the dataset root (default) or a "
                    "folder under it; keys are relative to it and images outside it are left out.")
-@db_option
-@quiet_option
-@json_option
-def aitk_command(dataset_id: str | None, where: str | None, folder: str | None, db: str | None,
-                 quiet: bool, as_json: bool) -> None:
+def aitk_command(dataset_id: str | None, selection: Selection, db: str | None, quiet: bool, as_json: bool,
+                 folder: str | None) -> None:
     """Write (or merge into) FOLDER/.aitk_size.json: ai-toolkit's image size cache."""
-    summary = run_export("aitk", resolve_db(db), dataset_id=dataset_id, where=where, folder=folder,
-                         progress=show_progress(quiet, as_json))
-    show(summary, export_text, as_json=as_json, quiet=quiet)
+    export_and_show("aitk", db, quiet, as_json, selection=selection, dataset_id=dataset_id, folder=folder)
 
 
 def register(group: click.Group) -> None:

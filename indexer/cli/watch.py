@@ -6,15 +6,15 @@ import click
 
 from indexer.cli.common import (
     ROOT_ID_HELP,
-    caption_option,
     json_lines_option,
     quiet_option,
     resolve_db,
+    selection_options,
     show,
-    where_option,
     writer_options,
 )
 from indexer.export.registry import follow_up_exports
+from indexer.export.selection import Selection
 from indexer.render.runs import format_event
 from indexer.watch import watch_root
 
@@ -31,16 +31,15 @@ from indexer.watch import watch_root
               help="Re-export this Parquet file (atomic replace) after each batch that changed samples.")
 @click.option("--export-captions", is_flag=True,
               help="Update caption .txt files beside the images after each batch that changed samples.")
-@caption_option("Caption field(s) for the exports; the first non-empty wins")
-@where_option("Export only samples matching this expression over samples columns.")
+@selection_options(where_help="Export only samples matching this expression over samples columns.")
 @click.option("--allow-mass-removal", is_flag=True,
               help="Let --export-captions remove more than half of the caption files it wrote.")
 @quiet_option
 @json_lines_option("batch, scan and export, then the session totals")
 def watch_command(root: str, db: str | None, dataset_id: str | None, workers: int | None,
                   settle: float, rescan_every: float, export_parquet: str | None,
-                  export_captions: bool, captions: tuple[str, ...], where: str | None,
-                  allow_mass_removal: bool, quiet: bool, as_json: bool) -> None:
+                  export_captions: bool, selection: Selection, allow_mass_removal: bool, quiet: bool,
+                  as_json: bool) -> None:
     """Index ROOT, then keep the index (and exports) current as samples land, until Ctrl-C / SIGTERM."""
 
     def report(event: dict) -> None:
@@ -50,8 +49,8 @@ def watch_command(root: str, db: str | None, dataset_id: str | None, workers: in
             show(event, format_event, as_json=as_json, quiet=quiet)
 
     db_path = resolve_db(db)
-    exports = follow_up_exports(db_path, export_parquet=export_parquet, export_captions=export_captions,
-                                captions=captions, where=where, allow_mass_removal=allow_mass_removal)
+    exports = follow_up_exports(db_path, selection, export_parquet=export_parquet,
+                                export_captions=export_captions, allow_mass_removal=allow_mass_removal)
     summary = watch_root(db_path, root, dataset_id=dataset_id, settle=settle, rescan_every=rescan_every,
                          workers=workers, after_change=exports, on_batch=report, handle_signals=True)
     report(summary)

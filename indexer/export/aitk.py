@@ -25,20 +25,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.atomic import atomic_file
 from indexer.errors import IndexerError
 from indexer.export.exif import size_doubt
-from indexer.export.record import atomic_file, is_up_to_date, previous_export, record_export
+from indexer.export.record import is_up_to_date, previous_export, record_export
 from indexer.export.select import (
     ReadSnapshot,
-    Selection,
     check_selection,
     excluded_summary,
     image_file_stat_sql,
     open_snapshot,
     options_json,
     select_rows,
-    size_selection,
 )
+from indexer.export.selection import Selection, size_selection
 from indexer.progress import bar
 
 CACHE_NAME = ".aitk_size.json"

@@ -24,20 +24,19 @@ from indexer import store
 from indexer.db.counts import sample_count
 from indexer.db.status import Status
 from indexer.errors import IndexerError
+from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.record import record_export
 from indexer.export.select import (
-    DEFAULT_CAPTIONS,
     ReadSnapshot,
-    Selection,
     caption_sql,
     check_selection,
     excluded_summary,
     execute_where,
-    make_selection,
     open_snapshot,
     options_json,
     select_rows,
 )
+from indexer.export.selection import Selection, make_selection
 from indexer.progress import bar
 
 RECORDS_PER_COMMIT = 5_000

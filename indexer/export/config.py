@@ -15,10 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from indexer import store
+from indexer.atomic import atomic_file
 from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export.discovery import ImageScan, scan_images
-from indexer.export.record import atomic_file, output_path, record_export
+from indexer.export.record import output_path, record_export
 from indexer.export.select import options_json, sample_reasons
 from indexer.wording import counts_text
 

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import orjson
 
+from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.one_file import export_file
 from indexer.export.record import output_path
-from indexer.export.select import (
-    DEFAULT_CAPTIONS,
-    ReadSnapshot,
-    Selection,
-    make_selection,
-    select_rows,
-)
+from indexer.export.select import ReadSnapshot, select_rows
+from indexer.export.selection import Selection, make_selection
 from indexer.progress import bar
 
 # Turns one batch of selected rows into the lines to write (each ending in b"\n").

@@ -18,10 +18,12 @@ from pathlib import Path
 import orjson
 
 from indexer.errors import IndexerError
+from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.exif import size_doubt
 from indexer.export.jsonl import write_json_lines
 from indexer.export.record import output_path
-from indexer.export.select import DEFAULT_CAPTIONS, ReadSnapshot, make_selection
+from indexer.export.select import ReadSnapshot
+from indexer.export.selection import make_selection
 
 SUFFIX = ".jsonl"
 

@@ -9,15 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.export.record import atomic_file, is_up_to_date, previous_export, record_export
-from indexer.export.select import (
-    ReadSnapshot,
-    Selection,
-    check_selection,
-    excluded_summary,
-    open_snapshot,
-    options_json,
-)
+from indexer.atomic import atomic_file
+from indexer.export.record import is_up_to_date, previous_export, record_export
+from indexer.export.select import ReadSnapshot, check_selection, excluded_summary, open_snapshot, options_json
+from indexer.export.selection import Selection
 
 FileWriter = Callable[[ReadSnapshot, Path], int]  # writes the selected rows to a temp path; returns rows
 

@@ -15,16 +15,11 @@ import pyarrow.parquet as pq
 
 from indexer.db.counts import sample_count
 from indexer.errors import IndexerError
+from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.one_file import export_file
 from indexer.export.record import output_path
-from indexer.export.select import (
-    DEFAULT_CAPTIONS,
-    ReadSnapshot,
-    Selection,
-    column_sql,
-    make_selection,
-    select_rows,
-)
+from indexer.export.select import ReadSnapshot, column_sql, select_rows
+from indexer.export.selection import Selection, make_selection
 from indexer.progress import bar
 
 ROW_GROUP_ROWS = 131_072

@@ -1,4 +1,5 @@
-"""Bookkeeping shared by the file exports: atomic output files and the `exports` table.
+"""Bookkeeping shared by the file exports: where OUT may go and the `exports` table (the files
+themselves are replaced whole through indexer.atomic).
 
 A file export is "up to date" only when the dataset's data_version and the options match the
 last export to the same path AND the file is still the one written (same size and mtime), so a
@@ -7,10 +8,8 @@ replaced, edited or deleted output is always rewritten.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -27,22 +26,6 @@ def output_path(out: str | os.PathLike[str], what: str) -> Path:
     if not path.parent.is_dir():
         raise IndexerError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
     return path
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; renamed over it only if the block succeeds."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield temp
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        raise IndexerError(f"cannot write {path}: {exc}; the previous file (if any) is unchanged") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
 
 
 def previous_export(conn: sqlite3.Connection, dataset: str, kind: str, path: Path) -> dict | None:

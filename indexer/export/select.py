@@ -1,4 +1,5 @@
-"""Which samples an export writes, and with what caption: shared by every export kind.
+"""Which samples an export writes, and with what caption: shared by every export kind (the
+Selection itself, the user's choice, is built in selection.py).
 
 Selection happens in one read transaction (a snapshot), so the rows and the data_version recorded
 with the export agree even while `index` or `watch` writes to the same database. The snapshot is
@@ -12,7 +13,6 @@ import collections
 import contextlib
 import difflib
 import os
-import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from indexer import store
 from indexer.db.readonly import connect_readonly
 from indexer.db.status import Status
 from indexer.errors import IndexerError
-from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
+from indexer.export.selection import WHERE_EXAMPLE, Selection, json_path
 
 BATCH_ROWS = 20_000
 SNAPSHOT_CACHE_KIB = 8192
@@ -33,32 +33,14 @@ SNAPSHOT_CACHE_KIB = 8192
 # empty extra caption in a SimpleTuner .txt file.
 TRIM = "char(32, 9, 10, 13)"
 STRIP = " \t\n\r"  # the same characters, for captions joined in Python
-FIELD_NAME = re.compile(r"^[^\"\\\x00-\x1f]+$")
-DEFAULT_COLUMNS = ("width", "height", "caption", "filename")
 # Output columns read straight from a samples column, with their Arrow type (--column NAME).
 SAMPLE_COLUMN_TYPES: dict[str, pa.DataType] = {
     "id": pa.int64(), "key": pa.string(), "image": pa.string(), "json": pa.string(),
     "size_from": pa.string(), "warning": pa.string(), "data_version": pa.int64(),
 }
-WHERE_EXAMPLE = "--where \"width >= 1024 AND source != 'twitter'\""
 FIELD_SAMPLE_ROWS = 1000  # rows whose top-level keys are counted to suggest a field name
 CLOSE_FIELDS = 3
 COMMON_FIELDS = 8
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The options that decide which rows an export holds and what their caption is."""
-
-    captions: tuple[str, ...] = DEFAULT_CAPTIONS  # () for an export without captions
-    where: str | None = None
-    columns: tuple[str, ...] = ()
-    caption_mode: str = "first"
-
-    def options(self) -> dict:
-        """What shapes the rows, as recorded in exports.options: a change is never "up to date"."""
-        return {"captions": list(self.captions), "caption_mode": self.caption_mode, "where": self.where,
-                "columns": list(self.columns)}
 
 
 @dataclass
@@ -71,75 +53,6 @@ class ReadSnapshot:
     root: Path
     data_version: int
     excluded: collections.Counter = field(default_factory=collections.Counter)
-
-
-def make_selection(captions: Sequence[str] | None, where: str | None,
-                   columns: Sequence[str] = (), caption_mode: str = "first") -> Selection:
-    """Validate the user's options once, before any file is touched."""
-    if caption_mode not in CAPTION_MODES:
-        raise IndexerError(f"--caption-mode {caption_mode!r}: use {' or '.join(CAPTION_MODES)}")
-    captions = tuple(captions or DEFAULT_CAPTIONS)
-    for name in captions:
-        json_path(name, "--caption")
-    seen: set[str] = set()
-    for name in columns:
-        json_path(name, "--column")
-        if name in DEFAULT_COLUMNS:
-            raise IndexerError(f"--column {name}: the Parquet always has a {name!r} column; drop it")
-        if name in seen:
-            raise IndexerError(f"--column {name} is given twice; give each column once")
-        seen.add(name)
-    return Selection(captions, clean_where(where), tuple(columns), caption_mode)
-
-
-def size_selection(where: str | None) -> Selection:
-    """A selection for an export that holds sizes only: a sample needs no caption to be in it."""
-    return Selection(captions=(), where=clean_where(where))
-
-
-def clean_where(where: str | None) -> str | None:
-    where = where.strip() if where and where.strip() else None
-    if where is not None:
-        check_where_text(where)
-    return where
-
-
-def json_path(name: str, option: str) -> str:
-    """A SQLite JSON path for a top-level field; the name is quoted, so dots are literal."""
-    if not name or not FIELD_NAME.match(name):
-        raise IndexerError(
-            f"{option} {name!r} is not a usable JSON field name (empty, or holds a quote, backslash "
-            "or control character); give the field's name as it appears in the sample JSON"
-        )
-    return f'$."{name}"'
-
-
-def check_where_text(where: str) -> None:
-    """Refuse what could make --where more than one boolean expression over samples."""
-    depth = 0
-    quote: str | None = None
-    previous = ""
-    for char in where:
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"`[":
-            quote = "]" if char == "[" else char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                break
-        elif char == ";" or previous + char in ("--", "/*"):
-            depth = -1
-            break
-        previous = "" if quote else char
-    if depth != 0 or quote:
-        raise IndexerError(
-            f"--where {where!r} is not one boolean expression (unbalanced parenthesis or quote, a ';' or "
-            f"a comment); write a condition over samples columns, e.g. {WHERE_EXAMPLE}"
-        )
 
 
 def caption_sql(captions: Sequence[str], params: dict) -> str:

@@ -22,20 +22,20 @@ from pathlib import Path
 
 import orjson
 
+from indexer.atomic import atomic_file
 from indexer.errors import IndexerError
-from indexer.export.record import atomic_file, record_export
+from indexer.export import DEFAULT_CAPTIONS
+from indexer.export.record import record_export
 from indexer.export.select import (
-    DEFAULT_CAPTIONS,
     ReadSnapshot,
-    Selection,
     check_selection,
     excluded_summary,
-    make_selection,
     open_snapshot,
     options_json,
     safe_relative,
     select_rows,
 )
+from indexer.export.selection import Selection, make_selection
 from indexer.progress import bar
 
 MEMBER_SQL = ["samples.image_offset", "samples.image_size"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
+from indexer.atomic import atomic_file
 from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.inspect import stats
@@ -45,20 +45,8 @@ def write_report(db_path: str | os.PathLike[str], out: str | os.PathLike[str],
     if not target.parent.is_dir():
         raise IndexerError(f"cannot write {target}: folder {target.parent} does not exist")
     page = render_report(figures)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    except OSError as exc:
-        raise IndexerError(f"cannot write {target}: {exc.strerror}; pick a folder you can write to") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise IndexerError(f"cannot write {target}: {exc.strerror}; the previous file (if any) is "
-                           "unchanged") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(target) as temp:
+        temp.write_text(page, encoding="utf-8")
     return target
 
 
