@@ -118,7 +118,7 @@ def check_seed(folder: Path, cli, gen, seed: int) -> None:
     rng = random.Random(seed)
     data = folder / "data"
     (data / "loose").mkdir(parents=True)
-    good, good_spans = build_tar(rng, gen, "g")
+    good, _spans = build_tar(rng, gen, "g")
     (data / "a_good.tar").write_bytes(good)
     clean, spans = build_tar(rng, gen, "b")
     bad, damage_at = mutate(rng, clean, spans)
