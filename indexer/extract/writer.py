@@ -26,7 +26,7 @@ from indexer.ingest.pipeline import (
     write_results,
 )
 from indexer.ingest.read import read_sample
-from indexer.ingest.rows import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in
+from indexer.ingest.records import STORED_COLUMNS, StatRow, json_bytes_in, recorded_files
 from indexer.ingest.walk import SAMPLE_EXTENSIONS
 
 
@@ -116,11 +116,8 @@ def _completed(root: str, row: tuple, stored: dict[str, int | None], scan_start_
     recorded files when it has some the shard did not bring (as with_partners does)."""
     key = row[0]
     content, stats = row[1 : 1 + len(STORED_COLUMNS)], row[1 + len(STORED_COLUMNS) :]
-    image_ext, json_ext, others = content[0], content[1], stats[STAT_COLUMNS.index("other_files")]
-    extensions = [ext for ext in (image_ext, json_ext) if ext is not None]
-    if others:
-        extensions.extend(entry[0] for entry in orjson.loads(others))
-    own = {f"{key}.{ext}" for ext in extensions}
+    record = StatRow._make(stats)
+    own = set(recorded_files(key, content[1], None, content[0], None, record.other_files))
     extra = set(stored) - own
     if not extra:
         return key, content, stats, 0

@@ -17,15 +17,8 @@ import orjson
 
 from indexer import store
 from indexer.errors import IndexerError
-from indexer.ingest.rows import (
-    STAT_COLUMNS,
-    STORED_COLUMNS,
-    CompactResult,
-    Counts,
-    Task,
-    json_bytes_in,
-    read_task,
-)
+from indexer.ingest.records import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in
+from indexer.ingest.rows import CompactResult, Counts, Task, read_task
 from indexer.ingest.workers import map_in_order
 
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 import errno
 import sqlite3
 
-import orjson
-
 from indexer.db.status import Status
 from indexer.errors import DataProblem, IndexerError
-from indexer.ingest.change import NEVER_MATCHES
 from indexer.ingest.read import SampleRecord
+from indexer.ingest.records import unreadable_stats
 
 # OSError numbers that say the machine, not the file, is at fault.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE,
@@ -73,9 +71,5 @@ def failed_sample(key: str, paths: list[str], exc: BaseException, shard: str | N
     cut = len(key) + 1
     json_ext = sample.json[cut:] if sample.json else None
     image_ext = sample.image[cut:] if sample.image else None
-    others = [[path[cut:], 0, None, NEVER_MATCHES] for path in sorted(paths)
-              if path[cut:] not in (json_ext, image_ext)]
-    row = (image_ext, json_ext, *sample[2:])
-    stats = (None, NEVER_MATCHES if json_ext else None, None, None, NEVER_MATCHES if image_ext else None,
-             orjson.dumps(others).decode() if others else None, shard, None, None)
-    return key, row, stats, 0
+    stats = unreadable_stats(key, paths, json_ext, image_ext, shard)
+    return key, (image_ext, json_ext, *sample[2:]), stats, 0

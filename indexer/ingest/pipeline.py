@@ -22,7 +22,6 @@ before a batch commits leaves those files unrecorded, so the next run sees them 
 
 from __future__ import annotations
 
-import collections
 import sqlite3
 from collections.abc import Iterable, Iterator
 
@@ -32,17 +31,8 @@ from indexer import store
 from indexer.db.counts import sample_count
 from indexer.ingest.bulk import bulk_load
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.rows import (
-    SHARD_AT,
-    STAT_COLUMNS,
-    STORED_COLUMNS,
-    CompactResult,
-    Counts,
-    Task,
-    compact,
-    json_bytes_in,
-    read_task,
-)
+from indexer.ingest.records import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in, recorded_files
+from indexer.ingest.rows import SHARD_AT, CompactResult, Counts, Task, compact, read_task
 from indexer.ingest.workers import map_in_order
 from indexer.progress import bar
 
@@ -143,19 +133,11 @@ def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[s
 def stored_files(conn: sqlite3.Connection, dataset: str, keys: list[str]) -> dict[str, dict[str, int | None]]:
     """The loose files recorded for these keys, {key: {path: stat signature}}, straight from the
     sample rows: the `files` view cannot push an IN list into its UNION (it would scan them all)."""
-    found: dict[str, dict[str, int | None]] = collections.defaultdict(dict)
-    for key, json_ext, json_sig, image_ext, image_sig, others in conn.execute(
+    return {row[0]: recorded_files(*row) for row in conn.execute(
         "SELECT key, json_ext, json_sig, image_ext, image_sig, other_files FROM samples WHERE dataset = ?"
         " AND key IN (SELECT value FROM json_each(?)) AND shard IS NULL",
         (dataset, orjson.dumps(keys).decode()),
-    ):
-        if json_ext is not None:
-            found[key][f"{key}.{json_ext}"] = json_sig
-        if image_ext is not None:
-            found[key][f"{key}.{image_ext}"] = image_sig
-        for ext, _size, _mtime_ns, sig in orjson.loads(others) if others else ():
-            found[key][f"{key}.{ext}"] = sig
-    return found
+    )}
 
 
 def _run_tasks(

@@ -9,22 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import orjson
-
 from indexer.ingest.change import FileRecord
 from indexer.ingest.guard import failed_sample, raise_if_environment
 from indexer.ingest.read import SampleRecord, read_sample
+from indexer.ingest.records import STAT_COLUMNS, file_stats
 
-# The samples columns a read decides, in the order of a CompactResult's sample row.
-STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "status", "error", "warning",
-                  "meta")
-# The stat record of a sample's files, stored in its row (schema 009): change.FileRecord decides
-# the signature (NEVER_MATCHES for a file too young to trust) and the stored mtime.
-STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
-                "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
 SHARD_AT = STAT_COLUMNS.index("shard")
-JSON_SIZE_AT = STAT_COLUMNS.index("json_size")
-OTHER_FILES_AT = STAT_COLUMNS.index("other_files")
 # What a reader sends back per key: (key, content row (STORED_COLUMNS) or None when no file is
 # left, stat row (STAT_COLUMNS), files read). Flat tuples of str/int only: they pickle several
 # times cheaper than the reader's objects, and go to executemany as they are.
@@ -35,22 +25,10 @@ def compact(key: str, sample: SampleRecord | None, files: list[FileRecord], file
     """A read result in the form write_results stores (computed in the reader processes)."""
     if sample is None:
         return key, None, None, files_read
-    json_stat = image_stat = None
-    others = []
-    for record in files:
-        path = record.path
-        if path == sample.json:
-            json_stat = (record.size, record.signature)
-        elif path == sample.image:
-            image_stat = (record.size, record.stored_mtime_ns, record.signature)
-        else:
-            others.append([path[len(key) + 1 :], record.size, record.stored_mtime_ns, record.signature])
     image, json_path, *rest = sample
     cut = len(key) + 1
     row = (image[cut:] if image else None, json_path[cut:] if json_path else None, *rest)
-    stats = (*(json_stat or (None, None)), *(image_stat or (None, None, None)),
-             orjson.dumps(sorted(others)).decode() if others else None, None, None, None)
-    return key, row, stats, files_read
+    return key, row, file_stats(key, json_path, image, files), files_read
 
 
 @dataclass
@@ -84,11 +62,3 @@ def read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) ->
             raise_if_environment(exc)
             results.append(failed_sample(key, paths, exc))
     return results
-
-
-def json_bytes_in(stats: tuple) -> int:
-    """The JSON bytes a stat row records: its JSON, plus any other spelling of one (x.JSON)."""
-    total = stats[JSON_SIZE_AT] or 0
-    if stats[OTHER_FILES_AT]:
-        total += sum(size for ext, size, *_ in orjson.loads(stats[OTHER_FILES_AT]) if ext.lower() == "json")
-    return total

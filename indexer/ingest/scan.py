@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from indexer.ingest.change import NEVER_MATCHES, current_signature
+from indexer.ingest.records import other_files, recorded_files
 from indexer.ingest.walk import walk
 from indexer.ingest.workers import process_pool
 
@@ -83,11 +84,11 @@ class Snapshot:
                     hashes.append(np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths)))
                     signatures.append(np.array(fields[1::3], dtype=np.int64))
                     row_ids.append(np.array(fields[2::3], dtype=np.int64))
-        others = [(f"{key}.{ext}", sig, row_id) for row_id, key, files in conn.execute(
+        others = [(f"{key}.{entry.ext}", entry.sig, row_id) for row_id, key, files in conn.execute(
             "SELECT id, key, other_files FROM samples INDEXED BY samples_other_files"
             " WHERE dataset = ? AND other_files IS NOT NULL"
             " AND shard IS NULL", (dataset,))
-            for ext, _size, _mtime_ns, sig in orjson.loads(files)]
+            for entry in other_files(files)]
         if others:
             hashes.append(np.fromiter((hash(path) for path, _, _ in others), dtype=np.int64,
                                       count=len(others)))
@@ -294,7 +295,7 @@ def _find_deleted(
             for key, json_ext, image_ext, others in conn.execute(
                 "SELECT key, json_ext, image_ext, other_files FROM samples"
                 " WHERE id IN (SELECT value FROM json_each(?)) AND shard IS NULL", (page,))
-            for path in _sample_paths(key, json_ext, image_ext, others)
+            for path in recorded_files(key, json_ext, None, image_ext, None, others)
         ]
         known, index = snapshot.lookup([path for _key, path in candidates])
         for (key, path), is_known, slot in zip(candidates, known.tolist(), index.tolist(), strict=True):
@@ -306,11 +307,3 @@ def _find_deleted(
             else:
                 pending.append((key, path, "D"))
                 result.deleted += 1
-
-
-def _sample_paths(key: str, json_ext: str | None, image_ext: str | None, others: str | None) -> list[str]:
-    """The loose files a sample row records (as the `files` view lists them)."""
-    extensions = [ext for ext in (json_ext, image_ext) if ext is not None]
-    if others:
-        extensions.extend(entry[0] for entry in orjson.loads(others))
-    return [f"{key}.{ext}" for ext in extensions]

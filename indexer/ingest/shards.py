@@ -28,6 +28,7 @@ from indexer.ingest.change import NS_PER_SECOND, clamp_int64, fits_int64, shard_
 from indexer.ingest.guard import REPORT, describe, failed_sample, raise_if_environment
 from indexer.ingest.pipeline import Counts, write_batches
 from indexer.ingest.read import build_sample, header_size_of, with_warnings
+from indexer.ingest.records import member_stats
 from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import map_in_order
@@ -160,13 +161,11 @@ def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int | N
         sample = with_warnings(sample, odd)
     row = (sample.image[cut:] if sample.image else None, json_name[cut:] if json_name else None,
            *sample[2:])
-    stats = (
-        json_member.size if json_member else None, None,
-        image_member.size if image_member else None,
-        clamp_int64(image_member.mtime * NS_PER_SECOND) if image_member else None, None, None,
-        shard, json_member.data_offset if json_member else None,
-        image_member.data_offset if image_member else None,
-    )
+    stats = member_stats(shard, json_member.size if json_member else None,
+                         json_member.data_offset if json_member else None,
+                         image_member.size if image_member else None,
+                         clamp_int64(image_member.mtime * NS_PER_SECOND) if image_member else None,
+                         image_member.data_offset if image_member else None)
     return key, row, stats, 1 if json_name else 0
 
 
