@@ -12,7 +12,7 @@ import pytest
 
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.ingest import bulk, change, pipeline
+from indexer.ingest import change, pipeline, recorder
 from indexer.ingest.index import index_root
 
 
@@ -31,7 +31,7 @@ def _ok_count(db: Path) -> int:
 
 # The two places a batch commits: a first run's copy from a reader's scratch database, and
 # every later run's merge of read results.
-BATCH_WRITERS = ((bulk, "_merge_scratch"), (pipeline, "write_results"))
+BATCH_WRITERS = ((recorder.Recorder, "record_scratch"), (pipeline, "write_results"))
 
 
 def _after_each_batch(monkeypatch, then) -> None:

@@ -452,7 +452,7 @@ def _trigger_names(db: Path) -> set[str]:
 
 
 def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, gen, no_racy, monkeypatch):
-    from indexer.ingest import derived, pipeline
+    from indexer.ingest import apply, derived
     from indexer.inspect import search, stats
 
     store.connect(db_path).close()
@@ -460,7 +460,7 @@ def test_bulk_run_defers_derived_structures_until_first_use(data_root, db_path, 
     assert "samples_file_hash" in indexes and "samples_fts_insert" in triggers
     secondary = _secondary_sample_indexes(db_path)
     assert "samples_file_hash" in secondary and "samples_status" not in secondary
-    monkeypatch.setattr(pipeline, "BULK_MIN_KEYS", 1)
+    monkeypatch.setattr(apply, "BULK_MIN_KEYS", 1)
     gen.make_dataset(data_root, 30, faults=0.0, seed=4)
     run(db_path, data_root)
     # the bulk run kept only what every run needs, and did not build the rest at its end

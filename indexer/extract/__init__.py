@@ -50,7 +50,7 @@ from indexer.extract.worker import (
 from indexer.extract.writer import begin_shard, record_shard, run_error, run_summary
 from indexer.ingest.bulk import SCRATCH_SUFFIX, remove_scratch_folder, scratch_folder, scratch_path
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.pipeline import Counts
+from indexer.ingest.recorder import Recorder
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX
 from indexer.ingest.workers import default_workers
@@ -145,18 +145,18 @@ def _extract_all(
     if tasks and not conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
         defer_derived(conn)  # a first extract is a bulk write: build them on first use instead
     _remove_orphan_staging(conn, dataset, root, {task.staging for task in tasks})
-    counts = Counts()
+    recorder = Recorder(conn, dataset)
     outcomes: list[ShardOutcome] = []
     try:
         with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
                  total=sum(task.size for task in tasks)) as bytes_bar:
             for outcome in _run_tasks(conn, dataset, tasks, workers, bytes_bar.update):
-                record_shard(conn, dataset, root, outcome, counts, scan_start_ns)
+                record_shard(recorder, root, outcome, scan_start_ns)
                 outcome.results = []  # recorded: free the memory
                 outcomes.append(outcome)
     finally:
         remove_scratch_folder(scratch)
-    return run_summary(conn, dataset, root, shard_paths, skipped, outcomes, counts)
+    return run_summary(recorder, root, shard_paths, skipped, outcomes)
 
 
 def plan(

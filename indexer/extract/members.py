@@ -10,7 +10,7 @@ import tarfile
 
 from indexer.ingest import tar_policy
 from indexer.ingest.tar_members import Member
-from indexer.ingest.walk import STAGING_PREFIX
+from indexer.ingest.walk import STAGING_PREFIX, is_utf8
 
 # tarfile's member types as the policy's kinds
 _TARFILE_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "device",
@@ -70,11 +70,8 @@ def printable(name: str) -> str:
 def _name_parts(name: str) -> list[str]:
     """The policy's checks on a name tarfile decoded (undecodable bytes as surrogates), then
     extract's own: the names it reserves for its staging folders."""
-    if not name.isascii():
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Refused(tar_policy.NOT_UTF8) from None
+    if not is_utf8(name):
+        raise Refused(tar_policy.NOT_UTF8)
     placed, refusal = tar_policy.placed_name(name)
     refusal = refusal or tar_policy.written_name_refusal(name)
     if refusal is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from indexer.ingest.change import FileRecord
 from indexer.ingest.read import SampleRecord
+from indexer.ingest.recorder import ScratchBatch
 
 Result = tuple[str, SampleRecord | None, list[FileRecord], int]
 
@@ -35,10 +36,7 @@ class ShardOutcome:
     refusals: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
     results: list[Result] = field(default_factory=list)  # the keys not in the scratch database
-    scratch: str | None = None  # the scratch database holding the shard's whole new pairs
-    scratch_rows: int = 0  # keys with their JSON and image both in this shard, in `scratch`
-    scratch_json_bytes: int = 0
-    scratch_files_read: int = 0
+    scratch: ScratchBatch | None = None  # the keys with their JSON and image both in this shard
 
 
 def cannot_write(root: str, exc: OSError) -> str:

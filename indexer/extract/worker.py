@@ -20,6 +20,7 @@ from indexer.extract.task import Result, ShardOutcome, ShardTask, cannot_write
 from indexer.ingest.bulk import write_scratch
 from indexer.ingest.guard import REPORT, describe, failed_record, raise_if_environment
 from indexer.ingest.read import read_sample
+from indexer.ingest.recorder import ScratchBatch
 from indexer.ingest.rows import compact
 from indexer.ingest.walk import split_sample_path
 from indexer.ingest.workers import init_worker
@@ -63,26 +64,28 @@ def _extract_shard(task: ShardTask, report: Callable[[int], None] | None) -> Sha
             os.close(root_fd)
     except OSError as exc:
         outcome.error = cannot_write(task.root, exc)
-    results = read_placed(task.root, placed, json_data, task.scan_start_ns, stats)
+    _hand_over(task, outcome, read_placed(task.root, placed, json_data, task.scan_start_ns, stats))
+    return outcome
+
+
+def _hand_over(task: ShardTask, outcome: ShardOutcome, results: list[Result]) -> None:
+    """A pair the shard holds whole goes to the writer as a row of a scratch database (copied in
+    with one INSERT ... SELECT); a key missing its JSON or image may have a partner elsewhere, so
+    it goes as a result, for the writer to complete."""
     if task.scratch is None:
         outcome.results = results
-        return outcome
-    # A pair the shard holds whole goes to the writer as a row of a scratch database (copied in
-    # with one INSERT ... SELECT); a key missing its JSON or image may have a partner elsewhere,
-    # so it goes as a result, for the writer to complete.
+        return
     whole = [compact(*result) for result in results
              if result[1] is not None and result[1].json is not None and result[1].image is not None]
     outcome.results = [result for result in results
                        if result[1] is None or result[1].json is None or result[1].image is None]
     try:
-        outcome.scratch_rows, outcome.scratch_json_bytes = write_scratch(task.scratch, whole)
+        rows, json_total = write_scratch(task.scratch, whole)
     except (OSError, sqlite3.Error):
         outcome.results = results  # the scratch folder is unwritable: send them all instead
-        outcome.scratch_rows = 0
-        return outcome
-    outcome.scratch = task.scratch
-    outcome.scratch_files_read = sum(result[3] for result in whole)
-    return outcome
+        return
+    outcome.scratch = ScratchBatch(task.scratch, len(whole), rows, sum(result[3] for result in whole),
+                                   json_total)
 
 
 def remove_staging(root_fd: int, root: str, name: str) -> None:

@@ -1,9 +1,8 @@
 """The writer side of `extract`: each shard's row in `shards`, its samples through the ingest's
-write path (ingest/pipeline.py), and the run summary."""
+one interface for writers (ingest/recorder.py), and the run summary."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -11,22 +10,14 @@ from pathlib import Path
 import orjson
 
 from indexer import store
-from indexer.db.counts import problem_counts
 from indexer.db.fts import sync_search_index
 from indexer.extract.worker import Result, ShardOutcome, ShardTask
-from indexer.ingest.bulk import SCRATCH_COLUMNS, copy_new_rows
 from indexer.ingest.change import FileRecord
-from indexer.ingest.pipeline import (
-    KEYS_PER_COMMIT,
-    CompactResult,
-    Counts,
-    cached_json_bytes,
-    compact,
-    stored_files,
-    write_results,
-)
+from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.read import read_sample
-from indexer.ingest.records import STORED_COLUMNS, StatRow, json_bytes_in, recorded_files
+from indexer.ingest.recorder import Recorder
+from indexer.ingest.records import StatRow, recorded_files
+from indexer.ingest.rows import CompactResult, compact
 from indexer.ingest.walk import SAMPLE_EXTENSIONS
 
 
@@ -51,22 +42,19 @@ def begin_shard(conn: sqlite3.Connection, dataset: str, task: ShardTask) -> None
         )
 
 
-def record_shard(
-    conn: sqlite3.Connection,
-    dataset: str,
-    root: Path,
-    outcome: ShardOutcome,
-    counts: Counts,
-    scan_start_ns: int,
-) -> None:
+def record_shard(recorder: Recorder, root: Path, outcome: ShardOutcome, scan_start_ns: int) -> None:
     """Record a shard's samples in sorted batches, then mark the shard finished (or failed)."""
-    if outcome.scratch_rows:
-        _record_scratch(conn, dataset, root, outcome, counts, scan_start_ns)
+    conn = recorder.conn
+    if outcome.scratch is not None:
+        # keys already recorded (a shard extracted again, a key two shards share) are re-read
+        # with their other recorded files before they are merged
+        recorder.record_scratch(outcome.scratch, complete=lambda results: [
+            _completed(str(root), result, files, scan_start_ns)
+            for result, files in _with_stored(recorder, results)])
     results = outcome.results
     for start in range(0, len(results), KEYS_PER_COMMIT):
-        batch = with_partners(conn, dataset, str(root), results[start : start + KEYS_PER_COMMIT],
-                              scan_start_ns)
-        write_results(conn, dataset, [compact(*result) for result in batch], counts)
+        batch = with_partners(recorder, str(root), results[start : start + KEYS_PER_COMMIT], scan_start_ns)
+        recorder.record([compact(*result) for result in batch])
     # Captions into the full-text index now: a key split across shards is written again by a later
     # shard, and the search triggers expect every sample to be synced before it changes again.
     sync_search_index(conn)
@@ -75,66 +63,39 @@ def record_shard(
             "UPDATE shards SET status = ?, members = ?, refused = ?, refusals = ?, error = ?,"
             " finished_at = ? WHERE dataset = ? AND path = ?",
             ("failed" if outcome.error else "finished", outcome.members, len(outcome.refusals),
-             orjson.dumps(outcome.refusals).decode(), outcome.error, store.now_iso(), dataset,
+             orjson.dumps(outcome.refusals).decode(), outcome.error, store.now_iso(), recorder.dataset,
              outcome.path),
         )
 
 
-def _record_scratch(conn: sqlite3.Connection, dataset: str, root: Path, outcome: ShardOutcome,
-                    counts: Counts, scan_start_ns: int) -> None:
-    """The shard's whole pairs from its scratch database: those no sample row holds yet copied in
-    with one INSERT ... SELECT; keys already recorded (a shard extracted again, a key two shards
-    share) merged through write_results like any result."""
-    path = outcome.scratch
-    assert path is not None
-    conn.execute("ATTACH DATABASE ? AS scratch", (path,))
-    try:
-        known = conn.execute(
-            f"SELECT {', '.join(SCRATCH_COLUMNS)} FROM scratch.rows AS r WHERE EXISTS"
-            " (SELECT 1 FROM samples AS s WHERE s.dataset = ? AND s.key = r.key) ORDER BY r.key",
-            (dataset,),
-        ).fetchall()
-        json_total = outcome.scratch_json_bytes - sum(json_bytes_in(row[1 + len(STORED_COLUMNS):])
-                                                     for row in known)
-        if len(known) < outcome.scratch_rows:
-            copy_new_rows(conn, dataset, json_total, [row[0] for row in known])
-            counts.added += outcome.scratch_rows - len(known)
-        counts.files_read += outcome.scratch_files_read
-        for start in range(0, len(known), KEYS_PER_COMMIT):
-            rows = known[start : start + KEYS_PER_COMMIT]
-            stored = stored_files(conn, dataset, [row[0] for row in rows])
-            write_results(conn, dataset, [_completed(str(root), row, stored.get(row[0], {}), scan_start_ns)
-                                          for row in rows], counts)
-    finally:
-        conn.execute("DETACH DATABASE scratch")
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+def _with_stored(recorder: Recorder, results: list[CompactResult]
+                 ) -> list[tuple[CompactResult, dict[str, int | None]]]:
+    stored = recorder.stored_files([result[0] for result in results])
+    return [(result, stored.get(result[0], {})) for result in results]
 
 
-def _completed(root: str, row: tuple, stored: dict[str, int | None], scan_start_ns: int) -> CompactResult:
+def _completed(root: str, result: CompactResult, stored: dict[str, int | None],
+               scan_start_ns: int) -> CompactResult:
     """A scratch row of a key already recorded, as a result; re-read with the key's other
     recorded files when it has some the shard did not bring (as with_partners does)."""
-    key = row[0]
-    content, stats = row[1 : 1 + len(STORED_COLUMNS)], row[1 + len(STORED_COLUMNS) :]
-    record = StatRow._make(stats)
-    own = set(recorded_files(key, content[1], None, content[0], None, record.other_files))
+    key, content, stats, _read = result
+    assert content is not None and stats is not None
+    own = set(recorded_files(key, content[1], None, content[0], None, StatRow._make(stats).other_files))
     extra = set(stored) - own
     if not extra:
-        return key, content, stats, 0
+        return result
     sample, reread, read_count = read_sample(root, key, sorted(own | extra), scan_start_ns)
     return compact(key, sample, [_keep_known(record, own, stored) for record in reread], read_count)
 
 
-def with_partners(
-    conn: sqlite3.Connection, dataset: str, root: str, results: list[Result], scan_start_ns: int
-) -> list[Result]:
+def with_partners(recorder: Recorder, root: str, results: list[Result], scan_start_ns: int) -> list[Result]:
     """Complete keys whose other files came from elsewhere (another shard, or already in the root).
 
     write_results replaces a key's whole stat record, so a key is re-read with every file it has:
     the recorded ones, and, when the shard brought only its JSON or only its image, a partner
     already on disk. Pairs inside one shard (the webdataset norm) need none of this.
     """
-    stored = stored_files(conn, dataset, [result[0] for result in results])
+    stored = recorder.stored_files([result[0] for result in results])
     completed: list[Result] = []
     for key, sample, files, files_read in results:
         own = {record.path for record in files}
@@ -163,21 +124,13 @@ def _keep_known(record: FileRecord, own: set[str], stored: dict[str, int | None]
     return record
 
 
-def run_summary(
-    conn: sqlite3.Connection,
-    dataset: str,
-    root: Path,
-    shard_paths: list[Path],
-    skipped: list[str],
-    outcomes: list[ShardOutcome],
-    counts: Counts,
-) -> dict:
-    samples = conn.execute("SELECT count(*) FROM samples WHERE dataset = ?", (dataset,)).fetchone()[0]
+def run_summary(recorder: Recorder, root: Path, shard_paths: list[Path], skipped: list[str],
+                outcomes: list[ShardOutcome]) -> dict:
     refusals = [{"shard": o.path, "member": member, "reason": reason}
                 for o in outcomes for member, reason in o.refusals]
     failures = [{"shard": o.path, "error": o.error} for o in outcomes if o.error]
     return {
-        "dataset": dataset,
+        "dataset": recorder.dataset,
         "root": str(root),
         "shards": len(shard_paths),
         "shards_done": sum(1 for o in outcomes if not o.error),
@@ -189,12 +142,5 @@ def run_summary(
         "refused": len(refusals),
         "refusals": refusals,
         "failures": failures,
-        "added": counts.added,
-        "changed": counts.changed,
-        "removed": counts.removed,
-        "unchanged": samples - counts.added - counts.changed,
-        "samples": samples,
-        "problems": problem_counts(conn, dataset),
-        "files_read": counts.files_read,
-        "json_bytes": cached_json_bytes(conn, dataset),
+        **recorder.summary(),
     }

@@ -13,45 +13,31 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable
 
-import orjson
-
-from indexer import store
 from indexer.errors import IndexerError
-from indexer.ingest.records import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in
-from indexer.ingest.rows import CompactResult, Counts, Task, read_task
-from indexer.ingest.workers import map_in_order
+from indexer.ingest.recorder import Recorder, ScratchBatch
+from indexer.ingest.records import SCRATCH_COLUMNS, json_bytes_in
+from indexer.ingest.rows import CompactResult, ReadSettings, Task, read_task
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
 
-def bulk_load(
-    conn: sqlite3.Connection,
-    dataset: str,
-    tasks: Iterable[Task],
-    root: str,
-    scan_start_ns: int,
-    verify_images: bool,
-    workers: int,
-    counts: Counts,
-    on_progress: Callable[[int], None],
-) -> None:
+def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
+              on_progress: Callable[[int], None]) -> None:
     """Record keys no sample row holds yet (a first run): readers write their rows into scratch
-    databases, and this process copies each into `samples` with one INSERT ... SELECT, a
+    databases, and the recorder copies each into `samples` with one INSERT ... SELECT, a
     transaction a task, in task (key) order. A kill leaves scratch files that the next writer run
     removes; committed tasks stand.
     """
-    folder = scratch_folder(conn)
+    folder = scratch_folder(recorder.conn)
     try:
-        calls = ((task, root, scan_start_ns, verify_images, _scratch_path(folder, n))
-                 for n, task in enumerate(tasks))
-        for scratch in map_in_order(_read_into_scratch, calls, workers, workers * 2, counts.waited):
-            _merge_scratch(conn, dataset, scratch, counts, on_progress)
+        calls = ((task, settings, _scratch_path(folder, n)) for n, task in enumerate(tasks))
+        for batch in map_in_order(_read_into_scratch, calls, settings.workers,
+                                  settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited):
+            recorder.record_scratch(batch, fresh=True)
+            on_progress(batch.keys)
     finally:
         remove_scratch_folder(folder)
 
 
-# What a reader reports of a task it wrote to a scratch database: (its path, keys in the task,
-# sample rows written, files read, JSON bytes of those rows).
-ScratchTask = tuple[str, int, int, int, int]
-SCRATCH_COLUMNS = ("key", *STORED_COLUMNS, *STAT_COLUMNS)
 SCRATCH_SUFFIX = "-scratch"
 
 
@@ -102,16 +88,15 @@ def _clear_scratch(folder: str) -> None:
                     os.unlink(entry.path)
 
 
-def _read_into_scratch(task: Task, root: str, scan_start_ns: int, verify_images: bool,
-                       path: str) -> ScratchTask:
+def _read_into_scratch(task: Task, settings: ReadSettings, path: str) -> ScratchBatch:
     """Read a task's keys and write their rows to a new scratch database at path."""
-    results = read_task(task, root, scan_start_ns, verify_images)
+    results = read_task(task, settings)
     try:
         rows, json_total = write_scratch(path, results)
     except (OSError, sqlite3.Error) as exc:
         raise IndexerError(f"cannot write scratch database {path} ({exc}): free some space beside the"
                            " database (or fix its folder's permissions) and run index again") from None
-    return path, len(task), rows, sum(result[3] for result in results), json_total
+    return ScratchBatch(path, len(task), rows, sum(result[3] for result in results), json_total)
 
 
 def write_scratch(path: str, results: Iterable[CompactResult]) -> tuple[int, int]:
@@ -137,36 +122,3 @@ def write_scratch(path: str, results: Iterable[CompactResult]) -> tuple[int, int
     finally:
         scratch.close()
     return len(rows), json_total
-
-
-def _merge_scratch(conn: sqlite3.Connection, dataset: str, scratch: ScratchTask, counts: Counts,
-                   on_progress: Callable[[int], None]) -> None:
-    path, keys, rows, files_read, json_total = scratch
-    counts.files_read += files_read
-    if rows:
-        conn.execute("ATTACH DATABASE ? AS scratch", (path,))
-        try:
-            copy_new_rows(conn, dataset, json_total)
-        finally:
-            conn.execute("DETACH DATABASE scratch")
-        counts.added += rows
-    os.unlink(path)
-    on_progress(keys)
-
-
-def copy_new_rows(conn: sqlite3.Connection, dataset: str, json_total: int, skip_keys: list[str] = ()) -> None:
-    """Copy the rows of the attached `scratch` database into samples, but for skip_keys (keys that
-    already have a row: the caller merges those), moving data_version and json_bytes (json_total:
-    the JSON bytes of the rows copied) in the same transaction."""
-    with store.transaction(conn):
-        version = conn.execute(
-            "UPDATE datasets SET data_version = data_version + 1,"
-            " json_bytes = json_bytes + ? WHERE id = ? RETURNING data_version",  # NULL: not known
-            (json_total, dataset),
-        ).fetchall()[0][0]
-        conn.execute(
-            f"INSERT INTO samples (dataset, {', '.join(SCRATCH_COLUMNS)}, data_version)"
-            f" SELECT ?, {', '.join(SCRATCH_COLUMNS)}, ? FROM scratch.rows"
-            " WHERE key NOT IN (SELECT value FROM json_each(?)) ORDER BY rowid",
-            (dataset, version, orjson.dumps(list(skip_keys)).decode()),
-        )

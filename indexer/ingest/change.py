@@ -106,6 +106,13 @@ def out_of_range_warning(record: FileRecord) -> str | None:
             " stored clamped to that range, changes to the file are still detected")
 
 
+def diff(stored: dict[str, tuple], current: dict[str, tuple]) -> tuple[list[str], list[str]]:
+    """(new or changed, removed) paths, sorted, between stored and current records of whole
+    files (tar shards; objects in a bucket): a record that differs in any field is a change."""
+    changed = sorted(path for path, record in current.items() if stored.get(path) != record)
+    return changed, sorted(path for path in stored if path not in current)
+
+
 def shard_record(st: os.stat_result) -> tuple[int, int, int, int]:
     """A tar shard's (size, mtime_ns, ctime_ns, inode) as its row stores and a rerun compares it."""
     return (st.st_size, clamp_int64(st.st_mtime_ns), clamp_int64(st.st_ctime_ns), st.st_ino)

@@ -14,14 +14,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from indexer import store
-from indexer.db.counts import problem_counts, sample_count
+from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
+from indexer.ingest.apply import apply_changes
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.pipeline import KEYS_PER_COMMIT, Counts, apply_changes, cached_json_bytes
+from indexer.ingest.pipeline import KEYS_PER_COMMIT
+from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
+from indexer.ingest.rows import Counts, ReadSettings
 from indexer.ingest.run import resolve_root, writer_run
-from indexer.ingest.scan import scan
+from indexer.ingest.scan import ScanResult, changes_table, scan
 from indexer.ingest.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
-from indexer.ingest.walk import split_sample_path
+from indexer.ingest.walk import is_utf8, split_sample_path
 from indexer.ingest.workers import default_workers
 from indexer.progress import bar
 
@@ -62,52 +65,52 @@ def update_dataset(
     keys_per_commit: int = KEYS_PER_COMMIT,
 ) -> dict:
     """Scan root, re-read every changed key and record the results (library entry point)."""
-    scan_start_ns = time.time_ns()
+    settings = ReadSettings(str(root), time.time_ns(), verify_images, workers)
     started = time.perf_counter()
+    recorder = Recorder(conn, dataset)
     before = sample_count(conn, dataset)
     with bar(progress, desc="scan", unit=" files") as scan_bar:
         scanned = scan(conn, dataset, str(root), on_progress=scan_bar.update, workers=workers)
-    counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
-                           verify_images=verify_images, progress=progress,
-                           keys_per_commit=keys_per_commit)
-    tars = [p for p in scanned.archives if is_shard_name(p)]
-    compressed = [p for p in scanned.archives if is_compressed_shard_name(p)]
-    shard_counts = ShardCounts(compressed=compressed)
-    if tars or conn.execute("SELECT 1 FROM tar_shards WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
-        if tars and not before:
-            defer_derived(conn)  # a first contact with shards is a bulk write
-        shard_counts = update_shards(
-            conn, dataset, root, tars, workers=workers, verify_images=verify_images, counts=counts,
-            skipped_prefixes=tuple(prefix for prefix, _reason in scanned.unreadable if prefix))
-        shard_counts.compressed = compressed
+    apply_changes(recorder, settings, progress=progress, keys_per_commit=keys_per_commit)
+    shard_counts = _update_shards(recorder, root, scanned, settings, first_contact=not before)
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
-    after = sample_count(conn, dataset)
     wall = time.perf_counter() - started
+    tars = [p for p in scanned.archives if is_shard_name(p)]
     return {
         "dataset": dataset,
         "root": str(root),
-        "added": counts.added,
-        "changed": counts.changed,
-        "removed": counts.removed,
-        "unchanged": after - counts.added - counts.changed,
-        "samples": after,
+        **recorder.summary(),
         "samples_before": before,
-        "problems": problem_counts(conn, dataset),
         "files_seen": scanned.files_seen,
-        "files_read": counts.files_read,
-        "json_bytes": cached_json_bytes(conn, dataset),
         "shards": shard_counts.summary(),
         "unreadable": [f"{prefix or '.'}: {reason}" for prefix, reason in scanned.unreadable],
-        "bad_names": scanned.bad_names[:100],
+        "bad_names": scanned.bad_names[:SHOWN_LIMIT],
         "bad_names_count": len(scanned.bad_names),
-        "notes": no_samples_notes(root, scanned.files_seen, tars, compressed),
-        "not_files": scanned.not_files[:100],
+        "notes": no_samples_notes(root, scanned.files_seen, tars, shard_counts.compressed),
+        "not_files": scanned.not_files[:SHOWN_LIMIT],
         "not_files_count": len(scanned.not_files),
         "readers": workers,
         # share of the update's wall time the writer process was busy (not waiting for readers):
         # near 1.0, the single writer bounds the run; well below, the readers do
-        "writer_busy": round(1 - counts.waited_s / wall, 3) if wall > 0 else None,
+        "writer_busy": round(1 - recorder.counts.waited_s / wall, 3) if wall > 0 else None,
     }
+
+
+def _update_shards(recorder: Recorder, root: Path, scanned: ScanResult, settings: ReadSettings,
+                   first_contact: bool) -> ShardCounts:
+    """The tar shards the scan found (or that are recorded and may be gone), up to date."""
+    tars = [p for p in scanned.archives if is_shard_name(p)]
+    compressed = [p for p in scanned.archives if is_compressed_shard_name(p)]
+    conn, dataset = recorder.conn, recorder.dataset
+    recorded = conn.execute("SELECT 1 FROM tar_shards WHERE dataset = ? LIMIT 1", (dataset,)).fetchone()
+    if not tars and not recorded:
+        return ShardCounts(compressed=compressed)
+    if tars and first_contact:
+        defer_derived(conn)  # a first contact with shards is a bulk write
+    skipped = tuple(prefix for prefix, _reason in scanned.unreadable if prefix)
+    shard_counts = update_shards(recorder, root, tars, settings, skipped_prefixes=skipped)
+    shard_counts.compressed = compressed
+    return shard_counts
 
 
 def no_samples_notes(root: Path, files_seen: int, tars: list[str], compressed: list[str]) -> list[str]:
@@ -137,33 +140,23 @@ def update_paths(
     Each path that exists is re-read with its key's other files; one that is gone is dropped from
     its key. Other files of those keys keep their stored records. Non-sample paths are ignored.
     """
-    scan_start_ns = time.time_ns()
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
+    settings = ReadSettings(str(root), time.time_ns(), verify_images, workers)
     rows = []
     for path in dict.fromkeys(paths):
         parts = split_sample_path(path)
-        if parts is None or not _is_utf8(path):  # a scan reports bad names; events skip them
+        if parts is None or not is_utf8(path):  # a scan reports bad names; events skip them
             continue
         exists = os.path.isfile(os.path.join(root, path))
         if exists and path.endswith(".json") and os.path.isfile(os.path.join(root, path[:-5] + ".tar")):
             continue  # a shard's webshart index (scan.shard_index_path), not a sample
         rows.append((parts[0], path, "U" if exists else "D"))
     with store.transaction(conn, "DEFERRED"):
-        conn.execute("DELETE FROM scan_changes")
+        changes_table(conn)
         conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", rows)
-    counts = apply_changes(conn, dataset, str(root), scan_start_ns, workers=workers,
-                           verify_images=verify_images, progress=False)
+    recorder = Recorder(conn, dataset)
+    apply_changes(recorder, settings, progress=False)
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
-    return counts
-
-
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
+    return recorder.counts
 
 
 def database_bytes(db_path: str | os.PathLike[str]) -> int:

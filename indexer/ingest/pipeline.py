@@ -1,15 +1,8 @@
-"""The one write path of the ingest: read keys in worker processes, record them in sorted batches.
+"""The one write path of the ingest: record batches of read results in sorted order.
 
-`index` (loose files, index.py), tar shards in place (shards.py) and `extract` (extract/writer.py)
-all record samples through this module, so the rules of a write live in one place: which origin
-owns a key, when a sample counts as added, changed or removed, when data_version moves. Its
-interface:
+Which origin owns a key, when a sample counts as added, changed or removed, and when data_version
+moves are decided here, for every writer (through recorder.Recorder, their one interface):
 
-- `Counts`, `compact(...)` -> `CompactResult` (from rows.py): what a run wrote so far, and a read
-  sample in the flat form readers send back;
-- `apply_changes(...)`: read every key listed in TEMP table scan_changes (scan.py, or
-  index.update_paths) in reader processes and write the results in key order (a first run of a
-  dataset through bulk.py's scratch databases);
 - `write_results(...)`: record one batch of CompactResults in one transaction (`write_batches`:
   a long sorted list of them, batch by batch);
 - `stored_files(...)`: the loose files recorded for some keys (to re-read a key whole);
@@ -23,111 +16,17 @@ before a batch commits leaves those files unrecorded, so the next run sees them 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
 
 import orjson
 
 from indexer import store
-from indexer.db.counts import sample_count
-from indexer.ingest.bulk import bulk_load
-from indexer.ingest.derived import defer_derived
 from indexer.ingest.records import STAT_COLUMNS, STORED_COLUMNS, json_bytes_in, recorded_files
-from indexer.ingest.rows import SHARD_AT, CompactResult, Counts, Task, compact, read_task
-from indexer.ingest.workers import map_in_order
-from indexer.progress import bar
+from indexer.ingest.rows import SHARD_AT, CompactResult, Counts
 
-__all__ = ["KEYS_PER_COMMIT", "CompactResult", "Counts", "apply_changes", "cached_json_bytes", "compact",
-           "json_bytes", "stored_files", "write_batches", "write_results"]
+__all__ = ["KEYS_PER_COMMIT", "CompactResult", "Counts", "cached_json_bytes", "json_bytes", "stored_files",
+           "write_batches", "write_results"]
 
-BULK_MIN_KEYS = 20_000  # a run that rewrites this many samples (and most of them) defers indexes
-KEYS_PER_TASK = 256
 KEYS_PER_COMMIT = 4096  # ~10k rows a transaction: fast, and a kill loses little work
-
-
-def apply_changes(
-    conn: sqlite3.Connection,
-    dataset: str,
-    root: str,
-    scan_start_ns: int,
-    *,
-    workers: int,
-    verify_images: bool,
-    progress: bool,
-    keys_per_commit: int = KEYS_PER_COMMIT,
-) -> Counts:
-    """Re-read the keys listed in scan_changes and write them, in key order, batch by batch."""
-    counts = Counts()
-    total = _order_changes(conn)
-    if not total:
-        return counts
-    if total >= BULK_MIN_KEYS and total * 2 >= sample_count(conn, dataset):
-        defer_derived(conn)  # built again on first use, off the critical path
-    # A dataset with no stored sample yet (a first run) has nothing to merge with or replace.
-    fresh = conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
-    if fresh:
-        with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
-            bulk_load(conn, dataset, _tasks(conn, dataset, keys_per_commit, fresh=True), root, scan_start_ns,
-                      verify_images, workers, counts, read_bar.update)
-        return counts
-    tasks = _tasks(conn, dataset, min(KEYS_PER_TASK, keys_per_commit))
-    with bar(progress, desc="read", unit=" samples", total=total) as read_bar:
-        pending: list[CompactResult] = []
-        for results in _run_tasks(tasks, root, scan_start_ns, verify_images, workers, counts):
-            pending.extend(results)
-            read_bar.update(len(results))
-            if len(pending) >= keys_per_commit:
-                write_results(conn, dataset, pending, counts)
-                pending = []
-        if pending:
-            write_results(conn, dataset, pending, counts)
-    return counts
-
-
-def _order_changes(conn: sqlite3.Connection) -> int:
-    """Group scan_changes by key, sorted, into TEMP table scan_order; returns how many keys."""
-    conn.execute("DROP TABLE IF EXISTS temp.scan_order")
-    conn.execute(
-        "CREATE TEMP TABLE scan_order AS SELECT key, group_concat(op || path, char(0)) AS changes"
-        " FROM scan_changes GROUP BY key ORDER BY key"
-    )
-    return conn.execute("SELECT count(*) FROM scan_order").fetchone()[0]
-
-
-def _tasks(conn: sqlite3.Connection, dataset: str, keys_per_task: int, fresh: bool = False) -> Iterator[Task]:
-    """scan_order (_order_changes: sorted, so writes hit the B-tree in order) as task lists.
-
-    SQLite has grouped and sorted the changes into one row a key, read back in pages with fetchall: a
-    cursor left open across the batches' write transactions would pin this connection's read
-    snapshot (SQLite keeps it for the open statement), and the next BEGIN IMMEDIATE after any other
-    process wrote would fail at once with "database is locked" (a stale snapshot bypasses the busy
-    timeout).
-    """
-    after = 0
-    while rows := conn.execute(
-        "SELECT rowid, key, changes FROM scan_order WHERE rowid > ? ORDER BY rowid LIMIT ?",
-        (after, keys_per_task),
-    ).fetchall():
-        after = rows[-1][0]
-        if fresh:  # nothing stored to merge: every change is a new file ('U' + path)
-            yield [(key, changes.replace("\0U", "\0")[1:]) for _rowid, key, changes in rows]
-        else:
-            yield _current_paths(conn, dataset, [(key, changes) for _rowid, key, changes in rows])
-    conn.execute("DROP TABLE IF EXISTS temp.scan_order")
-
-
-def _current_paths(conn: sqlite3.Connection, dataset: str, changes: list[tuple[str, str]]) -> Task:
-    """Each key's files now: the stored ones, minus deletions ('D'), plus new or modified ones ('U')."""
-    stored = stored_files(conn, dataset, [key for key, _changes in changes])
-    tasks = []
-    for key, ops in changes:
-        paths = set(stored.get(key, ()))
-        for change in ops.split("\0"):
-            if change[0] == "D":
-                paths.discard(change[1:])
-            else:
-                paths.add(change[1:])
-        tasks.append((key, "\0".join(sorted(paths))))
-    return tasks
 
 
 def stored_files(conn: sqlite3.Connection, dataset: str, keys: list[str]) -> dict[str, dict[str, int | None]]:
@@ -138,20 +37,6 @@ def stored_files(conn: sqlite3.Connection, dataset: str, keys: list[str]) -> dic
         " AND key IN (SELECT value FROM json_each(?)) AND shard IS NULL",
         (dataset, orjson.dumps(keys).decode()),
     )}
-
-
-def _run_tasks(
-    tasks: Iterable[Task],
-    root: str,
-    scan_start_ns: int,
-    verify_images: bool,
-    workers: int,
-    counts: Counts,
-) -> Iterator[list[CompactResult]]:
-    """Read tasks in worker processes, yielding results in submission (key) order (the waits
-    counted in counts.waited_s)."""
-    calls = ((task, root, scan_start_ns, verify_images) for task in tasks)
-    yield from map_in_order(read_task, calls, workers, workers * 4, counts.waited)
 
 
 def write_results(

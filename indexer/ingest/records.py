@@ -22,6 +22,7 @@ STORED_COLUMNS = ("image_ext", "json_ext", "width", "height", "size_from", "stat
                   "meta")
 STAT_COLUMNS = ("json_size", "json_sig", "image_size", "image_mtime_ns", "image_sig", "other_files",
                 "shard", "json_offset", "image_offset")  # the last three: members of a tar shard
+SCRATCH_COLUMNS = ("key", *STORED_COLUMNS, *STAT_COLUMNS)  # a sample row as readers write it ahead
 
 
 class StatRow(NamedTuple):

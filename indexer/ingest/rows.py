@@ -50,10 +50,21 @@ class Counts:
 Task = list[tuple[str, str]]
 
 
-def read_task(task: Task, root: str, scan_start_ns: int, verify_images: bool) -> list[CompactResult]:
+@dataclass(frozen=True)
+class ReadSettings:
+    """How a run reads: the same for every task of it (sent along with each, a few bytes)."""
+
+    root: str
+    scan_start_ns: int  # files younger than the racy window before this are re-read next run
+    verify_images: bool = False
+    workers: int = 1
+
+
+def read_task(task: Task, settings: ReadSettings) -> list[CompactResult]:
     """Read a task's keys (in a reader process), each under the guard: a key whose read raises
     is that key's recorded problem, not the end of the task."""
     results = []
+    root, scan_start_ns, verify_images = settings.root, settings.scan_start_ns, settings.verify_images
     for key, joined in task:
         paths = joined.split("\0") if joined else []
         try:

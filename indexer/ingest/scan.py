@@ -20,7 +20,7 @@ import orjson
 from indexer.ingest.change import NEVER_MATCHES, current_signature
 from indexer.ingest.records import other_files, recorded_files
 from indexer.ingest.walk import walk
-from indexer.ingest.workers import process_pool
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, process_pool
 
 SNAPSHOT_PAGE = 65_536
 PARALLEL_STAT_MIN = 20_000  # below this, starting worker processes costs more than it saves
@@ -151,8 +151,7 @@ def scan(
     of a no-change rerun, and this process would otherwise bound it).
     """
     global _FORKED_SNAPSHOT
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
-    conn.execute("DELETE FROM scan_changes")
+    changes_table(conn)
     snapshot = Snapshot.load(conn, dataset)
     result = ScanResult()
     pending: list[tuple[str, str, str]] = []
@@ -183,7 +182,7 @@ def scan(
                 record(diff_names(snapshot, fd, prefix, names))
             else:
                 in_flight.append(pool.submit(diff_names_in, os.path.join(root, prefix), prefix, names))
-                while len(in_flight) > 2 * workers:
+                while len(in_flight) > LARGE_TASKS_AHEAD * workers:
                     record(in_flight.popleft().result())
             result.files_seen += len(names)
             if len(pending) >= CHANGES_PER_INSERT:
@@ -205,6 +204,12 @@ def scan(
             pool.shutdown(cancel_futures=True)
             _FORKED_SNAPSHOT = None
     return result
+
+
+def changes_table(conn: sqlite3.Connection) -> None:
+    """An empty TEMP table scan_changes(key, path, op): what apply.apply_changes reads again."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan_changes (key TEXT, path TEXT, op TEXT)")
+    conn.execute("DELETE FROM scan_changes")
 
 
 # What diff_names finds in a chunk of one folder's names: the snapshot slots of the records it

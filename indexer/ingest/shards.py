@@ -24,14 +24,15 @@ from pathlib import Path
 import orjson
 
 from indexer import store
-from indexer.ingest.change import NS_PER_SECOND, clamp_int64, fits_int64, shard_record
+from indexer.ingest.change import NS_PER_SECOND, clamp_int64, diff, fits_int64, shard_record
 from indexer.ingest.guard import REPORT, describe, failed_sample, raise_if_environment
-from indexer.ingest.pipeline import Counts, write_batches
 from indexer.ingest.read import build_sample, header_size_of, with_warnings
+from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import member_stats
+from indexer.ingest.rows import ReadSettings
 from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
-from indexer.ingest.workers import map_in_order
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -181,18 +182,29 @@ class ShardCounts:
     errors: list[str] = field(default_factory=list)
     compressed: list[str] = field(default_factory=list)
 
+    def add(self, shard: ShardRead, conflicts: list[tuple[str, str | None, str | None]]) -> None:
+        """Count a shard just recorded, and the keys it met in other origins."""
+        self.read += 1
+        self.members += shard.members
+        self.bytes_read += shard.bytes_read
+        self.refused += len(shard.refusals)
+        self.duplicates += [f"{key}: in {loser or 'loose files'} and in {owner or 'loose files'};"
+                            f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
+        if shard.error:
+            self.errors.append(shard.error)
+
     def summary(self) -> dict:
         return {"seen": self.seen, "read": self.read, "removed": self.removed, "members": self.members,
                 "bytes_read": self.bytes_read, "refused": self.refused,
-                "duplicates": self.duplicates[:100], "duplicates_count": len(self.duplicates),
+                "duplicates": self.duplicates[:SHOWN_LIMIT], "duplicates_count": len(self.duplicates),
                 "errors": self.errors, "compressed": self.compressed}
 
 
-def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: list[str], *, workers: int,
-                  verify_images: bool, counts: Counts, skipped_prefixes: tuple[str, ...] = ()
-                  ) -> ShardCounts:
+def update_shards(recorder: Recorder, root: Path, found: list[str], settings: ReadSettings,
+                  skipped_prefixes: tuple[str, ...] = ()) -> ShardCounts:
     """Bring the samples of the shards under root up to date: read new or changed shards, forget
-    removed ones, through the index's write path (pipeline.py: one home for the write rules)."""
+    removed ones, through the recorder (one home for the write rules)."""
+    conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
     shard_counts = ShardCounts(seen=len(found))
     with store.transaction(conn):  # loose files that took a key over from a shard, this run
         for key, loser, owner in counts.conflicts:
@@ -206,37 +218,38 @@ def update_shards(conn: sqlite3.Connection, dataset: str, root: Path, found: lis
             current[rel] = shard_record(os.stat(os.path.join(root, rel)))
         except OSError:
             continue
-    removed = [p for p in stored if p not in current and not p.startswith(skipped_prefixes)]
-    for rel in sorted(removed):
-        _forget_shard(conn, dataset, rel, counts)
-        shard_counts.removed += 1
-    pending = sorted(rel for rel, sig in current.items() if stored.get(rel) != sig)
+    pending, removed = diff(stored, current)
+    for rel in removed:
+        if not rel.startswith(skipped_prefixes):  # a folder that could not be listed: not gone
+            _forget_shard(recorder, rel)
+            shard_counts.removed += 1
     for _round in range(2):  # the second round: shards whose duplicate keys lost their owner
-        for shard in _read_in_order(str(root), pending, workers, verify_images):
-            _record_shard(conn, dataset, shard, counts, shard_counts)
+        for shard in _read_in_order(pending, settings):
+            _record_shard(recorder, shard, shard_counts)
         pending = sorted(set(_orphaned_duplicates(conn, dataset)) & set(current))
         if not pending:
             break
     return shard_counts
 
 
-def _read_in_order(root: str, shards: list[str], workers: int, verify_images: bool) -> Iterator[ShardRead]:
+def _read_in_order(shards: list[str], settings: ReadSettings) -> Iterator[ShardRead]:
     """Shards read in parallel, yielded in the given (sorted) order: who owns a duplicate key is
     then the same whatever the timing."""
-    calls = ((root, rel, verify_images) for rel in shards)
-    yield from map_in_order(read_shard, calls, min(workers, len(shards)), workers * 2)
+    calls = ((settings.root, rel, settings.verify_images) for rel in shards)
+    yield from map_in_order(read_shard, calls, min(settings.workers, len(shards)),
+                            settings.workers * LARGE_TASKS_AHEAD)
 
 
-def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, counts: Counts,
-                  shard_counts: ShardCounts) -> None:
+def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCounts) -> None:
     """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again)."""
+    conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
     results = list(shard.results)
     fresh = {result[0] for result in results}
     results += [(key, None, None, 0) for (key,) in conn.execute(
         "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in fresh]
     results.sort(key=lambda result: result[0])
     seen_conflicts = len(counts.conflicts)
-    write_batches(conn, dataset, results, counts, origin=shard.path)
+    recorder.record(results, origin=shard.path)
     conflicts = counts.conflicts[seen_conflicts:]
     lost = [[key, owner] for key, loser, owner in conflicts if loser == shard.path]
     with store.transaction(conn):
@@ -250,14 +263,7 @@ def _record_shard(conn: sqlite3.Connection, dataset: str, shard: ShardRead, coun
         for key, loser, owner in conflicts:  # keys this shard took over from a later shard
             if loser not in (None, shard.path):
                 note_duplicate(conn, dataset, loser, key, owner)
-    shard_counts.read += 1
-    shard_counts.members += shard.members
-    shard_counts.bytes_read += shard.bytes_read
-    shard_counts.refused += len(shard.refusals)
-    shard_counts.duplicates += [f"{key}: in {loser or 'loose files'} and in {owner or 'loose files'};"
-                                f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
-    if shard.error:
-        shard_counts.errors.append(shard.error)
+    shard_counts.add(shard, conflicts)
 
 
 def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str, owner: str | None) -> None:
@@ -272,10 +278,11 @@ def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str,
                  (orjson.dumps(duplicates).decode(), dataset, shard))
 
 
-def _forget_shard(conn: sqlite3.Connection, dataset: str, rel: str, counts: Counts) -> None:
+def _forget_shard(recorder: Recorder, rel: str) -> None:
+    conn, dataset = recorder.conn, recorder.dataset
     keys = [(key, None, None, 0) for (key,) in conn.execute(
         "SELECT key FROM samples WHERE dataset = ? AND shard = ? ORDER BY key", (dataset, rel))]
-    write_batches(conn, dataset, keys, counts, origin=rel)
+    recorder.record(keys, origin=rel)
     with store.transaction(conn):
         conn.execute("DELETE FROM tar_shards WHERE dataset = ? AND path = ?", (dataset, rel))
 

@@ -99,18 +99,28 @@ def walk(
             os.close(fd)
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a name os decoded is valid UTF-8 (os decodes other bytes as surrogate escapes,
+    which the database, a text column, cannot hold)."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _utf8(names: list[str], prefix: str, bad_names: list[str]) -> list[str]:
-    """The names that are valid UTF-8 (os decodes others with surrogate escapes); report the rest."""
+    """The names that are valid UTF-8; report the rest."""
     if all(name.isascii() for name in names):
         return names
     good = []
     for name in names:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            bad_names.append(os.fsencode(prefix + name).decode("utf-8", "backslashreplace"))
-        else:
+        if is_utf8(name):
             good.append(name)
+        else:
+            bad_names.append(os.fsencode(prefix + name).decode("utf-8", "backslashreplace"))
     return good
 
 

@@ -18,6 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 from indexer import store
 
+# Tasks in flight per reader: small tasks (a few hundred keys) need more queued to keep the readers
+# busy; large ones (a whole shard, a scratch batch of 4,096 keys, a folder's stat calls) each hold
+# more memory.
+SMALL_TASKS_AHEAD = 4
+LARGE_TASKS_AHEAD = 2
 PR_SET_PDEATHSIG = 1
 
 
