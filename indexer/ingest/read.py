@@ -252,14 +252,28 @@ def build_sample(
     if json_path is not None and json_error is None:
         obj, json_error = parse_json_bytes(json_data or b"")
         if obj is not None:
-            obj, meta, json_error = storable_json(obj, json_path, json_data or b"", warnings)
+            try:  # the common case inline: this runs a million times in a first run
+                if b"\\u0000" in (json_data or b""):
+                    raise ValueError
+                meta = orjson.dumps(obj).decode()
+            except (ValueError, orjson.JSONEncodeError):
+                obj, meta, json_error = storable_json(obj, json_path, json_data or b"", warnings)
     image = None
     if image_paths:
         image = choose_image(image_paths, obj.get("image_name") if obj else None)
         if len(image_paths) > 1:
             others = ", ".join(p for p in image_paths if p != image)
             warnings.append(f"several images for {key}: using {image}, ignoring {others}")
-    json_size = _json_size(obj, image, warnings) if obj is not None else None
+    json_size = None
+    if obj is not None:
+        name = obj.get("image_name")
+        file_name = image[image.rfind("/") + 1 :] if image is not None else None
+        if file_name is not None and isinstance(name, str) and name and name != file_name:
+            warnings.append(f"image_name says {name!r} but the image file is {image}")
+        json_width = parse_dimension(obj.get("width"))
+        json_height = parse_dimension(obj.get("height"))
+        if json_width and json_height:
+            json_size = (json_width, json_height)
     status, error, size, size_from, header_reads = _decide(
         key, json_path, json_error, image, json_size, verify_images, header, warnings)
     sample = SampleRecord(image, json_path, size[0] if size else None, size[1] if size else None,
@@ -301,17 +315,6 @@ def _without_nul(value: object) -> object:
     if isinstance(value, list):
         return [_without_nul(item) for item in value]
     return value
-
-
-def _json_size(obj: dict, image: str | None, warnings: list[str]) -> tuple[int, int] | None:
-    """The width and height the JSON gives, if usable; warns when image_name names another file."""
-    name = obj.get("image_name")
-    file_name = image[image.rfind("/") + 1 :] if image is not None else None
-    if file_name is not None and isinstance(name, str) and name and name != file_name:
-        warnings.append(f"image_name says {name!r} but the image file is {image}")
-    json_width = parse_dimension(obj.get("width"))
-    json_height = parse_dimension(obj.get("height"))
-    return (json_width, json_height) if json_width and json_height else None
 
 
 Decision = tuple[Status, str | None, tuple[int, int] | None, str, int]  # status, error, size, from, reads
