@@ -1,4 +1,4 @@
-"""SQLite connection, schema migrations, dataset rows, the writer lock and the run log.
+"""SQLite connection, schema migrations, dataset rows and the run log (the writer lock: db/lock.py).
 
 The schema lives only in `schema/NNN_*.sql`; files are applied in order and PRAGMA user_version
 records the highest applied number, so an old database is upgraded in place on open.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import functools
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from indexer.errors import DatabaseLocked, IndexerError
+from indexer.errors import IndexerError
 
 DEFAULT_DB = "indexer.sqlite"
 BUSY_TIMEOUT_MS = 30_000
@@ -303,46 +302,6 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
         raise
     else:
         conn.execute("COMMIT")
-
-
-_HELD_LOCK_FDS: set[int] = set()
-
-
-def release_inherited_locks() -> None:
-    """Call first thing in a forked worker: flock belongs to the open file, which fork shares, so a
-    worker that outlived a killed parent would otherwise keep the database locked."""
-    for fd in list(_HELD_LOCK_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCK_FDS.clear()
-
-
-@contextlib.contextmanager
-def writer_lock(db_path: str | os.PathLike[str], command: str, wait: bool = False) -> Iterator[None]:
-    """One indexing writer per database at a time (index, watch, extract).
-
-    SQLite's own locking keeps each transaction safe; this lock keeps two long runs from
-    interleaving their batches. Held by an open file description, so a killed run frees it.
-    """
-    lock_path = os.fspath(db_path) + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise DatabaseLocked(
-                f"database {db_path} is being written by {holder}; wait for it to finish "
-                "(or stop it) and run this command again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"`indexer {command}` (pid {os.getpid()})".encode(), 0)
-        _HELD_LOCK_FDS.add(fd)
-        yield
-    finally:
-        _HELD_LOCK_FDS.discard(fd)
-        os.close(fd)
 
 
 def now_iso() -> str:

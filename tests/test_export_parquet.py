@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indexer import store
+from indexer.db import lock
 from indexer.errors import IndexerError
 from indexer.export import parquet as parquet_module
 from indexer.export.parquet import export_parquet
@@ -218,7 +219,7 @@ def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_
             started.set()
             time.sleep(0.5)
 
-    with store.writer_lock(db_path, "index"):
+    with lock.writer_lock(db_path, "index"):
         thread = threading.Thread(target=writer)
         thread.start()
         started.wait()

@@ -14,6 +14,7 @@ import pytest
 from helpers_index import files, same_files, samples, write_pair
 
 from indexer import store
+from indexer.db import lock
 from indexer.errors import IndexerError
 from indexer.ingest import change, scan, walk
 from indexer.ingest.index import index_root
@@ -324,7 +325,7 @@ def test_env_db_and_group_db(data_root, tmp_path, cli, gen, monkeypatch, no_racy
 
 def test_second_writer_stops_with_clear_message(data_root, db_path, cli, gen):
     write_pair(data_root, "w", gen)
-    with store.writer_lock(db_path, "index"):
+    with lock.writer_lock(db_path, "index"):
         result = cli("index", data_root, "--db", db_path)
     assert result.exit_code == 75
     assert "being written by `indexer index`" in result.stderr
@@ -505,7 +506,7 @@ def test_stats_while_a_writer_holds_the_database_answers_without_building(data_r
     conn = store.connect(db_path)
     derived.defer_derived(conn)
     conn.close()
-    with store.writer_lock(db_path, "index"):
+    with lock.writer_lock(db_path, "index"):
         figures = stats.dataset_stats(db_path, None)
     assert figures["derived_ready"] is False and figures["samples"] == 20
     assert "samples_file_hash" not in _index_names(db_path)

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indexer import store
+from indexer.db import lock
 from indexer.errors import DatabaseLocked
 from indexer.export.registry import follow_up_exports
 from indexer.export.selection import SELECTION_FIELDS, make_selection
@@ -290,7 +291,7 @@ def test_periodic_rescan_catches_what_events_missed(gen, data_root, db_path):
 
 def test_a_second_writer_cannot_start_a_watch(data_root, db_path):
     store.connect(db_path).close()
-    with store.writer_lock(db_path, "index"), pytest.raises(DatabaseLocked, match="indexer index"):
+    with lock.writer_lock(db_path, "index"), pytest.raises(DatabaseLocked, match="indexer index"):
         watch_root(db_path, data_root, settle=0.1)
 
 

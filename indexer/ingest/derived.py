@@ -13,6 +13,7 @@ import os
 import sqlite3
 
 from indexer import store
+from indexer.db import lock
 from indexer.errors import IndexerError
 from indexer.progress import bar
 
@@ -86,7 +87,7 @@ def ensure_derived(db_path: str | os.PathLike[str], progress: bool = False) -> b
     finally:
         reader.close()
     try:
-        with store.writer_lock(db_path, "stats/search (building derived indexes)"):
+        with lock.writer_lock(db_path, "stats/search (building derived indexes)"):
             conn = store.connect(db_path)
             try:
                 build_derived(conn, progress)

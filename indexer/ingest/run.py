@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer import store
+from indexer.db import lock
 from indexer.errors import IndexerError
 from indexer.ingest.bulk import remove_scratch
 
@@ -66,7 +67,7 @@ def writer_run(db_path: str | os.PathLike[str], root: Path, command: str,
     block as one `command` row of `runs`."""
     conn = store.connect(db_path)
     try:
-        with store.writer_lock(db_path, command):
+        with lock.writer_lock(db_path, command):
             remove_scratch(db_path)
             dataset = store.ensure_dataset(conn, dataset_id, root)
             run = Run(conn, dataset, store.start_run(conn, dataset, command))

@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from indexer import store
+from indexer.db import lock
 
 # Tasks in flight per reader: small tasks (a few hundred keys) need more queued to keep the readers
 # busy; large ones (a whole shard, a scratch batch of 4,096 keys, a folder's stat calls) each hold
@@ -28,7 +28,7 @@ PR_SET_PDEATHSIG = 1
 
 def init_worker() -> None:
     """Forked readers drop the parent's writer lock and die with the parent (kill -9 included)."""
-    store.release_inherited_locks()
+    lock.release_inherited_locks()
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
