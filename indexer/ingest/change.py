@@ -79,8 +79,10 @@ def is_racy(mtime_ns: int, ctime_ns: int, scan_start_ns: int) -> bool:
 def file_record(path: str, st: os.stat_result, scan_start_ns: int) -> FileRecord:
     """The record of a file a reader just stat-ed (built with tuple.__new__: a million of these in
     a first run, and the named constructor is a Python call)."""
-    return _new_tuple(FileRecord, (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                                   is_racy(st.st_mtime_ns, st.st_ctime_ns, scan_start_ns)))
+    mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+    cut = scan_start_ns - RACY_WINDOW_NS  # is_racy, inline
+    racy = ctime_ns >= cut or cut <= mtime_ns <= scan_start_ns + FUTURE_MTIME_NS
+    return _new_tuple(FileRecord, (path, st.st_size, mtime_ns, ctime_ns, st.st_ino, racy))
 
 
 _new_tuple = tuple.__new__

@@ -16,6 +16,7 @@ before a batch commits leaves those files unrecorded, so the next run sees them 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -56,20 +57,33 @@ def write_results(
     A batch that changes samples moves the dataset's data_version in the same transaction, so an
     export that read the data before this commit is never taken for one made after it.
     """
-    keys = [key for key, *_ in results]
     width = len(STORED_COLUMNS)
     old = {
         row[0]: (row[1 : width + 1], row[width + 1 :])
         for row in conn.execute(
             f"SELECT key, {', '.join(STORED_COLUMNS + STAT_COLUMNS)} FROM samples "
             "WHERE dataset = ? AND key IN (SELECT value FROM json_each(?))",
-            (dataset, orjson.dumps(keys).decode()),
+            (dataset, orjson.dumps([result[0] for result in results]).decode()),
         )
     }
-    upserts = []
-    deletes = []
-    restats = []  # same content, files touched: new stat records, no new data_version
-    json_delta = 0  # what the batch changes datasets.json_bytes by
+    _apply(conn, dataset, plan_batch(results, old, origin, counts))
+
+
+@dataclass
+class BatchPlan:
+    """What one batch changes: rows to write, keys to delete, stat records to refresh (same content,
+    files touched: no new data_version), and the change of datasets.json_bytes."""
+
+    upserts: list[tuple] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    restats: list[tuple] = field(default_factory=list)
+    json_delta: int = 0
+
+
+def plan_batch(results: list[CompactResult], old: dict[str, tuple[tuple, tuple]], origin: str | None,
+               counts: Counts) -> BatchPlan:
+    """The pure decision of a batch: results against the stored (content, stats) of their keys."""
+    plan = BatchPlan()
     for key, row, stats, files_read in results:
         counts.files_read += files_read
         previous = old.get(key)
@@ -81,36 +95,42 @@ def write_results(
                 continue  # the holder keeps it
             counts.conflicts.append((key, holder, origin))
         if previous is not None and (row is None or previous[0] != row or previous[1] != stats):
-            json_delta -= json_bytes_in(previous[1])
+            plan.json_delta -= json_bytes_in(previous[1])
         if row is None:
             if previous is not None:
-                deletes.append((dataset, key))
+                plan.deletes.append(key)
                 counts.removed += 1
             continue
         if previous is not None and previous[0] == row:
             if previous[1] != stats:
-                restats.append((*stats, dataset, key))
-                json_delta += json_bytes_in(stats)
+                plan.restats.append((*stats, key))
+                plan.json_delta += json_bytes_in(stats)
             continue
         if previous is None:
             counts.added += 1
         else:
             counts.changed += 1
-        upserts.append((dataset, key, *row, *stats))
-        json_delta += json_bytes_in(stats)
+        plan.upserts.append((key, *row, *stats))
+        plan.json_delta += json_bytes_in(stats)
+    return plan
+
+
+def _apply(conn: sqlite3.Connection, dataset: str, plan: BatchPlan) -> None:
+    """Write a planned batch in one transaction (data_version moves only if samples change)."""
     with store.transaction(conn):
-        if restats:
-            conn.executemany(STAT_UPDATE, restats)
-        if not upserts and not deletes:
-            _add_json_bytes(conn, dataset, json_delta)
+        if plan.restats:
+            conn.executemany(STAT_UPDATE, [(*stats, dataset, key) for *stats, key in plan.restats])
+        if not plan.upserts and not plan.deletes:
+            _add_json_bytes(conn, dataset, plan.json_delta)
             return
         version = conn.execute(
             "UPDATE datasets SET data_version = data_version + 1, json_bytes = json_bytes + ?"
             " WHERE id = ? RETURNING data_version",
-            (json_delta, dataset),
+            (plan.json_delta, dataset),
         ).fetchall()[0][0]
-        conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?", deletes)
-        conn.executemany(SAMPLE_UPSERT, [(*row, version) for row in upserts])
+        conn.executemany("DELETE FROM samples WHERE dataset = ? AND key = ?",
+                         [(dataset, key) for key in plan.deletes])
+        conn.executemany(SAMPLE_UPSERT, [(dataset, *row, version) for row in plan.upserts])
 
 
 def write_batches(conn: sqlite3.Connection, dataset: str, results: list[CompactResult], counts: Counts,

@@ -182,23 +182,9 @@ def read_sample(
         extension = path[cut:].lower()
         full = prefix + path
         if extension == JSON_EXTENSION and json_path is None:
-            preloaded = json_bytes.get(path) if json_bytes else None
-            try:
-                if preloaded is not None:
-                    st = (known_stats.get(path) if known_stats else None) or os.stat(full)
-                    json_data = preloaded
-                else:
-                    st, json_data = read_regular(full)
-                    files_read += json_data is not None
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    continue
-                json_read_error = f"cannot read ({exc.strerror}); fix its permissions, {RERUN}"
-            if not stat.S_ISREG(st.st_mode):
+            st, json_data, read, json_read_error = _read_json(full, path, json_bytes, known_stats)
+            files_read += read
+            if st is None or not stat.S_ISREG(st.st_mode):
                 continue
             json_path = path
         else:
@@ -230,6 +216,26 @@ def read_sample(
 def with_warnings(sample: SampleRecord, warnings: list[str]) -> SampleRecord:
     """The sample with more warnings after the ones it has."""
     return sample._replace(warning="; ".join([*filter(None, [sample.warning]), *warnings]) or None)
+
+
+def _read_json(full: str, path: str, json_bytes: dict[str, bytes] | None,
+               known_stats: dict[str, os.stat_result] | None
+               ) -> tuple[os.stat_result | None, bytes | None, int, str | None]:
+    """(stat or None when gone, bytes, files read, why it cannot be read) of a sample's JSON."""
+    preloaded = json_bytes.get(path) if json_bytes else None
+    try:
+        if preloaded is not None:
+            return (known_stats.get(path) if known_stats else None) or os.stat(full), preloaded, 0, None
+        st, data = read_regular(full)
+        return st, data, int(data is not None), None
+    except FileNotFoundError:
+        return None, None, 0, None
+    except OSError as exc:
+        try:
+            st = os.stat(full)
+        except OSError:
+            return None, None, 0, None
+        return st, None, 0, f"cannot read ({exc.strerror}); fix its permissions, {RERUN}"
 
 
 def build_sample(
@@ -277,7 +283,7 @@ def build_sample(
     status, error, size, size_from, header_reads = _decide(
         key, json_path, json_error, image, json_size, verify_images, header, warnings)
     sample = SampleRecord(image, json_path, size[0] if size else None, size[1] if size else None,
-                          size_from if size else None, status.value, error, "; ".join(warnings) or None, meta)
+                          size_from if size else None, status, error, "; ".join(warnings) or None, meta)
     return sample, header_reads
 
 
@@ -317,7 +323,10 @@ def _without_nul(value: object) -> object:
     return value
 
 
-Decision = tuple[Status, str | None, tuple[int, int] | None, str, int]  # status, error, size, from, reads
+Decision = tuple[str, str | None, tuple[int, int] | None, str, int]  # status, error, size, from, reads
+# The statuses as plain strings: a StrEnum member pickles as a call, and .value is a descriptor.
+OK, MISSING_JSON, MISSING_IMAGE = Status.OK.value, Status.MISSING_JSON.value, Status.MISSING_IMAGE.value
+BAD_JSON, BAD_IMAGE = Status.BAD_JSON.value, Status.BAD_IMAGE.value
 
 
 def _decide(key: str, json_path: str | None, json_error: str | None, image: str | None,
@@ -327,24 +336,24 @@ def _decide(key: str, json_path: str | None, json_error: str | None, image: str 
     if json_path is None:
         header_size = header(image)  # type: ignore[arg-type]
         error = f"{image}: image without JSON ({key}.json is missing); add it or remove the image"
-        return (Status.MISSING_JSON, error, None if isinstance(header_size, str) else header_size,
+        return (MISSING_JSON, error, None if isinstance(header_size, str) else header_size,
                 "image", 1)
     if json_error is not None:
-        return Status.BAD_JSON, f"{json_path}: {json_error}; fix or replace it, {RERUN}", None, "json", 0
+        return BAD_JSON, f"{json_path}: {json_error}; fix or replace it, {RERUN}", None, "json", 0
     if image is None:
         error = (f"{json_path}: JSON without image (no {key}.png/.jpg/.jpeg/.webp); "
                  "add the image or remove the JSON")
-        return Status.MISSING_IMAGE, error, json_size, "json", 0
+        return MISSING_IMAGE, error, json_size, "json", 0
     if json_size and not verify_images:
-        return Status.OK, None, json_size, "json", 0
+        return OK, None, json_size, "json", 0
     header_size = header(image)
     if isinstance(header_size, str):
         why = "its JSON has no usable width/height and " if not json_size else ""
         error = f"{image}: {why}{header_size}; replace the image, {RERUN}"
-        return Status.BAD_IMAGE, error, json_size, "json", 1
+        return BAD_IMAGE, error, json_size, "json", 1
     if json_size and json_size != header_size:
         warnings.append(
             f"{json_path} says {json_size[0]}x{json_size[1]} but the {image} header says "
             f"{header_size[0]}x{header_size[1]}; using the header"
         )
-    return Status.OK, None, header_size, "image", 1
+    return OK, None, header_size, "image", 1

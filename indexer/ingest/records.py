@@ -9,12 +9,11 @@ merge reads them back here, so a new kind of origin (an object in a bucket) chan
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import NamedTuple
 
 import orjson
 
-from indexer.ingest.change import NEVER_MATCHES, FileRecord
+from indexer.ingest.change import INT64_MAX, INT64_MIN, NEVER_MATCHES, FileRecord, clamp_int64, stat_signature
 
 JSON_EXT = "json"
 # The samples columns a read decides, in the order of a CompactResult's sample row.
@@ -53,7 +52,9 @@ def other_files(text: str | None) -> list[OtherFile]:
     return [OtherFile(*entry) for entry in orjson.loads(text)] if text else []
 
 
-def encode_other_files(entries: Iterable[OtherFile | list]) -> str | None:
+def encode_other_files(entries: list[OtherFile] | list[list]) -> str | None:
+    if not entries:
+        return None
     listed = sorted(list(entry) for entry in entries)
     return orjson.dumps(listed).decode() if listed else None
 
@@ -72,16 +73,19 @@ def recorded_files(key: str, json_ext: str | None, json_sig: int | None, image_e
 
 
 def file_stats(key: str, json_path: str | None, image_path: str | None, files: list[FileRecord]) -> tuple:
-    """The stat columns (a StatRow as a plain tuple) of a loose sample from its files' records."""
+    """The stat columns (a StatRow as a plain tuple) of a loose sample from its files' records.
+    (FileRecord.signature and .stored_mtime_ns, unrolled: this runs for every file of a first run.)"""
     json_size = json_sig = image_size = image_mtime_ns = image_sig = None
     others = []
-    for record in files:
-        if record.path == json_path:
-            json_size, json_sig = record.size, record.signature
-        elif record.path == image_path:
-            image_size, image_mtime_ns, image_sig = record.size, record.stored_mtime_ns, record.signature
+    for path, size, mtime_ns, ctime_ns, inode, racy in files:
+        sig = NEVER_MATCHES if racy else stat_signature(size, mtime_ns, ctime_ns, inode)
+        stored_mtime = mtime_ns if INT64_MIN <= mtime_ns <= INT64_MAX else clamp_int64(mtime_ns)
+        if path == json_path:
+            json_size, json_sig = size, sig
+        elif path == image_path:
+            image_size, image_mtime_ns, image_sig = size, stored_mtime, sig
         else:
-            others.append([record.path[len(key) + 1:], record.size, record.stored_mtime_ns, record.signature])
+            others.append([path[len(key) + 1:], size, stored_mtime, sig])
     return (json_size, json_sig, image_size, image_mtime_ns, image_sig, encode_other_files(others),
             None, None, None)
 

@@ -8,6 +8,7 @@ Files not in the stored records are not even stat-ed here; the readers stat what
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import os
 import sqlite3
 import stat as stat_module
@@ -155,45 +156,15 @@ def scan(
     snapshot = Snapshot.load(conn, dataset)
     result = ScanResult()
     pending: list[tuple[str, str, str]] = []
-
-    def flush() -> None:
-        if pending:
-            conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", pending)
-            pending.clear()
-
     conn.execute("BEGIN")  # one temp-table transaction: no fsync per batch
     pool = None
     if workers > 1 and len(snapshot) >= PARALLEL_STAT_MIN:
         _FORKED_SNAPSHOT = snapshot  # the readers fork after this: they share it, never pickled
         pool = process_pool(workers)
-    in_flight: collections.deque = collections.deque()
-
-    def record(diff: Diff) -> None:
-        slots, changed, new = diff
-        snapshot.found[slots] = True
-        pending.extend((path[: path.rfind(".")], path, "U") for path in changed)
-        result.new += new
-        result.modified += len(changed) - new
-
     try:
-        for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files,
-                                      result.archives):
-            if pool is None:
-                record(diff_names(snapshot, fd, prefix, names))
-            else:
-                in_flight.append(pool.submit(diff_names_in, os.path.join(root, prefix), prefix, names))
-                while len(in_flight) > LARGE_TASKS_AHEAD * workers:
-                    record(in_flight.popleft().result())
-            result.files_seen += len(names)
-            if len(pending) >= CHANGES_PER_INSERT:
-                flush()
-            if on_progress:
-                on_progress(len(names))
-        while in_flight:
-            record(in_flight.popleft().result())
-        flush()
+        _walk_and_diff(conn, root, snapshot, result, pending, pool, workers, on_progress)
         _find_deleted(conn, dataset, root, snapshot, result, pending)
-        flush()
+        _flush(conn, pending)
         _drop_shard_indexes(conn, result.archives)
         conn.execute("COMMIT")
     except BaseException:
@@ -204,6 +175,44 @@ def scan(
             pool.shutdown(cancel_futures=True)
             _FORKED_SNAPSHOT = None
     return result
+
+
+def _flush(conn: sqlite3.Connection, pending: list[tuple[str, str, str]]) -> None:
+    if pending:
+        conn.executemany("INSERT INTO scan_changes VALUES (?, ?, ?)", pending)
+        pending.clear()
+
+
+def _walk_and_diff(conn: sqlite3.Connection, root: str, snapshot: Snapshot, result: ScanResult,
+                   pending: list[tuple[str, str, str]], pool: cf.ProcessPoolExecutor | None, workers: int,
+                   on_progress: Callable[[int], None] | None) -> None:
+    """List every folder and diff its names against the snapshot (here, or in the stat readers
+    when there is a pool), the changes buffered into scan_changes."""
+    in_flight: collections.deque = collections.deque()
+
+    def record(diff: Diff) -> None:
+        slots, changed, new = diff
+        snapshot.found[slots] = True
+        pending.extend((path[: path.rfind(".")], path, "U") for path in changed)
+        result.new += new
+        result.modified += len(changed) - new
+
+    for fd, prefix, names in walk(root, result.unreadable, result.bad_names, result.not_files,
+                                  result.archives):
+        if pool is None:
+            record(diff_names(snapshot, fd, prefix, names))
+        else:
+            in_flight.append(pool.submit(diff_names_in, os.path.join(root, prefix), prefix, names))
+            while len(in_flight) > LARGE_TASKS_AHEAD * workers:
+                record(in_flight.popleft().result())
+        result.files_seen += len(names)
+        if len(pending) >= CHANGES_PER_INSERT:
+            _flush(conn, pending)
+        if on_progress:
+            on_progress(len(names))
+    while in_flight:
+        record(in_flight.popleft().result())
+    _flush(conn, pending)
 
 
 def changes_table(conn: sqlite3.Connection) -> None:
