@@ -80,6 +80,60 @@ def test_imports_follow_the_flow():
     assert {part(module) for module, _path in modules()} == {"root", *ALLOWED}
 
 
+# What each stage after ingest may use of it, by name: the ingest's published interface. A new
+# name here is a decision (a seam widened), not a side effect of an import.
+INGEST_FOR = {
+    "extract": {
+        "recorder": {"Recorder", "ScratchBatch"}, "rows": {"CompactResult", "compact"},
+        "records": {"StatRow", "recorded_files"}, "read": {"SampleRecord", "read_sample"},
+        "change": {"FileRecord", "NS_PER_SECOND", "clamp_int64"},
+        "guard": {"REPORT", "describe", "failed_record", "raise_if_environment"},
+        "tar_members": {"Member", "TarCompressed", "TarDamaged", "TarReadError", "iter_members"},
+        "tar_policy": {"*"}, "pipeline": {"KEYS_PER_COMMIT"},
+        "walk": {"JSON_EXTENSION", "SAMPLE_EXTENSIONS", "STAGING_PREFIX", "is_utf8", "split_sample_path"},
+        "workers": {"default_workers", "init_worker"}, "run": {"resolve_root", "writer_run"},
+        "derived": {"defer_derived"},
+        "bulk": {"SCRATCH_SUFFIX", "remove_scratch_folder", "scratch_folder", "scratch_path",
+                 "write_scratch"},
+    },
+    "watch": {
+        "change": {"*"}, "derived": {"build_derived"}, "index": {"update_dataset", "update_paths"},
+        "run": {"resolve_root", "writer_run"}, "walk": {"STAGING_PREFIX", "split_sample_path", "walk"},
+        "workers": {"default_workers"},
+    },
+    "export": {"walk": {"STAGING_PREFIX"}, "change": {"NS_PER_SECOND"}},
+    "inspect": {"derived": {"ensure_derived"}},
+    "render": {},
+    "cli": {"index": {"index_root"}},
+}
+
+
+def ingest_names(path: Path) -> set[tuple[str, str]]:
+    """(ingest module, name) of every name a file takes from the ingest ('*': the module itself)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "indexer.ingest":
+            found |= {(alias.name, "*") for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("indexer.ingest."):
+            found |= {(node.module.split(".")[2], alias.name) for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {(alias.name.split(".")[2], "*") for alias in node.names
+                      if alias.name.startswith("indexer.ingest.")}
+    return found
+
+
+def test_later_stages_use_only_the_ingests_published_names():
+    wrong = []
+    for module, path in modules():
+        stage = part(module)
+        if stage not in INGEST_FOR:
+            continue
+        allowed = INGEST_FOR[stage]
+        wrong += [f"{module} imports indexer.ingest.{source}.{name}"
+                  for source, name in sorted(ingest_names(path)) if not ({name, "*"} & allowed.get(source, set()))]
+    assert wrong == []
+
+
 def test_index_extract_and_watch_meet_only_in_the_ingest_pipeline_and_run():
     crossing = []
     for module, path in modules():
@@ -92,7 +146,7 @@ def test_index_extract_and_watch_meet_only_in_the_ingest_pipeline_and_run():
     lifecycle = {writer(module) for module, path in modules()
                  if "indexer.ingest.run.writer_run" in imports(path)}
     write_path = {writer(module) for module, path in modules()
-                  if any(target.startswith("indexer.ingest.pipeline.") for target in imports(path))}
+                  if any(target.startswith("indexer.ingest.recorder.") for target in imports(path))}
     assert lifecycle >= set(WRITERS) and write_path >= {"indexer.ingest.index", "indexer.extract"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tarfile
 
 from indexer.ingest import tar_policy
+from indexer.ingest.change import NS_PER_SECOND, clamp_int64
 from indexer.ingest.tar_members import Member
 from indexer.ingest.walk import STAGING_PREFIX, is_utf8
 
@@ -95,5 +96,7 @@ def mode_of(header_mode: int) -> int:
 
 
 def member_mtime_ns(member: tarfile.TarInfo) -> int:
+    """The mtime to restore, clamped into what the index stores (a time past 2262 would be
+    recorded clamped anyway: the file on disk then says the same)."""
     mtime = member.mtime
-    return mtime * 1_000_000_000 if isinstance(mtime, int) else int(mtime * 1_000_000_000)
+    return clamp_int64(mtime * NS_PER_SECOND if isinstance(mtime, int) else int(mtime * NS_PER_SECOND))

@@ -22,6 +22,7 @@ from indexer.extract.members import (
 )
 from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed
 from indexer.extract.task import ShardOutcome, ShardTask, cannot_write
+from indexer.ingest.change import clamp_int64
 from indexer.ingest.guard import describe, raise_if_environment
 from indexer.ingest.tar_members import TarCompressed, TarDamaged, TarReadError, iter_members
 from indexer.ingest.walk import JSON_EXTENSION
@@ -102,7 +103,7 @@ def _stage_uncompressed(
             except BaseException:
                 sink.abandon(fd)
                 raise
-            sink.finish(fd, parts, member.name, member.mtime_ns, data)
+            sink.finish(fd, parts, member.name, clamp_int64(member.mtime_ns), data)
     except TarDamaged as exc:
         outcome.error = (f"{task.path}: damaged or not a tar archive after {sink.count} good members"
                          f" ({exc.reason}, at byte {exc.offset}); the good members were kept:"

@@ -33,11 +33,13 @@ from typing import Literal, NamedTuple
 
 from indexer.errors import DataProblem
 from indexer.ingest import tar_policy
+from indexer.ingest.change import NS_PER_SECOND
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 JUMP_READ = 8 << 10  # first read after a jump: a header, a JSON and the next header, usually
 READ_MAX = 1 << 20  # sequential reads double up to this, so shards of tiny members cost few syscalls
+DEFAULT_MODE = 0o644
 EXTENDED_LIMIT = 1 << 20  # a pax or GNU long-name header larger than this is taken for damage
 
 Kind = Literal["file", "dir", "symlink", "hardlink", "device", "fifo", "other"]
@@ -73,7 +75,7 @@ class Member(NamedTuple):
     data: bytes | None
     refusal: str | None
     mtime_ns: int = 0  # with a pax time's fraction, which `tar xf` restores on the file
-    mode: int = 0o644  # the header's permission bits
+    mode: int = 0o644  # the header's permission bits (DEFAULT_MODE)
 
 
 class TarReadError(DataProblem):
@@ -179,17 +181,7 @@ def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], in
         if len(block) < BLOCK or block == ZERO_BLOCK:
             _check_end(reader, path, pos, block, pending=bool(local_pax or long_name or long_link))
             return
-        if not _checksum_ok(block):
-            if pos == 0:
-                _refuse_compressed(path, block)
-            raise TarDamaged(path, pos, "not a tar archive (no valid header at its start)" if pos == 0
-                             else "invalid header (checksum mismatch): the archive is garbled here")
-        try:
-            size = _number(block[124:136])
-            if size < 0:
-                raise ValueError
-        except ValueError:
-            raise TarDamaged(path, pos, "invalid size field in a member header") from None
+        size = _header_size(path, pos, block)
         typeflag = block[156:157]
         data_at = pos + BLOCK
         if typeflag in _EXTENDED:
@@ -210,11 +202,7 @@ def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], in
             data_at = _skip_sparse_extensions(reader, path, block, data_at)
         name, kind, size, mtime, refusal = _member(path, pos, block, typeflag, size, pax, long_name,
                                                    long_link)
-        mtime_ns = _pax_ns(pax[b"mtime"]) if pax and pax.get(b"mtime") else mtime * 1_000_000_000
-        try:
-            mode = _number(block[100:108]) & 0o7777
-        except ValueError:
-            mode = 0o644
+        mtime_ns = _pax_ns(pax[b"mtime"]) if pax and pax.get(b"mtime") else mtime * NS_PER_SECOND
         if local_pax:
             local_pax = {}
         long_name = long_link = None
@@ -227,8 +215,33 @@ def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], in
             wanted = want_data(name)
             if wanted:
                 data = reader.read(data_at, size if wanted < 0 or wanted > size else wanted)
-        yield Member(name, kind, data_at, size, mtime, data, refusal, mtime_ns, mode)
+        yield Member(name, kind, data_at, size, mtime, data, refusal, mtime_ns, _mode(block))
         pos = data_at + ((size + BLOCK - 1) & ~(BLOCK - 1) if has_data else 0)
+
+
+def _header_size(path: str, pos: int, block: bytes) -> int:
+    """The size field of a header whose checksum holds; TarDamaged where the archive is garbled
+    (a bad checksum, a malformed or negative size)."""
+    if not _checksum_ok(block):
+        if pos == 0:
+            _refuse_compressed(path, block)
+        raise TarDamaged(path, pos, "not a tar archive (no valid header at its start)" if pos == 0
+                         else "invalid header (checksum mismatch): the archive is garbled here")
+    try:
+        size = _number(block[124:136])
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise TarDamaged(path, pos, "invalid size field in a member header")
+    return size
+
+
+def _mode(block: bytes) -> int:
+    """The header's permission bits (the usual 0644 when the field is malformed)."""
+    try:
+        return _number(block[100:108]) & 0o7777
+    except ValueError:
+        return DEFAULT_MODE
 
 
 def _check_end(reader: _Reader, path: str, pos: int, block: bytes, pending: bool) -> None:
@@ -394,7 +407,7 @@ def _pax_ns(value: bytes) -> int:
     """Nanoseconds of a pax time (already checked by _pax_seconds): `1.25` -> 1_250_000_000."""
     whole, _, fraction = value.partition(b".")
     digits = (fraction + b"000000000")[:9]
-    magnitude = abs(int(whole)) * 1_000_000_000 + int(digits)
+    magnitude = abs(int(whole)) * NS_PER_SECOND + int(digits)
     return -magnitude if whole.startswith(b"-") else magnitude
 
 
