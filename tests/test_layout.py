@@ -130,7 +130,8 @@ def test_later_stages_use_only_the_ingests_published_names():
             continue
         allowed = INGEST_FOR[stage]
         wrong += [f"{module} imports indexer.ingest.{source}.{name}"
-                  for source, name in sorted(ingest_names(path)) if not ({name, "*"} & allowed.get(source, set()))]
+                  for source, name in sorted(ingest_names(path))
+                  if not ({name, "*"} & allowed.get(source, set()))]
     assert wrong == []
 
 
