@@ -17,6 +17,7 @@ reaches all of them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import NamedTuple
 
@@ -119,6 +120,27 @@ def diff(stored: dict[str, tuple], current: dict[str, tuple]) -> tuple[list[str]
     return changed, sorted(path for path in stored if path not in current)
 
 
-def shard_record(st: os.stat_result) -> tuple[int, int, int, int]:
-    """A tar shard's (size, mtime_ns, ctime_ns, inode) as its row stores and a rerun compares it."""
-    return (st.st_size, clamp_int64(st.st_mtime_ns), clamp_int64(st.st_ctime_ns), st.st_ino)
+ShardRecord = tuple[int, int, int, int, str | None]  # size, mtime_ns, ctime_ns, inode, version
+
+
+def shard_record(st: os.stat_result) -> ShardRecord:
+    """A local tar shard's record as its row stores it and a rerun compares it."""
+    return (st.st_size, clamp_int64(st.st_mtime_ns), clamp_int64(st.st_ctime_ns), st.st_ino, None)
+
+
+def object_shard_record(size: int, version: str, mtime_ns: int) -> ShardRecord:
+    """A remote shard's record: size, last-modified and version from the listing (no ctime, no
+    inode), so a rerun decides from one listing, reading no object."""
+    return (size, clamp_int64(mtime_ns), 0, 0, version)
+
+
+def object_record(path: str, size: int, version: str, mtime_ns: int) -> FileRecord:
+    """A remote object's file record: the version stands in for the inode in the signature (it
+    changes whenever the bytes do), and an object is never racy (a version is immutable)."""
+    return FileRecord(path, size, mtime_ns, 0, version_number(version), False)
+
+
+def version_number(version: str) -> int:
+    """A stable 63-bit number for a version string (hash() differs between processes)."""
+    digest = hashlib.blake2b(version.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF

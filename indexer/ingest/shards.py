@@ -14,23 +14,24 @@ or removed), the other shard is read again so the key is not lost.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
 from indexer import store
-from indexer.ingest.change import NS_PER_SECOND, clamp_int64, diff, fits_int64, shard_record
+from indexer.ingest.change import NS_PER_SECOND, ShardRecord, clamp_int64, diff, fits_int64, shard_record
 from indexer.ingest.guard import REPORT, describe, failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of, with_warnings
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import member_stats
 from indexer.ingest.rows import ReadSettings
-from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members
+from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members_in
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
@@ -44,13 +45,37 @@ class ShardRead:
     """What one reader task found in one shard (plain data: it crosses the process boundary)."""
 
     path: str  # relative to the root
-    stat: tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+    stat: ShardRecord  # what decides "changed" (change.py): stat fields, or an object's listing
     results: list[tuple] = field(default_factory=list)  # CompactResult per key, sorted by key
     members: int = 0
     json_read: int = 0
-    bytes_read: int = 0
+    bytes_read: int = 0  # bytes of headers, JSON and image heads used
     refusals: list[list[str]] = field(default_factory=list)
     error: str | None = None
+    requests: int | None = None  # range requests a remote shard took (None: a local file)
+    fetched: int | None = None  # bytes those requests fetched
+
+
+class ShardFile(Protocol):
+    """Where a shard's bytes come from: a local file (LocalShard) or a remote object
+    (remote.RemoteObject): its name for messages, its size, and byte ranges of it."""
+
+    name: str
+
+    @property
+    def size(self) -> int: ...
+
+    def pread(self, count: int, offset: int) -> bytes: ...
+
+
+@dataclass
+class LocalShard:
+    name: str
+    fd: int
+    size: int
+
+    def pread(self, count: int, offset: int) -> bytes:
+        return os.pread(self.fd, count, offset)
 
 
 def _want(name: str) -> int:
@@ -59,42 +84,53 @@ def _want(name: str) -> int:
 
 
 def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
-    """Read one shard's members into sample rows (runs in a reader process), under the guard:
-    whatever the shard's bytes make fail is the shard's recorded error, never the run's end."""
+    """Read one local shard's members into sample rows (runs in a reader process)."""
     full = os.path.join(root, rel)
     try:
-        st = os.stat(full)
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block the open
     except OSError as exc:
         raise_if_environment(exc)
-        return ShardRead(rel, (0, 0, 0, 0), error=f"{full}: cannot read it ({exc.strerror}); check it"
+        return ShardRead(rel, (0, 0, 0, 0, None), error=f"{full}: cannot read it ({exc.strerror}); check it"
                          " and run index again")
-    found = ShardRead(rel, shard_record(st))
     try:
-        keys = _sample_members(full, found)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ShardRead(rel, shard_record(st), error=f"{full}: not a regular file; give the path of a"
+                             " .tar shard")
+        return read_shard_file(LocalShard(full, fd, st.st_size), rel, shard_record(st), verify_images)
+    finally:
+        os.close(fd)
+
+
+def read_shard_file(shard: ShardFile, rel: str, record: ShardRecord, verify_images: bool) -> ShardRead:
+    """Read one shard's members into sample rows, under the guard: whatever the shard's bytes make
+    fail is the shard's recorded error, never the run's end."""
+    found = ShardRead(rel, record)
+    try:
+        keys = _sample_members(shard, found)
     except Exception as exc:
         raise_if_environment(exc)
-        found.error = f"{full}: reading stopped ({describe(exc)}); {REPORT}"
+        found.error = f"{shard.name}: reading stopped ({describe(exc)}); {REPORT}"
         return found
     if keys is None:
         return found
-    with _open_shard(full, found) as fd:
-        for key in sorted(keys):
-            try:
-                found.results.append(_member_sample(rel, key, keys[key], fd, verify_images, found))
-            except Exception as exc:
-                raise_if_environment(exc)
-                found.results.append(failed_sample(key, sorted(keys[key]), exc, shard=rel))
+    for key in sorted(keys):
+        try:
+            found.results.append(_member_sample(rel, key, keys[key], shard, verify_images, found))
+        except Exception as exc:
+            raise_if_environment(exc)
+            found.results.append(failed_sample(key, sorted(keys[key]), exc, shard=rel))
     return found
 
 
-def _sample_members(full: str, found: ShardRead) -> dict[str, dict[str, Member]] | None:
+def _sample_members(shard: ShardFile, found: ShardRead) -> dict[str, dict[str, Member]] | None:
     """The shard's sample members by key; None when it cannot be read at all. Damage (a garbled
     header, a cut file, a malformed number: anything the walk raises) ends the walk, records the
     error with its offset, and keeps every member before it."""
     keys: dict[str, dict[str, Member]] = collections.defaultdict(dict)
     position = 0  # where the last complete member ends
     try:
-        for member in iter_members(full, want_data=_want):
+        for member in iter_members_in(shard.pread, shard.name, shard.size, want_data=_want):
             position = member.data_offset + member.size
             found.members += 1
             found.bytes_read += BLOCK + len(member.data or b"")
@@ -113,28 +149,12 @@ def _sample_members(full: str, found: ShardRead) -> dict[str, dict[str, Member]]
         return None
     except Exception as exc:
         raise_if_environment(exc)
-        found.error = (f"{full}: damaged tar after byte {position} ({describe(exc)}); the members before"
-                       " it were read: re-download or re-create the shard")
+        found.error = (f"{shard.name}: damaged tar after byte {position} ({describe(exc)}); the members"
+                       " before it were read: re-download or re-create the shard")
     return keys
 
 
-@contextlib.contextmanager
-def _open_shard(full: str, found: ShardRead) -> Iterator[int | None]:
-    """A descriptor for image heads read by offset (None if the shard vanished since the walk)."""
-    try:
-        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise_if_environment(exc)
-        found.error = found.error or f"{full}: cannot open it again ({exc.strerror})"
-        yield None
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int | None, verify_images: bool,
+def _member_sample(shard: str, key: str, members: dict[str, Member], source: ShardFile, verify_images: bool,
                    found: ShardRead) -> tuple:
     """One key's CompactResult from its members (the same rules as for loose files)."""
     cut = len(key) + 1
@@ -146,9 +166,7 @@ def _member_sample(shard: str, key: str, members: dict[str, Member], fd: int | N
 
     def header(image: str) -> tuple[int, int] | str:
         member = members[image]
-        if fd is None:
-            return "the shard could not be opened again to read it"
-        head = os.pread(fd, min(member.size, HEAD_BYTES), member.data_offset)
+        head = source.pread(min(member.size, HEAD_BYTES), member.data_offset)
         found.bytes_read += len(head)
         return header_size_of(head)
 
@@ -210,8 +228,7 @@ def update_shards(recorder: Recorder, root: Path, found: list[str], settings: Re
         for key, loser, owner in counts.conflicts:
             if loser is not None:
                 note_duplicate(conn, dataset, loser, key, owner)
-    stored = {path: tuple(rest) for path, *rest in conn.execute(
-        "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ?", (dataset,))}
+    stored = stored_shards(conn, dataset)
     current = {}
     for rel in found:
         try:
@@ -254,16 +271,24 @@ def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCount
     lost = [[key, owner] for key, loser, owner in conflicts if loser == shard.path]
     with store.transaction(conn):
         conn.execute(
-            "INSERT OR REPLACE INTO tar_shards (dataset, path, size, mtime_ns, ctime_ns, inode, members,"
-            " samples, refusals, duplicates, error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO tar_shards (dataset, path, size, mtime_ns, ctime_ns, inode, version,"
+            " members, samples, refusals, duplicates, error, indexed_at, requests, bytes_read)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (dataset, shard.path, *shard.stat, shard.members, len(fresh) - len(lost),
              orjson.dumps(shard.refusals).decode() if shard.refusals else None,
-             orjson.dumps(lost).decode() if lost else None, shard.error, store.now_iso()),
+             orjson.dumps(lost).decode() if lost else None, shard.error, store.now_iso(), shard.requests,
+             shard.fetched),
         )
         for key, loser, owner in conflicts:  # keys this shard took over from a later shard
             if loser not in (None, shard.path):
                 note_duplicate(conn, dataset, loser, key, owner)
     shard_counts.add(shard, conflicts)
+
+
+def stored_shards(conn: sqlite3.Connection, dataset: str) -> dict[str, ShardRecord]:
+    """Each recorded shard's record (change.py compares it with the current one)."""
+    return {path: tuple(rest) for path, *rest in conn.execute(  # type: ignore[misc]
+        "SELECT path, size, mtime_ns, ctime_ns, inode, version FROM tar_shards WHERE dataset = ?", (dataset,))}
 
 
 def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str, owner: str | None) -> None:

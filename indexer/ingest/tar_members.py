@@ -118,19 +118,32 @@ def iter_members(path: str | os.PathLike[str], *, want_data: Callable[[str], int
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TarReadError(name, "not a regular file; give the path of a .tar shard")
-        yield from _members(_Reader(fd, name), name, st.st_size, want_data)
+        yield from iter_members_in(lambda count, offset: os.pread(fd, count, offset), name, st.st_size,
+                                   want_data=want_data)
     finally:
         os.close(fd)
+
+
+Pread = Callable[[int, int], bytes]  # (count, offset) -> up to count bytes at offset
+
+
+def iter_members_in(pread: Pread, name: str, size: int, *,
+                    want_data: Callable[[str], int]) -> Iterator[Member]:
+    """iter_members over any byte source of a known size: a local file, or an object in a bucket
+    read by range requests (one request a read: the reader's read-ahead then decides how many)."""
+    yield from _members(_Reader(pread, name, size), name, size, want_data)
 
 
 class _Reader:
     """pread-backed buffer: exact byte ranges by absolute offset, read ahead in growing chunks."""
 
-    __slots__ = ("buf", "fd", "path", "readahead", "start", "stop")
+    __slots__ = ("buf", "end", "path", "pread", "readahead", "reads", "start", "stop")
 
-    def __init__(self, fd: int, path: str) -> None:
-        self.fd = fd
+    def __init__(self, pread: Pread, path: str, end: int) -> None:
+        self.pread = pread
         self.path = path
+        self.end = end  # the source's size: no read is asked past it
+        self.reads = 0
         self.buf = b""
         self.start = 0
         self.stop = 0
@@ -156,16 +169,18 @@ class _Reader:
 
     def _pread(self, count: int, offset: int) -> bytes:
         parts = []
+        count = min(count, self.end - offset)
         try:
             while count > 0:
-                chunk = os.pread(self.fd, count, offset)
+                chunk = self.pread(count, offset)
+                self.reads += 1
                 if not chunk:
                     break
                 parts.append(chunk)
                 count -= len(chunk)
                 offset += len(chunk)
         except OSError as exc:
-            raise TarDamaged(self.path, offset, f"read error ({exc.strerror})") from None
+            raise TarDamaged(self.path, offset, f"read error ({exc.strerror or exc})") from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
