@@ -288,7 +288,8 @@ def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCount
 def stored_shards(conn: sqlite3.Connection, dataset: str) -> dict[str, ShardRecord]:
     """Each recorded shard's record (change.py compares it with the current one)."""
     return {path: tuple(rest) for path, *rest in conn.execute(  # type: ignore[misc]
-        "SELECT path, size, mtime_ns, ctime_ns, inode, version FROM tar_shards WHERE dataset = ?", (dataset,))}
+        "SELECT path, size, mtime_ns, ctime_ns, inode, version FROM tar_shards WHERE dataset = ?",
+        (dataset,))}
 
 
 def note_duplicate(conn: sqlite3.Connection, dataset: str, shard: str, key: str, owner: str | None) -> None:
