@@ -20,10 +20,19 @@ from indexer.ingest.apply import apply_changes
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
+from indexer.ingest.remote import RemoteRoot, is_remote, shard_list_root
+from indexer.ingest.remote_index import index_remote
 from indexer.ingest.rows import Counts, ReadSettings
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.scan import ScanResult, changes_table, scan
-from indexer.ingest.shards import ShardCounts, is_compressed_shard_name, is_shard_name, update_shards
+from indexer.ingest.shards import (
+    ShardCounts,
+    is_compressed_shard_name,
+    is_shard_name,
+    local_shards,
+    read_local_in_order,
+    update_shards,
+)
 from indexer.ingest.walk import is_utf8, split_sample_path
 from indexer.ingest.workers import default_workers
 from indexer.progress import bar
@@ -39,8 +48,19 @@ def index_root(
     progress: bool = False,
     command: str = "index",
     keys_per_commit: int = KEYS_PER_COMMIT,
+    shard_list: str | os.PathLike[str] | None = None,
 ) -> dict:
-    """Bring the index of `root` up to date and return the run summary (the --json object)."""
+    """Bring the index of `root` up to date and return the run summary (the --json object).
+
+    root may be a folder, or a remote root (`s3://bucket/prefix`, `hf://datasets/ORG/NAME`); with
+    shard_list (a file of https:// shard URLs) root is not needed. workers then counts objects read
+    at once (remote_index.py), not processes."""
+    if shard_list is not None or is_remote(root):
+        remote = shard_list_root(shard_list) if shard_list is not None else RemoteRoot(str(root))
+        summary = index_remote(os.fspath(db_path), remote, dataset_id=dataset_id, workers=workers,
+                               verify_images=verify_images, progress=progress)
+        summary["db_bytes"] = database_bytes(db_path)
+        return summary
     started = time.monotonic()
     root_path = resolve_root(root)
     with writer_run(db_path, root_path, command, dataset_id) as run:
@@ -108,7 +128,9 @@ def _update_shards(recorder: Recorder, root: Path, scanned: ScanResult, settings
     if tars and first_contact:
         defer_derived(conn)  # a first contact with shards is a bulk write
     skipped = tuple(prefix for prefix, _reason in scanned.unreadable if prefix)
-    shard_counts = update_shards(recorder, root, tars, settings, skipped_prefixes=skipped)
+    shard_counts = update_shards(recorder, local_shards(root, tars),
+                                 lambda pending: read_local_in_order(pending, settings),
+                                 skipped_prefixes=skipped)
     shard_counts.compressed = compressed
     return shard_counts
 

@@ -146,6 +146,18 @@ class RemoteRoot:
         return RemoteObject(info, name, lambda offset, count: fs.cat_file(path, start=offset,
                                                                             end=offset + count))
 
+    def unchanged(self, info: ObjectInfo) -> bool:
+        """Whether the object is still the version the listing gave (HTTP range reads check each
+        response's ETag as they go; a bucket or the Hub is asked once more)."""
+        if self.scheme in ("http", "https"):
+            return True
+        path = f"{self._fs_path().rstrip('/')}/{info.path}"
+        try:
+            now = _filesystem(self.scheme).info(path)
+        except Exception:
+            return False
+        return int(now.get("size", -1)) == info.size and _version(now) == info.version
+
     def _fs_path(self) -> str:
         return self.url.split("://", 1)[1]
 

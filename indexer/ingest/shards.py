@@ -17,7 +17,7 @@ import collections
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -45,7 +45,7 @@ class ShardRead:
     """What one reader task found in one shard (plain data: it crosses the process boundary)."""
 
     path: str  # relative to the root
-    stat: ShardRecord  # what decides "changed" (change.py): stat fields, or an object's listing
+    stat: ShardRecord | None  # what decides "changed" (change.py); None: it changed while read
     results: list[tuple] = field(default_factory=list)  # CompactResult per key, sorted by key
     members: int = 0
     json_read: int = 0
@@ -199,6 +199,9 @@ class ShardCounts:
     duplicates: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     compressed: list[str] = field(default_factory=list)
+    requests: int = 0  # range requests remote shards took, this run
+    fetched: int = 0  # bytes those requests fetched
+    per_shard: list[dict] = field(default_factory=list)  # remote shards: requests and bytes each
 
     def add(self, shard: ShardRead, conflicts: list[tuple[str, str | None, str | None]]) -> None:
         """Count a shard just recorded, and the keys it met in other origins."""
@@ -210,38 +213,40 @@ class ShardCounts:
                             f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
         if shard.error:
             self.errors.append(shard.error)
+        self.requests += shard.requests or 0
+        self.fetched += shard.fetched or 0
 
     def summary(self) -> dict:
+        remote = {"requests": self.requests, "fetched_bytes": self.fetched, "per_shard": self.per_shard} \
+            if self.per_shard else {}
         return {"seen": self.seen, "read": self.read, "removed": self.removed, "members": self.members,
                 "bytes_read": self.bytes_read, "refused": self.refused,
                 "duplicates": self.duplicates[:SHOWN_LIMIT], "duplicates_count": len(self.duplicates),
-                "errors": self.errors, "compressed": self.compressed}
+                "errors": self.errors, "compressed": self.compressed, **remote}
 
 
-def update_shards(recorder: Recorder, root: Path, found: list[str], settings: ReadSettings,
+ReadInOrder = Callable[[list[str]], Iterator[ShardRead]]
+
+
+def update_shards(recorder: Recorder, current: dict[str, ShardRecord], read_in_order: ReadInOrder,
                   skipped_prefixes: tuple[str, ...] = ()) -> ShardCounts:
-    """Bring the samples of the shards under root up to date: read new or changed shards, forget
-    removed ones, through the recorder (one home for the write rules)."""
+    """Bring the samples of the shards up to date: read new or changed shards (current: every
+    shard there is now, with its record), forget removed ones, through the recorder (one home for
+    the write rules). read_in_order(paths) reads shards, yielding them in the given order (local
+    files in reader processes, remote objects in threads)."""
     conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
-    shard_counts = ShardCounts(seen=len(found))
+    shard_counts = ShardCounts(seen=len(current))
     with store.transaction(conn):  # loose files that took a key over from a shard, this run
         for key, loser, owner in counts.conflicts:
             if loser is not None:
                 note_duplicate(conn, dataset, loser, key, owner)
-    stored = stored_shards(conn, dataset)
-    current = {}
-    for rel in found:
-        try:
-            current[rel] = shard_record(os.stat(os.path.join(root, rel)))
-        except OSError:
-            continue
-    pending, removed = diff(stored, current)
+    pending, removed = diff(stored_shards(conn, dataset), current)
     for rel in removed:
         if not rel.startswith(skipped_prefixes):  # a folder that could not be listed: not gone
             _forget_shard(recorder, rel)
             shard_counts.removed += 1
     for _round in range(2):  # the second round: shards whose duplicate keys lost their owner
-        for shard in _read_in_order(pending, settings):
+        for shard in read_in_order(pending):
             _record_shard(recorder, shard, shard_counts)
         pending = sorted(set(_orphaned_duplicates(conn, dataset)) & set(current))
         if not pending:
@@ -249,16 +254,32 @@ def update_shards(recorder: Recorder, root: Path, found: list[str], settings: Re
     return shard_counts
 
 
-def _read_in_order(shards: list[str], settings: ReadSettings) -> Iterator[ShardRead]:
-    """Shards read in parallel, yielded in the given (sorted) order: who owns a duplicate key is
-    then the same whatever the timing."""
+def local_shards(root: Path, found: list[str]) -> dict[str, ShardRecord]:
+    """The records of the local shards found (one that vanished since the walk is left out)."""
+    current = {}
+    for rel in found:
+        try:
+            current[rel] = shard_record(os.stat(os.path.join(root, rel)))
+        except OSError:
+            continue
+    return current
+
+
+def read_local_in_order(shards: list[str], settings: ReadSettings) -> Iterator[ShardRead]:
+    """Local shards read in reader processes, yielded in the given (sorted) order: who owns a
+    duplicate key is then the same whatever the timing."""
     calls = ((settings.root, rel, settings.verify_images) for rel in shards)
     yield from map_in_order(read_shard, calls, min(settings.workers, len(shards)),
                             settings.workers * LARGE_TASKS_AHEAD)
 
 
 def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCounts) -> None:
-    """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again)."""
+    """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again).
+    A shard whose stat is None changed while it was read: nothing of it is recorded (its old
+    samples stay, and the next run reads it again)."""
+    if shard.stat is None:
+        shard_counts.errors.append(shard.error or f"{shard.path}: changed while read")
+        return
     conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
     results = list(shard.results)
     fresh = {result[0] for result in results}

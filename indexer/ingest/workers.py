@@ -55,16 +55,23 @@ def in_order(pool: cf.Executor, function: Callable, calls: Iterable[tuple], ahea
         yield in_flight.popleft()
 
 
+def thread_pool(workers: int) -> cf.ThreadPoolExecutor:
+    """Readers that wait on the network, not the CPU (remote sources): threads, many at once."""
+    return cf.ThreadPoolExecutor(max_workers=workers)
+
+
 def map_in_order(function: Callable, calls: Iterable[tuple], workers: int, ahead: int,
-                 on_wait: Callable[[float], None] | None = None) -> Iterator:
+                 on_wait: Callable[[float], None] | None = None,
+                 pool_of: Callable[[int], cf.Executor] = process_pool) -> Iterator:
     """function(*call) for each call, the results in call order: in this process for one worker,
-    else in `workers` forked readers, `ahead` calls in flight. on_wait(seconds) hears how long this
-    process waited for each result: the rest of its time is its own work (`writer_busy`)."""
+    else in `workers` readers (forked processes, or pool_of's executor), `ahead` calls in flight.
+    on_wait(seconds) hears how long this process waited for each result: the rest of its time is
+    its own work (`writer_busy`)."""
     if workers <= 1:
         for call in calls:
             yield function(*call)
         return
-    with process_pool(workers) as pool:
+    with pool_of(workers) as pool:
         for future in in_order(pool, function, calls, ahead):
             started = time.perf_counter()
             result = future.result()

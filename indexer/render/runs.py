@@ -23,7 +23,8 @@ def format_index_summary(summary: dict) -> str:
         f" in {summary['seconds']:.1f} s",
         f"  added {summary['added']:,}  changed {summary['changed']:,}"
         f"  removed {summary['removed']:,}  unchanged {summary['unchanged']:,}",
-        f"  files seen {summary['files_seen']:,}, read {summary['files_read']:,}",
+        (f"  files seen {summary['files_seen']:,}, read {summary['files_read']:,}" if "files_seen" in summary
+         else f"  objects listed {summary.get('objects_listed', 0):,}, read {summary['files_read']:,}"),
     ]
     problems = summary.get("problems") or {}
     lines += [f"  note: {note}" for note in summary.get("notes") or []]
@@ -49,6 +50,11 @@ def format_index_summary(summary: dict) -> str:
     if shards.get("seen"):
         lines.append(f"  tar shards {shards['seen']:,}: read {shards['read']:,} ({shards['members']:,}"
                      f" members, {human_bytes(shards['bytes_read'])} read), removed {shards['removed']:,}")
+    if shards.get("per_shard"):
+        read = max(shards["read"], 1)
+        lines.append(f"  remote shards: {shards['requests']:,} range requests,"
+                     f" {human_bytes(shards['fetched_bytes'])} fetched this run"
+                     f" ({shards['requests'] / read:.0f} requests a shard read)")
     if shards.get("refused"):
         lines.append(f"  warning: refused {shards['refused']:,} unsafe tar members (links, devices, escaping"
                      " names): see the tar_shards table")

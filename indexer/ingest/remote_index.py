@@ -1,0 +1,183 @@
+"""`indexer index URL`: a remote root indexed in place, through the same recorder as a local one.
+
+One listing decides everything (change.py): a shard or object whose size, version and time are
+what the database holds is not read at all, so a no-change rerun is one listing and zero object
+reads. Tar shards are walked by range requests (tar_members.iter_members_in over
+remote.RemoteObject): the headers, the JSON members and, only when a size must come from it, an
+image's head; image data is never fetched. Loose pairs (`<key>.json` + `<key>.png` objects) are
+read object by object. Reading is latency-bound, not CPU-bound, so it runs in threads, many
+shards and objects at once, and the writer records them in key and shard order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+
+from indexer.db.counts import sample_count
+from indexer.db.fts import sync_search_index
+from indexer.ingest.change import object_record, object_shard_record
+from indexer.ingest.guard import failed_sample, raise_if_environment
+from indexer.ingest.read import build_sample, header_size_of
+from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
+from indexer.ingest.records import recorded_files
+from indexer.ingest.remote import ObjectInfo, RemoteError, RemoteRoot
+from indexer.ingest.rows import CompactResult, ReadSettings, compact
+from indexer.ingest.run import writer_run
+from indexer.ingest.scan import shard_index_path
+from indexer.ingest.shards import (
+    HEAD_BYTES,
+    ShardCounts,
+    ShardRead,
+    is_compressed_shard_name,
+    is_shard_name,
+    read_shard_file,
+    update_shards,
+)
+from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION, is_utf8, split_sample_path
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, SMALL_TASKS_AHEAD, map_in_order, thread_pool
+from indexer.progress import bar
+
+DEFAULT_CONCURRENCY = 16  # objects read at once: enough to hide ~20 ms round trips
+KEYS_PER_BATCH = 256
+
+
+def index_remote(db_path: str, root: RemoteRoot, *, dataset_id: str | None = None, workers: int | None = None,
+                 verify_images: bool = False, progress: bool = False) -> dict:
+    """Bring the index of a remote root up to date and return the run summary."""
+    started = time.monotonic()
+    with writer_run(db_path, root, "index", dataset_id) as run:  # type: ignore[arg-type]
+        summary = update_remote(run.conn, run.dataset, root, concurrency=workers or DEFAULT_CONCURRENCY,
+                                verify_images=verify_images, progress=progress)
+        summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
+        run.finish(summary)
+    return summary
+
+
+def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, concurrency: int,
+                  verify_images: bool = False, progress: bool = False) -> dict:
+    """List the root once, then read what changed: loose pairs, then tar shards."""
+    settings = ReadSettings(root.display, time.time_ns(), verify_images, concurrency)
+    recorder = Recorder(conn, dataset)
+    before = sample_count(conn, dataset)
+    listing = root.listing()  # all or nothing: a failed listing changes nothing
+    shards = {o.path: o for o in listing if is_shard_name(o.path)}
+    indexes = {shard_index_path(path) for path in shards}
+    loose = [o for o in listing if o.path not in indexes and split_sample_path(o.path) and is_utf8(o.path)]
+    _update_loose(recorder, root, loose, settings, progress)
+    shard_counts = _update_shards(recorder, root, shards, settings, progress)
+    shard_counts.compressed = [o.path for o in listing if is_compressed_shard_name(o.path)]
+    sync_search_index(conn)
+    return {"dataset": dataset, "root": root.display, **recorder.summary(), "samples_before": before,
+            "objects_listed": len(listing), "shards": shard_counts.summary(), "readers": concurrency}
+
+
+# --- loose pairs -------------------------------------------------------------------------------
+
+
+def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo], settings: ReadSettings,
+                  progress: bool) -> None:
+    """Re-read the keys whose objects changed, appeared or went away."""
+    by_key: dict[str, dict[str, ObjectInfo]] = {}
+    for info in loose:
+        by_key.setdefault(split_sample_path(info.path)[0], {})[info.path] = info  # type: ignore[index]
+    stored = {row[0]: recorded_files(*row) for row in recorder.conn.execute(
+        "SELECT key, json_ext, json_sig, image_ext, image_sig, other_files FROM samples"
+        " WHERE dataset = ? AND shard IS NULL", (recorder.dataset,))}
+    changed = sorted(key for key in by_key.keys() | stored.keys()
+                     if _signatures(by_key.get(key, {})) != stored.get(key, {}))
+    with bar(progress, desc="read", unit=" samples", total=len(changed)) as read_bar:
+        calls = ((root, key, by_key.get(key, {}), settings.verify_images) for key in changed)
+        pending: list[CompactResult] = []
+        for result in map_in_order(_read_key, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
+                                   recorder.counts.waited, pool_of=thread_pool):
+            pending.append(result)
+            read_bar.update(1)
+            if len(pending) >= KEYS_PER_BATCH:
+                recorder.record(pending)
+                pending = []
+        recorder.record(pending)
+
+
+def _signatures(objects: dict[str, ObjectInfo]) -> dict[str, int | None]:
+    return {path: object_record(path, o.size, o.version, o.mtime_ns).signature for path, o in objects.items()}
+
+
+def _read_key(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo],
+              verify_images: bool) -> CompactResult:
+    """One key's objects read into its result, under the guard."""
+    try:
+        return compact(*_read_objects(root, key, objects, verify_images))
+    except Exception as exc:
+        raise_if_environment(exc)
+        return failed_sample(key, sorted(objects), exc)
+
+
+def _read_objects(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], verify_images: bool) -> tuple:
+    """(key, sample, file records, objects read): the JSON fetched whole, an image's head only
+    when its size must come from it."""
+    if not objects:
+        return key, None, [], 0
+    cut = len(key) + 1
+    paths = sorted(objects)
+    jsons = [p for p in paths if p[cut:].lower() == JSON_EXTENSION]
+    images = [p for p in paths if p[cut:].lower() in IMAGE_EXTENSIONS]
+    json_data, json_error, reads = None, None, 0
+    if jsons:
+        try:
+            json_data = root.open(objects[jsons[0]]).read_all()
+            reads += 1
+        except RemoteError as exc:
+            json_error = f"cannot read it ({exc}); run index again"
+
+    def header(image: str) -> tuple[int, int] | str:
+        info = objects[image]
+        return header_size_of(root.open(info).pread(min(info.size, HEAD_BYTES), 0))
+
+    sample, header_reads = build_sample(key, jsons[0] if jsons else None, jsons[1:], images, json_data,
+                                        json_error, verify_images, header)
+    records = [object_record(p, o.size, o.version, o.mtime_ns) for p, o in sorted(objects.items())]
+    return key, sample, records, reads + header_reads
+
+
+# --- tar shards --------------------------------------------------------------------------------
+
+
+def _update_shards(recorder: Recorder, root: RemoteRoot, shards: dict[str, ObjectInfo],
+                   settings: ReadSettings, progress: bool) -> ShardCounts:
+    current = {path: object_shard_record(o.size, o.version, o.mtime_ns) for path, o in shards.items()}
+
+    def read_in_order(pending: list[str]) -> Iterator[ShardRead]:
+        with bar(progress, desc="shards", unit=" shards", total=len(pending)) as shard_bar:
+            calls = ((root, shards[path], settings.verify_images) for path in pending)
+            for shard in map_in_order(read_remote_shard, calls, min(settings.workers, len(pending)),
+                                      settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited,
+                                      pool_of=thread_pool):
+                shard_bar.update(1)
+                yield shard
+
+    counts = update_shards(recorder, current, read_in_order)
+    counts.per_shard = _per_shard(recorder)
+    return counts
+
+
+def read_remote_shard(root: RemoteRoot, info: ObjectInfo, verify_images: bool) -> ShardRead:
+    """One remote shard walked by range requests; re-checked against the listing at the end, so a
+    shard replaced while it was read is never recorded half old, half new."""
+    record = object_shard_record(info.size, info.version, info.mtime_ns)
+    source = root.open(info)
+    found = read_shard_file(source, info.path, record, verify_images)
+    found.requests, found.fetched = source.requests, source.bytes
+    if not found.error and not root.unchanged(info):
+        found.stat = None
+        found.error = f"{source.name}: the object changed while it was read; run index again"
+    return found
+
+
+def _per_shard(recorder: Recorder) -> list[dict]:
+    """Requests and bytes each remote shard took when it was last read (the first SHOWN_LIMIT)."""
+    return [{"shard": path, "samples": samples, "requests": requests, "bytes": fetched}
+            for path, samples, requests, fetched in recorder.conn.execute(
+                "SELECT path, samples, requests, bytes_read FROM tar_shards WHERE dataset = ?"
+                " AND requests IS NOT NULL ORDER BY path LIMIT ?", (recorder.dataset, SHOWN_LIMIT))]
