@@ -21,6 +21,7 @@ from indexer.errors import IndexerError
 from indexer.export.discovery import ImageScan, scan_images
 from indexer.export.record import output_path, record_export
 from indexer.export.select import options_json, sample_reasons
+from indexer.export.webshart_cache import clear_caches, entry_cache
 from indexer.wording import counts_text
 
 PARQUET_COLUMNS = {"filename_column": "filename", "caption_column": "caption",
@@ -110,6 +111,7 @@ def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_
             " ORDER BY e.exported_at DESC LIMIT 1", (dataset,)).fetchone()
         data_version = conn.execute(
             "SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
+        shards = [row[0] for row in conn.execute("SELECT path FROM tar_shards WHERE dataset = ?", (dataset,))]
     finally:
         conn.close()
     if last is None or not last[1]:
@@ -122,10 +124,15 @@ def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_
     with atomic_file(path) as temp:
         temp.write_text(json.dumps(entries, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
     reason = f"webshart reads captions from the indexes ({rows:,} samples)"
+    notes: list[str] = []
+    cache = entry_cache(entry, root, str(path), notes)
+    # The folder it names may hold what an earlier config's run cached from other indexes.
+    cleared = clear_caches([cache] if cache else [], shards)
     summary = {
         "kind": "config", "dataset": dataset, "path": str(path), "caption_strategy": "webshart",
-        "reason": reason, "replaced": replaced, "entries": len(entries), "entry": entry,
-        "warnings": [] if current else ["the data changed since the last `export webshart`: run it again"],
+        "reason": reason, "replaced": replaced, "entries": len(entries), "entry": entry, "cleared": cleared,
+        "warnings": notes + ([] if current else ["the data changed since the last `export webshart`: run it "
+                                                 "again"]),
     }
     record_export(db_path, dataset, "config", path, options=options_json(vars(options)),
                   data_version=data_version, rows=None, summary=summary, file_path=path)
