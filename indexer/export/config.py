@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer import store
@@ -83,7 +84,8 @@ def export_config(
     finally:
         conn.close()
     scan = scan_images(root)
-    strategy, reason = choose_caption_strategy(options, scan, captions_exported, root)
+    strategy, reason = choose_caption_strategy(options, scan, captions_exported, root,
+                                               list_captions=has_list_captions(parquet_path))
     entry = image_entry(dataset, root, path, parquet_path, strategy, options)
     entries, replaced = merge_entries(read_existing(path), entry, text_embeds_entry(path, options))
     with atomic_file(path) as temp:
@@ -279,9 +281,17 @@ def check_parquet_columns(path: Path) -> None:
         raise IndexerError(f"{path}: column filename must hold strings for SimpleTuner to match files")
 
 
+def has_list_captions(parquet_path: str | None) -> bool:
+    """Whether the Parquet's caption column holds several captions a row (`--caption-mode all`)."""
+    if parquet_path is None:
+        return False
+    return pa.types.is_list(pq.read_schema(parquet_path).field("caption").type)
+
+
 def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_exported: bool,
-                            root: Path) -> tuple[str, str]:
-    """textfile only when SimpleTuner will find a .txt for every image it discovers."""
+                            root: Path, *, list_captions: bool = False) -> tuple[str, str]:
+    """textfile only when SimpleTuner will find a .txt for every image it discovers, and the
+    Parquet does not hold every caption of each image itself (a list caption column)."""
     complete = scan.images > 0 and scan.without_caption_count == 0
     if options.caption_strategy == "textfile":
         if not complete:
@@ -304,6 +314,9 @@ def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_ex
             "captions from parquet need --metadata-backend parquet; run `indexer export captions` or "
             "use the parquet backend"
         )
+    if list_captions:
+        return "parquet", ("the Parquet holds every caption of each image (a list caption column, "
+                           "--caption-mode all); SimpleTuner draws one of them at each step")
     if not captions_exported:
         return "parquet", ("no caption files exported (`indexer export captions`), so captions come "
                            "from the Parquet")
