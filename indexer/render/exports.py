@@ -113,9 +113,20 @@ def webshart_lines(summary: dict) -> list[str]:
             *(f"  note: {note}" for note in summary.get("notes", []))]
 
 
+def musubi_lines(summary: dict) -> list[str]:
+    lines = rows_lines(summary)
+    if summary["same_stem_examples"]:
+        lines.append("  left out, their stem names an earlier image's musubi caches: "
+                     + "; ".join(summary["same_stem_examples"]))
+    if "config" in summary:
+        config = summary["config"]
+        lines.append(f"  dataset config {config['path']}: {'written' if config['written'] else 'unchanged'}")
+    return lines
+
+
 SUMMARY_LINES: dict[str, Callable[[dict], list[str]]] = {
     "parquet": rows_lines, "jsonl": rows_lines, "kohya": kohya_lines, "captions": captions_lines,
-    "config": config_lines, "aitk": aitk_lines, "webshart": webshart_lines,
+    "config": config_lines, "aitk": aitk_lines, "webshart": webshart_lines, "musubi": musubi_lines,
 }
 
 
