@@ -27,6 +27,8 @@ API = {
     "export_kohya": "indexer.export.kohya",
     "export_aitk": "indexer.export.aitk",
     "export_webshart": "indexer.export.webshart",
+    "export_musubi": "indexer.export.musubi",
+    "MusubiOptions": "indexer.export.musubi",
     "dataset_stats": "indexer.inspect.stats",
     "list_problems": "indexer.inspect.problems",
     "search": "indexer.inspect.search",

@@ -13,8 +13,16 @@ into it, and runs a child script there. The child calls
 compares each one's bytes with the member's bytes read by Python's own `tarfile`. It prints, per
 shard, the samples and for each one ok/MISMATCH with the width, height and captions webshart
 reports. Exit 1 on any mismatch (or a shard webshart would skip). `--demo` also checks that the
-facts below still hold and that a one-byte shift of an offset is caught. CI does not run this (it
-needs 3.12 and a package install); it is the proof a human runs.
+facts below still hold and that a one-byte shift of an offset is caught, then reads the indexer's
+own exports the way SimpleTuner 4.10.1 reads a `type: webshart` dataset: with webshart's metadata
+cache on in the folder `export config --backend webshart` names (`enable_metadata_cache` before
+any loader, as its WebshartDataBackend does), captions from the index's `captions` and through
+`webshart.caption_key` (its get_caption: the sidecar read with `load_sample_json` through the
+index's json_path/json_offset/json_length). A shard is changed, indexed and exported again: read
+through the same cache folder every sample must come back right, while a copy of that cache taken
+before the export (what it would hold had the export not removed webshart's copy of the old
+index) must give wrong bytes; and without the sidecar fields caption_key must find nothing. CI
+does not run this (it needs 3.12 and a package install); it is the proof a human runs.
 
 The index format webshart 0.6.0 accepts (checked against the package, not only its README):
     {"path": "X.tar", "filesize": <int>, "files": {"<member>": {"offset": <data offset>,
@@ -77,12 +85,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 WEBSHART = "webshart==0.6.0"
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "indexer-webshart-venv"
 
-# Runs inside the 3.12 venv: argv = DIR, MDIR or "", REPORT path.
+# Runs inside the 3.12 venv: argv = DIR, MDIR or "", REPORT path, CACHE or "", CAPTION_KEY or "".
 CHILD = r'''
-import json, sys, tarfile
+import json, os, sys, tarfile
 import webshart
 
 source, metadata, report_path = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+cache, caption_key = (sys.argv[4] or None, sys.argv[5] or None) if len(sys.argv) > 5 else (None, None)
 
 
 def normal(name):
@@ -111,8 +120,31 @@ def caption_source(name, index_entry, files):
     return "none"
 
 
+def simpletuner_caption(shard, number, name, index):
+    """What SimpleTuner 4.10.1's WebshartDataBackend.get_caption returns with webshart.caption_key
+    set: the key from the index's json_metadata, else from the sidecar webshart reads through the
+    index's json_path (load_sample_json of a loader made with load_file_data=False), else from the
+    index entry itself or its captions."""
+    entry = dict(index.get(name) or {})
+    if entry.get("json_metadata") is None and entry.get("json_path"):
+        payload = caption_loader.load_sample_json(shard, number)
+        if payload is not None:
+            entry["json_metadata"] = json.loads(payload)
+    sources = [entry.get("json_metadata") or {}, entry]
+    sources += [source.get("captions") for source in list(sources) if isinstance(source, dict)]
+    for source in sources:
+        if isinstance(source, dict) and caption_key in source:
+            value = source[caption_key]
+            return value.strip() if isinstance(value, str) else value
+    return None
+
+
 dataset = webshart.discover_dataset(source=source, metadata=metadata)
+if cache:
+    # as SimpleTuner 4.10.1's WebshartDataBackend.__init__ does, before it makes any loader
+    dataset.enable_metadata_cache(location=cache)
 loader = webshart.TarDataLoader(dataset, max_file_size=1 << 62)
+caption_loader = webshart.TarDataLoader(dataset, max_file_size=1 << 62, load_file_data=False)
 report = {"webshart": webshart.__version__, "shards": [], "mismatches": 0}
 for shard in range(dataset.num_shards):
     info = dataset.get_shard_info(shard)
@@ -140,7 +172,10 @@ for shard in range(dataset.num_shards):
         row = {"path": name, "ok": problem is None,
                "width": getattr(entry, "width", None), "height": getattr(entry, "height", None),
                "captions": getattr(entry, "captions", None), "json_path": getattr(entry, "json_path", None),
-               "caption_source": caption_source(name, index.get(name, {}), index)}
+               "caption_source": caption_source(name, index.get(name, {}), index),
+               "index_captions": (index.get(name) or {}).get("captions")}
+        if caption_key:
+            row["caption_key"] = simpletuner_caption(shard, number, name, index)
         shard_report["samples"].append(row)
         if problem:
             shard_report["mismatches"].append(problem)
@@ -173,6 +208,9 @@ for item in report["shards"]:
     for problem in item["mismatches"]:
         print(f"  MISMATCH {problem}")
     report["mismatches"] += len(item["mismatches"])
+if cache:
+    report["cache_files"] = sorted(os.path.relpath(os.path.join(folder, name), cache)
+                                   for folder, _dirs, names in os.walk(cache) for name in names)
 with open(report_path, "w") as handle:
     json.dump(report, handle, ensure_ascii=False)
 sys.exit(1 if report["mismatches"] else 0)
@@ -222,14 +260,16 @@ def unindexed_shards(folder: Path, metadata: Path | None) -> list[Path]:
     return missing
 
 
-def run_child(interpreter: Path, folder: Path, metadata: Path | None,
-              quiet: bool = False) -> tuple[int, dict]:
+def run_child(interpreter: Path, folder: Path, metadata: Path | None, quiet: bool = False,
+              cache: Path | None = None, caption_key: str | None = None) -> tuple[int, dict]:
     """The child's exit code and report ({} when it failed before writing one; its error is then
-    in report["stderr"] when quiet)."""
+    in report["stderr"] when quiet). With `cache`, webshart's metadata cache is on there, as
+    SimpleTuner turns it on; with `caption_key`, each sample's caption as SimpleTuner's
+    webshart.caption_key finds it is in the report too."""
     with tempfile.TemporaryDirectory(prefix="check-webshart-") as work:
         report_path = Path(work) / "report.json"
-        child = subprocess.run([interpreter, "-c", CHILD, str(folder), str(metadata or ""), str(report_path)],
-                               capture_output=quiet, text=True)
+        child = subprocess.run([interpreter, "-c", CHILD, str(folder), str(metadata or ""), str(report_path),
+                                str(cache or ""), caption_key or ""], capture_output=quiet, text=True)
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if quiet:
         report["stderr"] = child.stderr
@@ -371,6 +411,145 @@ def float_width_fact(interpreter: Path, folder: Path) -> str | None:
     return f"holds ({error[0]})" if error and "ShardMetadataFormat" in error[0] else None
 
 
+# ---------------------------------------------------------------------------------------------
+# --demo, second part: the indexer's own exports read as SimpleTuner 4.10.1 reads them (metadata
+# cache on under webshart.cache_dir, captions by default and through webshart.caption_key)
+
+DEMO_SAMPLES = 40
+
+
+def dalle3_shard(path: Path, keys: list[str]) -> None:
+    """A shard of DALLE-3-like pairs, each image of another size (so of other bytes)."""
+    from make_sample import png_bytes
+
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for number, key in enumerate(keys):
+            size = (16 + number, 16 + number % 5)
+            record = {"short_caption": f"short caption of {key}", "long_caption": f"long caption of {key}",
+                      "width": size[0], "height": size[1]}
+            members = ((f"{key}.json", json.dumps(record).encode()), (f"{key}.png", png_bytes(*size)))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 1_700_000_000
+                tar.addfile(info, io.BytesIO(data))
+
+
+def exported_demo(work: Path) -> tuple[Path, Path, Path]:
+    """Two shards indexed in place, `export webshart`, `export config --backend webshart`:
+    (root, database, webshart's metadata cache folder as SimpleTuner derives it from the config)."""
+    from indexer.export.config import ConfigOptions, export_config
+    from indexer.export.webshart import export_webshart
+    from indexer.ingest.index import index_root
+
+    root = work / "shards"
+    root.mkdir()
+    for shard in range(2):
+        keys = [f"{shard}{number:04d}" for number in range(DEMO_SAMPLES)]
+        dalle3_shard(root / f"data-{shard:06d}.tar", keys)
+    db = work / "demo.sqlite"
+    index_root(db, root, workers=1)
+    export_webshart(db)
+    config = work / "multidatabackend.json"
+    export_config(db, config, options=ConfigOptions(backend="webshart"))
+    entry = json.loads(config.read_text())[0]
+    block = entry["webshart"]
+    return root, db, Path(block.get("metadata_cache_dir") or Path(block["cache_dir"]) / "metadata_cache")
+
+
+def captions_found(report: dict, field: str, where: str = "caption_key") -> tuple[int, int]:
+    """(samples whose caption as SimpleTuner gets it is their JSON's `field`, samples): through
+    webshart.caption_key, or (`where="index_captions"`) by default, from the index's captions."""
+    rows = [row for shard in report.get("shards", []) for row in shard["samples"]]
+    return sum(row.get(where) == f"{field} of {row['path'][:-4]}" for row in rows), len(rows)
+
+
+def without_sidecars(root: Path, folder: Path) -> Path:
+    """The indexes under `folder` without the sidecar fields: what exports before them wrote."""
+    folder.mkdir()
+    for index_path in root.glob("*.json"):
+        index = json.loads(index_path.read_text())
+        for entry in index["files"].values():
+            for name in ("json_path", "json_offset", "json_length"):
+                entry.pop(name, None)
+        (folder / index_path.name).write_text(json.dumps(index))
+    return folder
+
+
+def simpletuner_demo(interpreter: Path) -> list[str]:
+    """What does not hold of: a changed shard re-exported reaches a reader whose cache was filled
+    before (and would not without the export's clearing), and caption_key finds every caption."""
+    from indexer.export.webshart import export_webshart
+    from indexer.ingest.index import index_root
+
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="webshart-simpletuner-") as work:
+        root, db, cache = exported_demo(Path(work))
+        code, first = run_child(interpreter, root, None, quiet=True, cache=cache, caption_key="short_caption")
+        print(f"first start, cache on at {cache}: {first.get('mismatches')} mismatches; webshart cached "
+              f"{', '.join(first.get('cache_files', []))}")
+        found, total = captions_found(first, "short caption")
+        default, _total = captions_found(first, "short caption", "index_captions")
+        print(f"captions: {default} of {total} by default (the index's captions), {found} of {total} through "
+              "caption_key short_caption (the sidecars)")
+        problems += [f"first read: exit {code}"] if code else []
+        problems += [f"default captions: {default} of {total}"] if default != total else []
+        problems += [f"webshart's copy of {shard} is not at {path}, where the export looks"
+                     for shard, path in export_looks_at(db, root) if not path.is_file()]
+        problems += [f"caption_key found {found} of {total}"] if found != total else []
+        dalle3_shard(root / "data-000000.tar", [f"0a{n:03d}" for n in range(DEMO_SAMPLES // 2)]
+                     + [f"0{number:04d}" for number in range(DEMO_SAMPLES)])  # every offset moves
+        index_root(db, root, workers=1)
+        stale = Path(work) / "stale-cache"
+        shutil.copytree(cache, stale)  # what the cache would hold had the export not cleared it
+        summary = export_webshart(db)
+        print(f"shard data-000000.tar changed: index + export webshart wrote {summary['written']} index, "
+              f"removed {summary['cleared']}")
+        problems += stale_and_fresh(interpreter, root, cache, stale)
+        plain = without_sidecars(root, Path(work) / "plain")
+        _code, before = run_child(interpreter, root, plain, quiet=True, caption_key="short_caption")
+        found, total = captions_found(before, "short caption")
+        print(f"control: indexes without json_path/json_offset/json_length: caption_key found {found} of "
+              f"{total}")
+        problems += [f"caption_key found {found} captions without the sidecar fields"] if found else []
+    return problems
+
+
+def export_looks_at(db: Path, root: Path) -> list[tuple[str, Path]]:
+    """(shard, path) of each copy of a shard index the export removes when that index changes."""
+    import sqlite3
+
+    from indexer.export.webshart_cache import find_caches
+
+    conn = sqlite3.connect(db)
+    try:
+        caches, _notes = find_caches(conn, root.name, root.resolve())
+    finally:
+        conn.close()
+    return [(shard, cache.shard_copy(shard)) for cache in caches
+            for shard in ("data-000000.tar", "data-000001.tar")]
+
+
+def stale_and_fresh(interpreter: Path, root: Path, cache: Path, stale: Path) -> list[str]:
+    """Read the re-exported shards through the cache the export cleared, and through a copy of
+    the cache as it was before the export (the control)."""
+    problems = []
+    _code, old = run_child(interpreter, root, None, quiet=True, cache=stale)
+    wrong = sum(not row["ok"] for shard in old.get("shards", []) for row in shard["samples"])
+    total = sum(len(shard["samples"]) for shard in old.get("shards", []))
+    print(f"control: the cache as filled before the change: {wrong} of {total} samples read wrong bytes")
+    if not wrong:
+        problems.append("a stale cache no longer gives wrong bytes: the control failed")
+    code, new = run_child(interpreter, root, None, quiet=True, cache=cache, caption_key="short_caption")
+    samples = sum(len(shard["samples"]) for shard in new.get("shards", []))
+    found, _total = captions_found(new, "short caption")
+    print(f"after the export, same cache folder: {new.get('mismatches')} mismatches in {samples} samples, "
+          f"caption_key found {found} of {samples}")
+    if code or new.get("mismatches") or samples != DEMO_SAMPLES * 2 + DEMO_SAMPLES // 2 or found != samples:
+        problems.append(f"after the export: exit {code}, {new.get('mismatches')} mismatches, {samples} "
+                        f"samples, {found} captions")
+    return problems
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -390,6 +569,9 @@ def main() -> None:
             code, report = run_child(interpreter, folder, None)
             control = negative_control(interpreter, folder)
             float_width = float_width_fact(interpreter, folder)
+        simpletuner = simpletuner_demo(interpreter)
+        for problem in simpletuner:
+            print(f"SIMPLETUNER PATH: {problem}")
         differences = check_demo_facts(report, expected)
         for difference in differences:
             print(f"FACT DIFFERS: {difference}")
@@ -398,8 +580,9 @@ def main() -> None:
         print(f"demo: webshart {report.get('webshart')}, {report.get('mismatches')} byte mismatches, "
               f"{len(differences) + (not float_width)} facts that differ from this script's docstring; "
               f"negative control: {control or 'FAILED (a shifted offset went unnoticed)'}; "
-              f"float width fact: {float_width or 'differs'}")
-        raise SystemExit(1 if code or differences or not control or not float_width else 0)
+              f"float width fact: {float_width or 'differs'}; SimpleTuner's cache and caption_key: "
+              f"{'; '.join(simpletuner) or 'hold'}")
+        raise SystemExit(1 if code or differences or not control or not float_width or simpletuner else 0)
     folder = args.folder.resolve()
     metadata = args.metadata.resolve() if args.metadata else None
     for given, label in ((folder, "FOLDER"), (metadata, "--metadata")):

@@ -1,8 +1,11 @@
-"""Helpers for export tests: JPEG headers carrying an EXIF (or XMP) orientation."""
+"""Helpers for export tests: JPEG headers carrying an EXIF (or XMP) orientation, tar shards."""
 
 from __future__ import annotations
 
+import io
 import struct
+import tarfile
+from pathlib import Path
 
 
 def with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
@@ -26,3 +29,13 @@ def exif_jpeg(gen, width: int, height: int, orientation: int, order: str = "MM")
 def xmp_jpeg(gen, width: int, height: int, orientation: int) -> bytes:
     xmp = f'<x:xmpmeta><rdf:Description tiff:Orientation="{orientation}"/></x:xmpmeta>'.encode()
     return with_segment(gen.jpeg_bytes(width, height), 0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + xmp)
+
+
+def write_shard(path: Path, members: dict[str, bytes]) -> None:
+    """A plain tar of the given members (name -> bytes), in that order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))

@@ -6,6 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from indexer.errors import IndexerError
@@ -95,15 +97,37 @@ def test_the_mode_is_recorded_with_the_options(varied: Path, db_path: Path, tmp_
     assert json.loads(options["parquet"])["caption_mode"] == "first"
 
 
-def test_parquet_refuses_all_with_the_fix(cli, varied: Path, db_path: Path, tmp_path: Path) -> None:
+def test_parquet_holds_every_caption_as_a_list(cli, varied: Path, db_path: Path, tmp_path: Path) -> None:
+    """What SimpleTuner's parquet check takes (no null, no empty array, no empty string in one) and
+    its caption cache makes of a cell (a list of the items), one caption a list item."""
     out = tmp_path / "p.parquet"
-    with pytest.raises(IndexerError, match="unhashable type: 'list'"):
-        export_parquet(db_path, out, captions=FIELDS, caption_mode="all")
-    result = cli("export", "parquet", out, "--db", db_path, "--caption-mode", "all")
-    assert result.exit_code == 1
-    assert "export captions --caption-mode all" in result.stderr and "textfile" in result.stderr
-    assert not out.exists() and not list(tmp_path.glob(".p.parquet*"))
-    assert cli("export", "parquet", out, "--db", db_path, "--caption-mode", "first").exit_code == 0
+    summary = export_parquet(db_path, out, captions=FIELDS, caption_mode="all")
+    assert summary["rows"] == 3 and summary["excluded"] == {"no_caption": 1}
+    table = pq.read_table(out)
+    assert table.schema.field("caption").type == pa.list_(pa.string())
+    captions = {row["filename"]: row["caption"] for row in table.to_pylist()}
+    assert captions == {f"{key}.png": text.split("\n") for key, text in ALL.items() if key != "multiline"} | {
+        "multiline.png": ["line one\nline two"]}  # a field's own line break stays inside its caption
+    assert all(items and all(item.strip() for item in items) for items in captions.values())
+    first = export_parquet(db_path, out, captions=FIELDS)  # the mode is part of the recorded options
+    assert not first["up_to_date"] and pq.read_schema(out).field("caption").type == pa.string()
+
+
+def test_config_takes_its_captions_from_a_list_parquet(cli, varied: Path, db_path: Path,
+                                                       tmp_path: Path) -> None:
+    out, config = tmp_path / "p.parquet", tmp_path / "multidatabackend.json"
+    export_captions(db_path, captions=FIELDS)  # a .txt for every exported image, first mode
+    (varied / "blank.png").unlink()
+    args = [arg for field in FIELDS for arg in ("--caption", field)]
+    assert cli("export", "parquet", out, "--db", db_path, *args, "--caption-mode", "all").exit_code == 0
+    result = cli("export", "config", config, "--db", db_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["caption_strategy"] == "parquet" and "every caption of each image" in summary["reason"]
+    assert summary["entry"]["parquet"]["caption_column"] == "caption"  # a column name, never a list of them
+    assert cli("export", "parquet", out, "--db", db_path, *args).exit_code == 0
+    textfile = json.loads(cli("export", "config", config, "--db", db_path, "--json").stdout)
+    assert textfile["caption_strategy"] == "textfile"  # one caption a row: the .txt files serve as well
 
 
 def test_cli_caption_mode_for_captions_and_jsonl(cli, varied: Path, db_path: Path, tmp_path: Path) -> None:

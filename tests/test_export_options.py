@@ -15,7 +15,6 @@ import pytest
 
 import indexer.cli.watch as watch_cli
 from indexer.cli.export import export_group
-from indexer.errors import IndexerError
 from indexer.export.registry import EXPORTS, run_export
 from indexer.export.selection import DEFAULT_SELECTION, SELECTION_FIELDS, make_selection
 from indexer.ingest.index import index_root
@@ -122,10 +121,10 @@ def test_watch_caption_mode_reaches_the_parquet_export(two_captions: Path, follo
                                                       tmp_path: Path) -> None:
     out = tmp_path / "watched.parquet"
     both = ("--caption", "short_caption", "--caption", "long_caption")
-    refused = follow_ups("--export-parquet", out, *both, "--caption-mode", "all")
-    with pytest.raises(IndexerError, match="--caption-mode all is refused for parquet"):
-        refused["parquet"]("data")  # only export_parquet itself refuses it: the mode got there
-    assert not out.exists()
+    every = follow_ups("--export-parquet", out, *both, "--caption-mode", "all")
+    assert every["parquet"]("data")["rows"] == 2
+    assert {row["filename"]: row["caption"] for row in pq.read_table(out).to_pylist()} == {
+        f"{key}.png": list(captions) for key, captions in CAPTIONS.items()}
     first = follow_ups("--export-parquet", out, "--caption", "long_caption", "--caption-mode", "first")
     assert first["parquet"]("data")["rows"] == 2
     table = pq.read_table(out).to_pylist()

@@ -1,4 +1,5 @@
-"""`indexer export parquet|captions|config|jsonl|kohya|aitk|webshart`: thin commands over indexer.export."""
+"""`indexer export parquet|captions|config|jsonl|kohya|aitk|webshart|musubi`: thin commands over
+indexer.export."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from indexer.cli.common import (
 )
 from indexer.errors import ExportIncomplete
 from indexer.export.config import ConfigOptions
+from indexer.export.musubi import MusubiOptions
 from indexer.export.registry import run_export
 from indexer.export.selection import Selection
 from indexer.render.exports import export_text
@@ -61,7 +63,7 @@ def export_and_show(kind: str, db: str | None, quiet: bool, as_json: bool, **val
 @click.group("export")
 def export_group() -> None:
     """Write what trainers consume from the index: Parquet, caption files, SimpleTuner config, jsonl,
-    sd-scripts metadata, ai-toolkit's size cache, webshart indexes of tar shards."""
+    sd-scripts metadata, ai-toolkit's size cache, webshart indexes of tar shards, musubi-tuner's JSONL."""
 
 
 @export_group.command("parquet")
@@ -163,6 +165,42 @@ def kohya_command(out: str, dataset_id: str | None, selection: Selection, db: st
     """Write OUT.jsonl as sd-scripts fine-tuning metadata: image_path, caption, image_size."""
     export_and_show("kohya", db, quiet, as_json, selection=selection, out=out, dataset_id=dataset_id,
                     relative=relative)
+
+
+class Resolution(click.ParamType):
+    """musubi-tuner's resolution: one number (a square) or WIDTHxHEIGHT."""
+
+    name = "N|WxH"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        if len(parts) in (1, 2) and all(part.isdigit() for part in parts):
+            width, height = int(parts[0]), int(parts[-1])
+            return width, height
+        self.fail(f"{value!r} is not a resolution: give 1024 or 1328x1328", param, ctx)
+
+
+@export_group.command("musubi")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@row_export_options()
+@click.option("--config", metavar="OUT.toml", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="Also write (or merge into) musubi-tuner's dataset config naming OUT.")
+@click.option("--cache-directory", metavar="DIR", default=None,
+              help="musubi's latent and text encoder cache for this dataset (default: OUT's "
+                   "folder/cache/musubi/<OUT's name>).")
+@click.option("--resolution", type=Resolution(), default="1024", show_default=True)
+@click.option("--no-bucket", "enable_bucket", flag_value=False, default=True,
+              help="One resolution for every image instead of aspect-ratio buckets.")
+@click.option("--bucket-no-upscale", is_flag=True, help="Never upscale an image to fill its bucket.")
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--num-repeats", type=click.IntRange(1), default=1, show_default=True)
+def musubi_command(out: str, dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
+                   as_json: bool, config: str | None, **settings: Any) -> None:
+    """Write OUT.jsonl as musubi-tuner's image JSONL (image_path, caption), and with --config its TOML."""
+    export_and_show("musubi", db, quiet, as_json, selection=selection, out=out, dataset_id=dataset_id,
+                    config=config, settings=MusubiOptions(**settings))
 
 
 @export_group.command("aitk")

@@ -1,5 +1,6 @@
 """Exports from the index: Parquet, caption .txt files, SimpleTuner's config, HF jsonl, sd-scripts'
-metadata and ai-toolkit's size cache. `registry.py` names them all for the CLI and for watch.
+metadata, ai-toolkit's size cache, webshart indexes and musubi-tuner's JSONL and dataset config.
+`registry.py` names them all for the CLI and for watch.
 
 Kept light (no pyarrow): `indexer watch` reads these constants without loading the exports.
 """

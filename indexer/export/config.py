@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer import store
@@ -21,6 +22,7 @@ from indexer.errors import IndexerError
 from indexer.export.discovery import ImageScan, scan_images
 from indexer.export.record import output_path, record_export
 from indexer.export.select import options_json, sample_reasons
+from indexer.export.webshart_cache import clear_caches, entry_cache
 from indexer.wording import counts_text
 
 PARQUET_COLUMNS = {"filename_column": "filename", "caption_column": "caption",
@@ -82,7 +84,8 @@ def export_config(
     finally:
         conn.close()
     scan = scan_images(root)
-    strategy, reason = choose_caption_strategy(options, scan, captions_exported, root)
+    strategy, reason = choose_caption_strategy(options, scan, captions_exported, root,
+                                               list_captions=has_list_captions(parquet_path))
     entry = image_entry(dataset, root, path, parquet_path, strategy, options)
     entries, replaced = merge_entries(read_existing(path), entry, text_embeds_entry(path, options))
     with atomic_file(path) as temp:
@@ -110,6 +113,7 @@ def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_
             " ORDER BY e.exported_at DESC LIMIT 1", (dataset,)).fetchone()
         data_version = conn.execute(
             "SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
+        shards = [row[0] for row in conn.execute("SELECT path FROM tar_shards WHERE dataset = ?", (dataset,))]
     finally:
         conn.close()
     if last is None or not last[1]:
@@ -122,10 +126,15 @@ def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_
     with atomic_file(path) as temp:
         temp.write_text(json.dumps(entries, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
     reason = f"webshart reads captions from the indexes ({rows:,} samples)"
+    notes: list[str] = []
+    cache = entry_cache(entry, root, str(path), notes)
+    # The folder it names may hold what an earlier config's run cached from other indexes.
+    cleared = clear_caches([cache] if cache else [], shards)
     summary = {
         "kind": "config", "dataset": dataset, "path": str(path), "caption_strategy": "webshart",
-        "reason": reason, "replaced": replaced, "entries": len(entries), "entry": entry,
-        "warnings": [] if current else ["the data changed since the last `export webshart`: run it again"],
+        "reason": reason, "replaced": replaced, "entries": len(entries), "entry": entry, "cleared": cleared,
+        "warnings": notes + ([] if current else ["the data changed since the last `export webshart`: run it "
+                                                 "again"]),
     }
     record_export(db_path, dataset, "config", path, options=options_json(vars(options)),
                   data_version=data_version, rows=None, summary=summary, file_path=path)
@@ -272,9 +281,17 @@ def check_parquet_columns(path: Path) -> None:
         raise IndexerError(f"{path}: column filename must hold strings for SimpleTuner to match files")
 
 
+def has_list_captions(parquet_path: str | None) -> bool:
+    """Whether the Parquet's caption column holds several captions a row (`--caption-mode all`)."""
+    if parquet_path is None:
+        return False
+    return pa.types.is_list(pq.read_schema(parquet_path).field("caption").type)
+
+
 def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_exported: bool,
-                            root: Path) -> tuple[str, str]:
-    """textfile only when SimpleTuner will find a .txt for every image it discovers."""
+                            root: Path, *, list_captions: bool = False) -> tuple[str, str]:
+    """textfile only when SimpleTuner will find a .txt for every image it discovers, and the
+    Parquet does not hold every caption of each image itself (a list caption column)."""
     complete = scan.images > 0 and scan.without_caption_count == 0
     if options.caption_strategy == "textfile":
         if not complete:
@@ -297,6 +314,9 @@ def choose_caption_strategy(options: ConfigOptions, scan: ImageScan, captions_ex
             "captions from parquet need --metadata-backend parquet; run `indexer export captions` or "
             "use the parquet backend"
         )
+    if list_captions:
+        return "parquet", ("the Parquet holds every caption of each image (a list caption column, "
+                           "--caption-mode all); SimpleTuner draws one of them at each step")
     if not captions_exported:
         return "parquet", ("no caption files exported (`indexer export captions`), so captions come "
                            "from the Parquet")

@@ -63,15 +63,18 @@ def write_json_lines(
     """Write the selected rows through `encode` to PATH (atomically), unless the last export of
     this kind there holds the same rows (same options, data and file); return the summary.
 
-    `counts` is what the encoder tallies while it writes (see one_file.export_file).
+    `counts` is what the encoder tallies while it writes (see one_file.export_file). An encoder
+    may leave a row out (it then counts why into snapshot.excluded): the rows are the lines
+    written, counted by their ends (JSON escapes any line break inside a value).
     """
 
     def write(snapshot: ReadSnapshot, temp: Path) -> int:
         rows = 0
         with open(temp, "wb") as handle, bar(progress, desc=kind, unit=" rows") as progress_bar:
             for batch in select_rows(snapshot, selection):
-                handle.write(encode(snapshot, batch))
-                rows += len(batch)
+                lines = encode(snapshot, batch)
+                handle.write(lines)
+                rows += lines.count(b"\n")
                 progress_bar.update(len(batch))
         return rows
 

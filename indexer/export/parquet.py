@@ -2,6 +2,13 @@
 
 Rows go from the snapshot cursor to Arrow in batches and out as ~128k-row zstd row groups, so
 memory stays flat in the row count. The file is written beside OUT and renamed over it.
+
+With --caption-mode all the caption column is `list<string>`, one item a caption, never null or
+empty (a sample without a caption is not exported). SimpleTuner 3.1.6 and 4.10.1 take a list-valued
+caption cell as several captions all along the training path: the parquet check accepts arrays
+(it rejects null and empty ones), the caption cache turns the array into a list, the text embeds
+are computed for every item, and the sampler draws one item at random for each step. (What both
+crash on is `caption_column` given as a list of column NAMES, which this never writes.)
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.db.counts import sample_count
-from indexer.errors import IndexerError
 from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.one_file import export_file
 from indexer.export.record import output_path
@@ -23,15 +29,7 @@ from indexer.export.selection import Selection, make_selection
 from indexer.progress import bar
 
 ROW_GROUP_ROWS = 131_072
-ALL_CAPTIONS_REFUSED = (
-    "--caption-mode all is refused for parquet: SimpleTuner's parquet reader crashes on several "
-    "captions in one row (`unhashable type: 'list'`, 3.1.6 and 4.10.1 with caption_strategy parquet); "
-    "nothing was written. Give every caption to SimpleTuner as caption files instead: `indexer export "
-    "captions --caption-mode all` (one caption a line), then caption_strategy textfile (`indexer export "
-    "config --caption-strategy textfile`); keep this Parquet in first mode for its sizes"
-)
-BASE_SCHEMA = [("width", pa.int64()), ("height", pa.int64()), ("caption", pa.string()),
-               ("filename", pa.string())]
+CAPTION_TYPES = {"first": pa.string(), "all": pa.list_(pa.string())}
 
 
 def export_parquet(
@@ -47,8 +45,6 @@ def export_parquet(
 ) -> dict:
     """Write OUT unless the last export there already holds the same rows; return the summary."""
     selection = make_selection(captions, where, columns, caption_mode)
-    if selection.caption_mode == "all":
-        raise IndexerError(ALL_CAPTIONS_REFUSED)
     return export_file(db_path, output_path(out, "parquet"), "parquet", selection, selection.options(),
                        lambda snapshot, temp: write_parquet(snapshot, selection, temp, progress),
                        dataset_id=dataset_id, sized=True)
@@ -56,7 +52,8 @@ def export_parquet(
 
 def parquet_schema(snapshot: ReadSnapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:
     params: dict = {}
-    fields = list(BASE_SCHEMA)
+    caption = CAPTION_TYPES[selection.caption_mode]
+    fields = [("width", pa.int64()), ("height", pa.int64()), ("caption", caption), ("filename", pa.string())]
     extra_sql = []
     for number, name in enumerate(selection.columns):
         sql, arrow_type = column_sql(name, number, params)
@@ -74,7 +71,7 @@ def write_parquet(snapshot: ReadSnapshot, selection: Selection, temp: Path, prog
     pending_rows = 0
     with pq.ParquetWriter(temp, schema, compression="zstd") as writer, \
             bar(progress, desc="parquet", unit=" rows", total=total) as progress_bar:
-        for rows in select_rows(snapshot, selection, extra_sql, params):
+        for rows in select_rows(snapshot, selection, extra_sql, params, caption_lists=True):
             pending.append(_record_batch(schema, rows))
             pending_rows += len(rows)
             progress_bar.update(len(rows))

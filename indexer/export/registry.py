@@ -57,6 +57,7 @@ EXPORTS: dict[str, ExportKind] = {
     "kohya": ExportKind("indexer.export.kohya", "export_kohya"),
     "aitk": ExportKind("indexer.export.aitk", "export_aitk"),
     "webshart": ExportKind("indexer.export.webshart", "export_webshart"),
+    "musubi": ExportKind("indexer.export.musubi", "export_musubi"),
 }
 
 

@@ -80,18 +80,24 @@ def all_captions_sql(captions: Sequence[str], params: dict) -> str:
     return f"json_array({', '.join(parts)})"
 
 
-def join_captions(values_json: str) -> str | None:
+def caption_items(values_json: str) -> list[str] | None:
     """`--caption-mode all`: every non-empty text of the fields in order (list items included,
     nested lists and non-text values skipped, as in first mode), each stripped like first mode's
-    caption, duplicates dropped, joined with "\n" (a SimpleTuner caption .txt holds one caption a
-    line). A line break inside one field is kept, as in first mode. None when there is none, so a
-    sample is excluded as `no_caption` exactly when first mode excludes it."""
+    caption, duplicates dropped. A line break inside one field is kept, as in first mode. None when
+    there is none, so a sample is excluded as `no_caption` exactly when first mode excludes it."""
     found: dict[str, None] = {}
     for value in orjson.loads(values_json):
         for item in value if isinstance(value, list) else (value,):
             if isinstance(item, str) and (text := item.strip(STRIP)):
                 found.setdefault(text)
-    return "\n".join(found) if found else None
+    return list(found) or None
+
+
+def join_captions(values_json: str) -> str | None:
+    """caption_items joined with "\n": the caption of every export that takes one string (a
+    SimpleTuner caption .txt holds one caption a line)."""
+    items = caption_items(values_json)
+    return "\n".join(items) if items else None
 
 
 def caption_column_sql(selection: Selection, params: dict) -> str:
@@ -231,11 +237,14 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 def select_rows(
     snapshot: ReadSnapshot, selection: Selection, extra_sql: Sequence[str] = (),
     extra_params: dict | None = None, in_shards: bool = False, shard: str | None = None,
+    caption_lists: bool = False,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
 
     Excluded samples are counted into snapshot.excluded by the first reason that applies. The
-    caption follows selection.caption_mode (None in a selection without captions). Samples inside
+    caption follows selection.caption_mode (None in a selection without captions); in all mode it
+    is one string, the captions joined with "\n", or with `caption_lists` the list itself, for
+    formats that hold several captions apart (a caption may hold a line break). Samples inside
     tar shards have no file a trainer could open by path: only an export for tar readers
     (in_shards=True, webshart) takes them, and it takes nothing else; `shard` keeps one shard's.
     """
@@ -254,6 +263,7 @@ def select_rows(
     cursor = execute_where(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)
+    several = caption_items if caption_lists else join_captions
     caption_needed = bool(selection.captions)
     while True:
         try:
@@ -272,7 +282,7 @@ def select_rows(
                 excluded["no_size"] += 1
             elif not kept:
                 excluded["where"] += 1
-            elif (caption := join_captions(caption) if joined else caption) is None and caption_needed:
+            elif (caption := several(caption) if joined else caption) is None and caption_needed:
                 excluded["no_caption"] += 1
             elif not safe_relative(image):
                 excluded["unsafe_path"] += 1

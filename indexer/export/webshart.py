@@ -8,9 +8,17 @@ from the index's `captions` (DALLE-3's `short_caption` is not a key webshart loo
 selected image gets its size and captions here, and a --where filters the training set without
 rewriting a tar. Sizes are plain ints: a float or a string makes webshart reject the whole index.
 
+Each image also gets the place of its JSON sidecar in the tar (`json_path`, `json_offset`,
+`json_length`, as webshart's own extract-metadata writes them): SimpleTuner's
+`webshart.caption_key` reads its captions from that sidecar, through webshart's
+`load_sample_json`, and finds nothing without it.
+
 Nothing is written inside a tar; each index is written beside the shard (or under --metadata)
 atomically, and only when its bytes change. A shard whose selection is now empty gets an index
-with no files, so an old index can never keep stale samples alive.
+with no files, so an old index can never keep stale samples alive. When an index changes, what
+SimpleTuner and webshart cached from the old one is removed (webshart_cache.py), before the new
+index is written (a removal that fails leaves the old index, so the next run tries again) and
+after (whatever a running trainer cached from the old index in between goes too).
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ from indexer.export.select import (
     select_rows,
 )
 from indexer.export.selection import Selection, make_selection
+from indexer.export.webshart_cache import WebshartCache, clear_caches, find_caches
 from indexer.progress import bar
 
-MEMBER_SQL = ["samples.image_offset", "samples.image_size"]
+# The image member's data, then its JSON sidecar's (a sample with status ok has both).
+MEMBER_SQL = ["samples.image_offset", "samples.image_size", "samples.json", "samples.json_offset",
+              "samples.json_size"]
 
 
 def export_webshart(
@@ -55,23 +66,20 @@ def export_webshart(
     started = time.monotonic()
     selection = make_selection(captions, where, caption_mode=caption_mode)
     written = unchanged = rows = 0
+    cleared = {"index_copies": 0, "bucket_files": 0}
     with open_snapshot(db_path, dataset_id) as snapshot:
         root = snapshot.root
         target = metadata_folder(metadata, root)
         check_selection(snapshot, selection)
-        shards = snapshot.conn.execute(
-            "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ? ORDER BY path",
-            (snapshot.dataset,)).fetchall()
-        if not shards:
-            raise IndexerError(f"dataset {snapshot.dataset} has no tar shards indexed in place: run "
-                               f"`indexer index {root}` on the folder that holds the .tar files first")
+        shards = indexed_shards(snapshot)
+        caches, notes = find_caches(snapshot.conn, snapshot.dataset, root)
         with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar:
             for shard, *recorded in shards:
                 files = shard_files(snapshot, selection, shard)
                 index = {"path": Path(shard).name, "filesize": current_size(root, shard, tuple(recorded)),
                          "files": files}
                 rows += len(files)
-                if write_if_changed(index_path(target, shard), orjson.dumps(index)):
+                if write_index(index_path(target, shard), orjson.dumps(index), caches, shard, cleared):
                     written += 1
                 else:
                     unchanged += 1
@@ -80,7 +88,8 @@ def export_webshart(
     summary = {
         "kind": "webshart", "dataset": snapshot.dataset, "path": str(target), "rows": rows,
         "shards": len(shards), "written": written, "unchanged": unchanged, "up_to_date": written == 0,
-        "excluded": excluded, "data_version": snapshot.data_version,
+        "excluded": excluded, "caches": [str(cache.cache_dir) for cache in caches], "cleared": cleared,
+        "notes": notes, "data_version": snapshot.data_version,
         "seconds": round(time.monotonic() - started, 3),
     }
     record_export(db_path, snapshot.dataset, "webshart", target,
@@ -100,15 +109,29 @@ def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path) -> Path
     return folder
 
 
+def indexed_shards(snapshot: ReadSnapshot) -> list[tuple]:
+    """(path, size, mtime_ns, ctime_ns, inode) of every shard of the dataset indexed in place."""
+    shards = snapshot.conn.execute(
+        "SELECT path, size, mtime_ns, ctime_ns, inode FROM tar_shards WHERE dataset = ? ORDER BY path",
+        (snapshot.dataset,)).fetchall()
+    if not shards:
+        raise IndexerError(f"dataset {snapshot.dataset} has no tar shards indexed in place: run "
+                           f"`indexer index {snapshot.root}` on the folder that holds the .tar files first")
+    return shards
+
+
 def shard_files(snapshot: ReadSnapshot, selection: Selection, shard: str) -> dict[str, dict]:
-    """The index's `files`: each selected image member of the shard with its size and captions."""
+    """The index's `files`: each selected image member of the shard with its size, its captions
+    (a list in all mode, each caption as it is, line breaks kept) and where its JSON sidecar is."""
     files: dict[str, dict] = {}
-    several = selection.caption_mode == "all"
-    for batch in select_rows(snapshot, selection, MEMBER_SQL, in_shards=True, shard=shard):
-        for _key, image, width, height, caption, offset, length in batch:
+    batches = select_rows(snapshot, selection, MEMBER_SQL, in_shards=True, shard=shard, caption_lists=True)
+    for batch in batches:
+        for _key, image, width, height, caption, offset, length, json_path, json_offset, json_length in batch:
             entry: dict = {"offset": offset, "length": length, "width": int(width), "height": int(height)}
             if caption is not None:
-                entry["captions"] = caption.split("\n") if several else caption
+                entry["captions"] = caption
+            if json_offset is not None:
+                entry.update(json_path=json_path, json_offset=json_offset, json_length=json_length)
             files[image] = entry
     return files
 
@@ -134,14 +157,23 @@ def index_path(target: Path, shard: str) -> Path:
     return path.with_name(path.name[: -len(".tar")] + ".json")
 
 
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Write `data` to path atomically unless the file already holds exactly it."""
+def write_index(path: Path, data: bytes, caches: list[WebshartCache], shard: str,
+                cleared: dict[str, int]) -> bool:
+    """Write the shard's index atomically unless the file already holds exactly `data`; what the
+    caches hold of the old index goes before and after the write (counted into `cleared`)."""
     try:
         if path.read_bytes() == data:
             return False
     except OSError:
         pass
+    add_counts(cleared, clear_caches(caches, [shard]))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as temp:
         temp.write_bytes(data)
+    add_counts(cleared, clear_caches(caches, [shard]))
     return True
+
+
+def add_counts(total: dict[str, int], counts: dict[str, int]) -> None:
+    for name, count in counts.items():
+        total[name] = total.get(name, 0) + count

@@ -80,7 +80,17 @@ def config_lines(summary: dict) -> list[str]:
     return [
         f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
         f"  caption_strategy {summary['caption_strategy']}: {summary['reason']}",
+        *cleared_lines(summary.get("cleared")),
     ]
+
+
+def cleared_lines(cleared: dict[str, int] | None) -> list[str]:
+    """What a webshart export removed from SimpleTuner's caches (nothing to say when nothing went)."""
+    if not cleared or not any(cleared.values()):
+        return []
+    return [f"  removed from SimpleTuner's webshart caches (rebuilt from the indexes on its next start): "
+            f"{cleared['index_copies']:,} cached shard indexes, {cleared['bucket_files']:,} bucket cache "
+            "files"]
 
 
 def aitk_lines(summary: dict) -> list[str]:
@@ -99,12 +109,24 @@ def aitk_lines(summary: dict) -> list[str]:
 def webshart_lines(summary: dict) -> list[str]:
     return [f"webshart indexes under {summary['path']}: {summary['rows']:,} samples in {summary['shards']:,}"
             f" shards; written {summary['written']:,}, unchanged {summary['unchanged']:,}",
-            "  " + excluded_text(summary["excluded"])]
+            "  " + excluded_text(summary["excluded"]), *cleared_lines(summary.get("cleared")),
+            *(f"  note: {note}" for note in summary.get("notes", []))]
+
+
+def musubi_lines(summary: dict) -> list[str]:
+    lines = rows_lines(summary)
+    if summary["same_stem_examples"]:
+        lines.append("  left out, their stem names an earlier image's musubi caches: "
+                     + "; ".join(summary["same_stem_examples"]))
+    if "config" in summary:
+        config = summary["config"]
+        lines.append(f"  dataset config {config['path']}: {'written' if config['written'] else 'unchanged'}")
+    return lines
 
 
 SUMMARY_LINES: dict[str, Callable[[dict], list[str]]] = {
     "parquet": rows_lines, "jsonl": rows_lines, "kohya": kohya_lines, "captions": captions_lines,
-    "config": config_lines, "aitk": aitk_lines, "webshart": webshart_lines,
+    "config": config_lines, "aitk": aitk_lines, "webshart": webshart_lines, "musubi": musubi_lines,
 }
 
 

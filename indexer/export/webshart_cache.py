@@ -1,0 +1,134 @@
+"""What SimpleTuner keeps about a webshart dataset between runs, and removing it when an index changes.
+
+SimpleTuner 4.10.1 always opens a `type: webshart` dataset with webshart's metadata cache on
+(`enable_metadata_cache(location=...)`, the location being `webshart.metadata_cache_dir`, by
+default `<webshart.cache_dir>/metadata_cache`). webshart 0.6.0 then keeps a copy of each shard's
+index at `<location>/<source, "/" written "_">/<shard path without .tar>.json`, and once that copy
+exists it never reads the index again: the copy is compared with nothing. SimpleTuner's own bucket
+cache beside it (`aspect_ratio_bucket_indices_<id>.json`, its `..._captions.json`, and
+`aspect_ratio_bucket_metadata_<id>.json`; `_captions_<digest>` comes before the id when
+`webshart.caption_key` is set) names samples by shard number and sample number and keeps their
+sizes and captions; a refresh only adds samples it has not seen. After an index changed, both
+would go on serving the old index: the offsets webshart reads at, and the samples, sizes and
+captions SimpleTuner trains on. Removing them is enough: both are rebuilt from the indexes alone on
+the next start (no image is read for that).
+
+The folders are named in the SimpleTuner configs `export config --backend webshart` wrote for the
+dataset, so that is where they are looked for: each config as the file is now (a user may have
+edited the cache folder), and as it was written when the file is gone or unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.errors import IndexerError
+
+METADATA_CACHE = "metadata_cache"  # SimpleTuner's default under webshart.cache_dir
+BUCKET_CACHE = re.compile(r"aspect_ratio_bucket_(?:indices|metadata)(?:_captions_[0-9a-f]{16})?"
+                          r"_(?P<suffix>.+?)\.json(?:_captions\.json)?")
+
+
+@dataclass(frozen=True)
+class WebshartCache:
+    """The cache folders of one SimpleTuner webshart entry for the dataset."""
+
+    config: str  # the multidatabackend file that names them
+    cache_dir: Path  # SimpleTuner's bucket cache
+    shard_copies: Path  # webshart's copies of the shard indexes: <metadata cache>/<dataset key>
+    suffix: str  # SimpleTuner's cache_file_suffix: the entry's id unless the entry sets one
+
+    def shard_copy(self, shard: str) -> Path:
+        """webshart's copy of a shard's index: keyed by the shard's path relative to the source."""
+        return self.shard_copies / (shard[: -len(".tar")] + ".json")
+
+    def bucket_files(self) -> list[Path]:
+        try:
+            names = os.listdir(self.cache_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise IndexerError(f"cannot list SimpleTuner's cache {self.cache_dir} ({exc.strerror}): its "
+                               "bucket cache may hold samples of the old indexes; fix the permissions and "
+                               "rerun") from exc
+        return [self.cache_dir / name for name in sorted(names)
+                if (found := BUCKET_CACHE.fullmatch(name)) and found["suffix"] == self.suffix]
+
+
+def find_caches(conn: sqlite3.Connection, dataset: str, root: Path) -> tuple[list[WebshartCache], list[str]]:
+    """The caches of every webshart entry for ROOT in the configs written for the dataset, and a
+    note for each entry whose cache cannot be located (no absolute cache folder)."""
+    rows = conn.execute("SELECT path, summary FROM exports WHERE dataset = ? AND kind = 'config'"
+                        " ORDER BY path", (dataset,)).fetchall()
+    caches: dict[tuple[Path, Path, str], WebshartCache] = {}
+    notes: list[str] = []
+    for path, summary in rows:
+        for entry in config_entries(path, summary):
+            cache = entry_cache(entry, root, path, notes)
+            if cache is not None:
+                caches.setdefault((cache.cache_dir, cache.shard_copies, cache.suffix), cache)
+    return list(caches.values()), notes
+
+
+def config_entries(path: str, summary: str | None) -> list[dict]:
+    """The config's entries as the file is now; its entry as written when the file cannot be read."""
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        entries = None
+    if isinstance(entries, list):
+        return [entry for entry in entries if isinstance(entry, dict)]
+    written = (json.loads(summary) if summary else {}).get("entry")
+    return [written] if isinstance(written, dict) else []
+
+
+def entry_cache(entry: dict, root: Path, config: str, notes: list[str]) -> WebshartCache | None:
+    """Where SimpleTuner keeps this entry's caches, read as SimpleTuner reads the entry; None when
+    the entry is not a webshart dataset of ROOT or its folders depend on where SimpleTuner runs."""
+    block = entry.get("webshart") if isinstance(entry.get("webshart"), dict) else {}
+    source = entry.get("source", block.get("source"))
+    if entry.get("type") != "webshart" or not isinstance(source, str):
+        return None
+    if os.path.normpath(source) != str(root):
+        return None
+    cache_dir = block.get("cache_dir", entry.get("cache_dir"))
+    absolute = isinstance(cache_dir, str) and os.path.isabs(cache_dir)
+    default = os.path.join(cache_dir, METADATA_CACHE) if absolute else None
+    copies = block.get("metadata_cache_dir") or default
+    if not (absolute and isinstance(copies, str) and os.path.isabs(copies)):
+        notes.append(f"{config}: entry {entry.get('id')!r} names no absolute webshart.cache_dir (and "
+                     "metadata_cache_dir), so its caches depend on where SimpleTuner runs: remove their "
+                     "metadata_cache folder and aspect_ratio_bucket_* files yourself after an index changed")
+        return None
+    # webshart's folder for a local source: the source string as given, every "/" written "_"
+    return WebshartCache(config, Path(cache_dir), Path(copies) / source.replace("/", "_"),
+                         str(entry.get("cache_file_suffix", entry.get("id"))))
+
+
+def clear_caches(caches: list[WebshartCache], shards: list[str]) -> dict[str, int]:
+    """Remove webshart's copies of these shards' indexes and SimpleTuner's bucket cache from every
+    cache; returns how many files of each went. A file that cannot be removed stops the export: it
+    would keep serving the old index."""
+    removed = {"index_copies": 0, "bucket_files": 0}
+    for cache in caches:
+        removed["index_copies"] += sum(remove(cache.shard_copy(shard)) for shard in shards)
+        if shards:
+            removed["bucket_files"] += sum(remove(path) for path in cache.bucket_files())
+    return removed
+
+
+def remove(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise IndexerError(f"cannot remove {path} ({exc.strerror}): SimpleTuner would go on reading the old "
+                           "index through it; fix the permissions (or remove it yourself) and rerun the "
+                           "export") from exc
+    return True
