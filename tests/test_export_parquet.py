@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from indexer import store
 from indexer.errors import IndexerError
+from indexer.export import one_file
 from indexer.export import parquet as parquet_module
 from indexer.export.parquet import export_parquet
 from indexer.export.select import caption_sql, make_selection
@@ -206,25 +207,51 @@ def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_pat
     assert pq.read_table(out).num_rows == changed["rows"]
 
 
-def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_path: Path) -> None:
-    """Reads never wait for the writer; the one short bookkeeping write waits for its commit."""
+def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads never wait for the writer: the export reads every row while another connection holds
+    an open write transaction (which stays open until the rows are read, so a reader that waited
+    would never get them in time); the one short bookkeeping write waits for its commit."""
     conn = store.connect(db_path)
-    started = threading.Event()
+    in_transaction, rows_read, recording = threading.Event(), threading.Event(), threading.Event()
+    held_while_read: list[bool] = []
+    write_rows, record = parquet_module.write_parquet, one_file.record_export
+
+    def write_then_tell(*args: object) -> int:
+        written = write_rows(*args)
+        rows_read.set()
+        return written
+
+    def record_while_held(*args: object, **kwargs: object) -> None:
+        recording.set()
+        record(*args, **kwargs)
+
+    monkeypatch.setattr(parquet_module, "write_parquet", write_then_tell)
+    monkeypatch.setattr(one_file, "record_export", record_while_held)
 
     def writer() -> None:
         with store.transaction(conn):
             conn.execute("UPDATE samples SET warning = 'x' WHERE id = 1")
-            started.set()
-            time.sleep(0.5)
+            in_transaction.set()
+            held_while_read.append(rows_read.wait(10))
+            recording.wait(10)
+            time.sleep(0.2)  # still open while the bookkeeping write begins: it has to wait
 
     with store.writer_lock(db_path, "index"):
         thread = threading.Thread(target=writer)
         thread.start()
-        started.wait()
+        assert in_transaction.wait(10)
         summary = export_parquet(db_path, tmp_path / "live.parquet")
         thread.join()
     conn.close()
+    assert held_while_read == [True], "the export's reads waited for the writer's commit"
     assert summary["rows"] == pq.read_table(tmp_path / "live.parquet").num_rows > 0
+    recorded = sqlite3.connect(db_path)
+    try:
+        assert recorded.execute("SELECT rows FROM exports WHERE kind = 'parquet'").fetchall() == [
+            (summary["rows"],)]
+    finally:
+        recorded.close()
 
 
 def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Path) -> None:
