@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from indexer.extract import extract_shards, staging_name, worker
+from indexer.extract.fileops import FS, FileOps
 from indexer.extract.members import Refused, member_parts
 from indexer.extract.sinks import LinkSink
 from indexer.ingest.index import index_root
@@ -62,6 +64,14 @@ def shard_rows(db: Path) -> dict[str, tuple]:
     finally:
         conn.close()
     return {Path(row[0]).name: row[1:] for row in rows}
+
+
+@pytest.fixture
+def fs() -> Iterator[FileOps]:
+    """The os calls extract writes into the root through, for a test to make one fail; the real
+    ones are back after the test."""
+    yield FS
+    FS.reset()
 
 
 @pytest.fixture
@@ -259,7 +269,7 @@ def test_a_whole_pair_in_two_shards_is_recorded_as_the_last_one_placed(tmp_path:
 
 @pytest.mark.parametrize("through", ["links", "staging"])
 def test_shard_interrupted_while_moving_into_place_is_redone(
-    tmp_path: Path, sample_shards, monkeypatch, through: str
+    tmp_path: Path, sample_shards, monkeypatch, fs: FileOps, through: str
 ) -> None:
     """Killed half-way through a shard: unnamed files linked whole (where the filesystem has
     O_TMPFILE), or a staging folder renamed from (elsewhere); either way the rerun redoes it."""
@@ -269,7 +279,7 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
         monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     extract_shards(db, shards[:1], data, workers=1)
     step = "link" if through == "links" else "rename"
-    real_step = getattr(os, step)
+    real_step = getattr(fs, step)
     calls = []
 
     def step_then_die(*args, **kwargs):
@@ -278,10 +288,10 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
             raise KeyboardInterrupt  # as if killed half-way through putting shard b in place
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(worker.os, step, step_then_die)
+    setattr(fs, step, step_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, shards, data, workers=1)
-    monkeypatch.setattr(worker.os, step, real_step)
+    fs.reset()
     rows = shard_rows(db)
     assert rows["a.tar"][0] == "finished" and rows["b.tar.gz"][0] == "extracting"
     assert (data / rows["b.tar.gz"][3]).is_dir()  # the shard's staging folder, for the next run to remove
@@ -463,19 +473,19 @@ def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_un
 
 @pytest.mark.parametrize("through", ["links", "staging"])
 def test_a_folder_that_cannot_be_created_refuses_its_members_only(tmp_path: Path, monkeypatch,
-                                                                   through: str) -> None:
+                                                                   fs: FileOps, through: str) -> None:
     if through == "staging":
         monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     shard = tar_of(tmp_path / "s.tar", [("locked/x.json", b"{}"), ("a.json", b'{"width": 1, "height": 1}'),
                                         ("a.png", b"png"), ("open/b.json", b"{}")])
-    real_mkdir = os.mkdir
+    real_mkdir = fs.mkdir
 
     def mkdir(path, *args, **kwargs):
         if os.fspath(path) == "locked":
             raise PermissionError(13, "Permission denied")
         return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    fs.mkdir = mkdir
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == []
     assert [(r["member"], "Permission denied" in r["reason"]) for r in summary["refusals"]] == [
@@ -483,12 +493,12 @@ def test_a_folder_that_cannot_be_created_refuses_its_members_only(tmp_path: Path
     assert summary["added"] == 2 and (tmp_path / "data" / "open" / "b.json").exists()
 
 
-def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, monkeypatch) -> None:
+def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, fs: FileOps) -> None:
     src = tmp_path / "src"
     gen.make_dataset(src, 40, faults=0.0, seed=2)
     shard = tar_of(tmp_path / "s.tar", files_of(src))
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
-    real_link = os.link
+    real_link = fs.link
     calls = []
 
     def link_then_die(*args, **kwargs):
@@ -497,10 +507,10 @@ def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, m
             raise KeyboardInterrupt
         return real_link(*args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link_then_die)
+    fs.link = link_then_die
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "link", real_link)
+    fs.reset()
     sources = dict(files_of(src))
     landed = [path for path in data.iterdir() if path.is_file()]
     assert 0 < len(landed) < len(sources)
@@ -510,80 +520,89 @@ def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, m
 
 
 @pytest.mark.parametrize("kernel_copy", ["refused", "missing"])
-def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, monkeypatch, kernel_copy: str) -> None:
+def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, fs: FileOps, kernel_copy: str) -> None:
     """Across filesystems copy_file_range may refuse (EXDEV); outside Linux it does not exist."""
     import errno
 
     image = bytes(range(256)) * 5000  # larger than one copy chunk would need
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
+    refused = []
     if kernel_copy == "missing":
-        monkeypatch.delattr(os, "copy_file_range")
+        fs.copy_file_range = None
     else:
-        def refuse(*args):
+        def refuse(*args: int) -> int:
+            refused.append(args)
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr(os, "copy_file_range", refuse)
+        fs.copy_file_range = refuse
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == [] and summary["added"] == 1
     assert (tmp_path / "data" / "a.png").read_bytes() == image
+    assert len(refused) == (kernel_copy == "refused")  # the image's copy was asked of the kernel once
 
 
-def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: Path, monkeypatch) -> None:
+def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: Path, fs: FileOps) -> None:
     """Re-extracting over existing files links each new file under a spare name first: the spare
     lives in the shard's staging folder, which the next run removes with everything in it."""
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")])
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     extract_shards(db, [shard], data, workers=1)
     os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # re-downloaded: extracted again, over a.*
-    real_rename = os.rename
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # killed between linking the spare and renaming it over a.json
 
-    monkeypatch.setattr(os, "rename", die)
+    fs.rename = die
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "rename", real_rename)
+    fs.reset()
     leftovers = [p.name for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
     assert leftovers == [staging_name(shard.resolve())]  # only the staging folder, spare inside
     extract_shards(db, [shard], data, workers=1)
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
 
 
-def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, monkeypatch) -> None:
+def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, fs: FileOps) -> None:
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"p" * 5000)])
 
-    def shrink(source_fd, target_fd, count, offset):  # the shard is cut short under us
+    def shrink(source_fd: int, target_fd: int, count: int, offset: int) -> int:  # cut short under us
         os.truncate(shard, offset)
         return 0
 
-    monkeypatch.setattr(os, "copy_file_range", shrink)
+    fs.copy_file_range = shrink
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert len(summary["failures"]) == 1 and "damaged" in summary["failures"][0]["error"]
 
 
-def test_a_kernel_copy_that_stops_early_is_finished_by_reading(tmp_path: Path, monkeypatch) -> None:
+def test_a_kernel_copy_that_stops_early_is_finished_by_reading(tmp_path: Path, fs: FileOps) -> None:
     image = b"p" * 5000
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
-    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)  # some filesystems copy nothing
+    asked = []
+
+    def copy_nothing(*args: int) -> int:  # some filesystems copy nothing
+        asked.append(args)
+        return 0
+
+    fs.copy_file_range = copy_nothing
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == [] and (tmp_path / "data" / "a.png").read_bytes() == image
+    assert len(asked) == 1  # the kernel was asked, copied nothing, and the rest was read
 
 
-def test_a_full_disk_while_renaming_from_staging_fails_the_shard_not_the_run(tmp_path: Path,
-                                                                          monkeypatch) -> None:
+def test_a_full_disk_while_renaming_from_staging_fails_the_shard_not_the_run(tmp_path: Path, monkeypatch,
+                                                                          fs: FileOps) -> None:
     import errno
 
     monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png"),
                                         ("sub/b.json", b"{}")])
-    real_mkdir = os.mkdir
+    real_mkdir = fs.mkdir
 
     def mkdir(path, *args, **kwargs):
         if os.fspath(path) == "sub":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    fs.mkdir = mkdir
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert len(summary["failures"]) == 1 and "free some space" in summary["failures"][0]["error"]
     assert summary["added"] == 1  # what was placed before the disk filled is recorded
@@ -600,7 +619,7 @@ def test_the_database_files_are_refused_whatever_the_case_of_the_member_name(tmp
 
 
 def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_their_files(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, fs: FileOps) -> None:
     """A mount under the root: O_TMPFILE refused there (files go in under a hidden name in their
     own folder), or spares in the staging folder refused (EXDEV) when files are replaced."""
     import errno
@@ -608,8 +627,8 @@ def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_th
     members = [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")]
     shard = tar_of(tmp_path / "s.tar", members)
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
-    real_open, real_link = os.open, os.link
-    tmpfile_opens = []
+    real_open, real_link = fs.open, fs.link
+    tmpfile_opens, exdev_links = [], []
 
     def open_(path, flags, *args, **kwargs):
         if flags & os.O_TMPFILE == os.O_TMPFILE:
@@ -618,19 +637,22 @@ def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_th
                 raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "open", open_)
+    fs.open = open_
     extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "open", real_open)
+    fs.reset()
+    assert len(tmpfile_opens) == 3  # the probe, then both files refused O_TMPFILE in their folder
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
 
     def link(source, name, *args, **kwargs):
         if name.isdigit():  # a spare in the staging folder: another filesystem
+            exdev_links.append(name)
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_link(source, name, *args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link)
+    fs.link = link
     os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # extracted again, over its files
     again = extract_shards(db, [shard], data, workers=1)
     assert again["failures"] == [] and again["refused"] == 0
+    assert len(exdev_links) == 2  # both replacements had their staging-folder spare refused
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
     assert dict(files_of(data)) == dict(members)
