@@ -28,13 +28,6 @@ from indexer.ingest.index import index_root
 SIMPLETUNER_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
 
 
-def put(root: Path, key: str, gen, record: dict | None, ext: str = "png", size=(1024, 768)) -> None:
-    (root / key).parent.mkdir(parents=True, exist_ok=True)
-    if record is not None:
-        (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
-    (root / f"{key}.{ext}").write_bytes(gen.IMAGE_WRITERS[ext](*size))
-
-
 def reindex(db_path: Path, root: Path) -> dict:
     return index_root(db_path, root, workers=1)
 
@@ -100,12 +93,15 @@ def test_round_trip_matches_files_the_way_simpletuner_does(indexed: Path, db_pat
         assert row["aspect_ratio"] == pytest.approx(row["width"] / row["height"], abs=1e-4)
 
 
-def test_caption_fallback_and_list_fields(gen, data_root: Path, db_path: Path, tmp_path: Path) -> None:
+def test_caption_fallback_and_list_fields(sample_files, data_root: Path, db_path: Path,
+                                          tmp_path: Path) -> None:
     base = {"width": 1024, "height": 768}
-    put(data_root, "a", gen, {**base, "short_caption": "", "short_caption2": ["", "  ", "from list"]})
-    put(data_root, "b", gen, {**base, "short_caption": " own \n", "long_caption": "long b"})
-    put(data_root, "c", gen, {**base, "short_caption": None, "short_caption2": [], "long_caption": "long c"})
-    put(data_root, "d", gen, {**base, "short_caption": 7, "short_caption2": "  "})
+    sample_files.pair(data_root, "a",
+                      record={**base, "short_caption": "", "short_caption2": ["", "  ", "from list"]})
+    sample_files.pair(data_root, "b", record={**base, "short_caption": " own \n", "long_caption": "long b"})
+    sample_files.pair(data_root, "c",
+                      record={**base, "short_caption": None, "short_caption2": [], "long_caption": "long c"})
+    sample_files.pair(data_root, "d", record={**base, "short_caption": 7, "short_caption2": "  "})
     reindex(db_path, data_root)
     out = tmp_path / "c.parquet"
     summary = export_parquet(db_path, out, captions=("short_caption", "short_caption2", "long_caption"))
@@ -189,7 +185,7 @@ def test_failure_leaves_previous_file_intact(indexed: Path, db_path: Path, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_path: Path,
+def test_up_to_date_until_data_options_or_file_change(sample_files, indexed: Path, db_path: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "u.parquet"
     assert export_parquet(db_path, out)["up_to_date"] is False
@@ -198,7 +194,7 @@ def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_pat
     assert again["up_to_date"] is True and out.stat().st_mtime_ns == mtime
     assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is False  # other options
     assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is True
-    put(indexed, "new_sample", gen, {"width": 640, "height": 480, "short_caption": "new"})
+    sample_files.pair(indexed, "new_sample", record={"width": 640, "height": 480, "short_caption": "new"})
     reindex(db_path, indexed)
     changed = export_parquet(db_path, out, columns=("key",))
     assert changed["up_to_date"] is False and changed["rows"] == again["rows"] + 1
@@ -266,11 +262,11 @@ def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Pat
             make_selection(None, None, bad)
 
 
-def test_empty_selection_still_writes_a_valid_file(gen, tmp_path: Path) -> None:
+def test_empty_selection_still_writes_a_valid_file(sample_files, tmp_path: Path) -> None:
     root, db = tmp_path / "broken", tmp_path / "broken.sqlite"
     root.mkdir()
-    (root / "only.json").write_text("{truncated", encoding="utf-8")
-    put(root, "only", gen, None)
+    sample_files.json(root, "only", "{truncated")
+    sample_files.pair(root, "only", json_file=False)
     reindex(db, root)
     out = tmp_path / "empty.parquet"
     summary = export_parquet(db, out, where="width > 0")  # nothing exportable: no field to check
@@ -295,9 +291,10 @@ def test_a_field_no_sample_has_is_refused_with_the_closest_fields(indexed: Path,
     assert out.read_bytes() == before
 
 
-def test_a_field_only_some_samples_have_is_accepted(gen, indexed: Path, db_path: Path,
+def test_a_field_only_some_samples_have_is_accepted(sample_files, indexed: Path, db_path: Path,
                                                     tmp_path: Path) -> None:
-    put(indexed, "zz_rare", gen, {"width": 640, "height": 480, "short_caption": "x", "rare": "here"})
+    sample_files.pair(indexed, "zz_rare",
+                      record={"width": 640, "height": 480, "short_caption": "x", "rare": "here"})
     reindex(db_path, indexed)
     table = pq.read_table(export_parquet(db_path, tmp_path / "rare.parquet", columns=("rare",))["path"])
     assert [v for v in table.column("rare").to_pylist() if v] == ["here"]

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_index import write_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,9 +72,10 @@ def lacks(db: Path, *keys: str):
 # -- the real thing: a watcher process following a folder ------------------------------------
 
 
-def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_root, db_path, cli):
-    write_pair(data_root, "a0", gen)
-    write_pair(data_root, "a1", gen)
+def test_watch_process_follows_the_folder_and_stops_cleanly(gen, sample_files, tmp_path, data_root, db_path,
+                                                            cli):
+    sample_files.pair(data_root, "a0")
+    sample_files.pair(data_root, "a1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "indexer", "watch", str(data_root), "--db", str(db_path), "--json",
          "--settle", "0.5", "--workers", "1"],
@@ -89,10 +89,10 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         assert locked.exit_code == 75 and "indexer watch" in locked.stderr
 
         for i in range(5):  # pairs copied in
-            write_pair(data_root, f"b{i}", gen)
+            sample_files.pair(data_root, f"b{i}")
 
         # a JSON written in pieces over ~1.5 s is never recorded as bad_json
-        write_pair(data_root, "slow", gen, json_file=False)
+        sample_files.pair(data_root, "slow", json_file=False)
         text = json.dumps(gen.sample_json(random.Random(1), "slow", "png", (512, 512)))
         pieces = [text[i * len(text) // 4:(i + 1) * len(text) // 4] for i in range(4)]
         with open(data_root / "slow.json", "w", encoding="utf-8") as handle:
@@ -106,11 +106,11 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         wait_for(has(db_path, {f"b{i}": "ok" for i in range(5)} | {"slow": "ok"}), "copied pairs")
 
         # the image arrives after its JSON has been indexed: the sample completes
-        write_pair(data_root, "late", gen, image=False)
+        sample_files.pair(data_root, "late", image=False)
         wait_for(has(db_path, {"late": "missing_image"}), "the lone JSON")
-        write_pair(data_root, "late", gen, json_file=False)
+        sample_files.pair(data_root, "late", json_file=False)
         # a JSON that is complete but broken is recorded as such once it settles
-        (data_root / "broken.json").write_text('{"short_caption": "cut', encoding="utf-8")
+        sample_files.json(data_root, "broken", '{"short_caption": "cut')
         wait_for(has(db_path, {"late": "ok", "broken": "bad_json"}), "late image and broken JSON")
 
         # deletion and rename (delete + add)
@@ -124,8 +124,8 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         # a whole folder renamed into place, then renamed out again
         stage = tmp_path / "stage" / "shard"
         for i in range(3):
-            write_pair(stage, f"k{i}", gen)
-        write_pair(stage / "inner", "deep", gen)
+            sample_files.pair(stage, f"k{i}")
+        sample_files.pair(stage / "inner", "deep")
         os.rename(stage, data_root / "shard")
         moved_in = {f"shard/k{i}": "ok" for i in range(3)} | {"shard/inner/deep": "ok"}
         wait_for(has(db_path, moved_in), "the moved-in folder's samples")
@@ -140,7 +140,7 @@ def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_
         assert exported.exit_code == 0, exported.stderr
         assert (data_root / "a0.txt").is_file()  # a .txt beside a sample is not a sample: no batch
 
-        write_pair(data_root, "last", gen)
+        sample_files.pair(data_root, "last")
         wait_for(has(db_path, {"last": "ok"}), "the last pair")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -219,7 +219,7 @@ def session(db: Path, root: Path, **options):
     events.append(outcome["summary"])
 
 
-def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, tmp_path):
+def test_export_hooks_run_after_changing_batches_only(sample_files, data_root, db_path, tmp_path):
     calls: list[tuple[str, dict]] = []
 
     def fake_parquet(db, **options):
@@ -235,7 +235,7 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
                  captions=("long_caption", "short_caption"), where="width >= 512",
                  exporters={"parquet": fake_parquet, "captions": failing_captions}) as events:
         wait_for(lambda: len(calls) == 2, "the exports at start")
-        write_pair(data_root, "x", gen)
+        sample_files.pair(data_root, "x")
         wait_for(lambda: len(calls) == 4, "the exports after a batch")
         assert calls[2] == ("parquet", {"out": str(out), "dataset_id": "data",
                                         "captions": ("long_caption", "short_caption"),
@@ -252,20 +252,20 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
     assert events[-1]["exports"] == 2
 
 
-def test_inotify_limit_falls_back_to_polling_with_advice(gen, data_root, db_path):
+def test_inotify_limit_falls_back_to_polling_with_advice(sample_files, data_root, db_path):
     def exhausted():
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
     with session(db_path, data_root, settle=0.1, observer_factory=exhausted) as events:
         warning = next(e["message"] for e in events if e["event"] == "warning")
         assert "fs.inotify.max_user_watches" in warning and "polling" in warning
-        write_pair(data_root, "polled", gen)
+        sample_files.pair(data_root, "polled")
         wait_for(has(db_path, {"polled": "ok"}), "the polled pair")
 
 
-def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
+def test_queue_overflow_triggers_a_rescan(sample_files, data_root, db_path):
     with session(db_path, data_root, settle=0.1, observer_factory=SilentObserver) as events:
-        write_pair(data_root, "unseen", gen)
+        sample_files.pair(data_root, "unseen")
         assert "unseen" not in statuses(db_path)  # no events, no periodic scan yet
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost")
@@ -277,10 +277,10 @@ def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
     assert not any(e["event"] == "batch" for e in events[:events.index(overflow)])
 
 
-def test_periodic_rescan_catches_what_events_missed(gen, data_root, db_path):
+def test_periodic_rescan_catches_what_events_missed(sample_files, data_root, db_path):
     with session(db_path, data_root, settle=0.1, rescan_every=0.3,
                  observer_factory=SilentObserver) as events:
-        write_pair(data_root, "missed", gen)
+        sample_files.pair(data_root, "missed")
         wait_for(has(db_path, {"missed": "ok"}), "the periodic rescan")
     assert "periodic" in [e.get("reason") for e in events]
 
@@ -374,14 +374,14 @@ def test_inotify_limit_message_names_the_setting():
     assert "fs.inotify.max_user_instances" in inotify_limit_message(OSError(errno.EMFILE, "limit"))
 
 
-def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
+def test_real_exports_follow_the_index(sample_files, data_root, db_path, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "dataset.parquet"
-    write_pair(data_root, "first", gen)
+    sample_files.pair(data_root, "first")
     with session(db_path, data_root, settle=0.2, export_parquet=str(out), export_captions=True):
         wait_for(lambda: out.exists() and (data_root / "first.txt").exists(), "the first exports")
-        write_pair(data_root, "second", gen)
+        sample_files.pair(data_root, "second")
 
         def exported_both() -> bool:
             table = pq.read_table(out) if out.exists() else None
@@ -392,10 +392,10 @@ def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
     assert (data_root / "second.txt").read_text(encoding="utf-8") == caption
 
 
-def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tmp_path):
+def test_a_bad_export_option_stops_the_watch_at_once(sample_files, data_root, db_path, tmp_path):
     from indexer.errors import IndexerError
 
-    write_pair(data_root, "a", gen)
+    sample_files.pair(data_root, "a")
     with pytest.raises(IndexerError):
         watch(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
                    export_parquet=str(tmp_path / "out.parquet"), observer_factory=SilentObserver)
@@ -405,12 +405,12 @@ def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tm
     conn.close()
 
 
-def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, data_root, db_path):
+def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(sample_files, data_root, db_path):
     from indexer.errors import IndexerError
     from indexer.export.captions import export_captions
 
     for number in range(24):
-        write_pair(data_root, f"m{number:02d}", gen)
+        sample_files.pair(data_root, f"m{number:02d}")
     with session(db_path, data_root, settle=0.2, export_captions=True) as events:
         wait_for(lambda: any(e["event"] == "export" for e in events), "the export at start")
         for number in range(13):
@@ -433,7 +433,8 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
     assert export_captions(db_path)["removed"] == 0
 
 
-def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_root, db_path, tmp_path):
+def test_export_results_are_told_in_words_and_an_incomplete_one_warns(sample_files, data_root, db_path,
+                                                                      tmp_path):
     from indexer.render.runs import format_event
 
     def incomplete_captions(db, **options):
@@ -441,7 +442,7 @@ def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_
                 "unchanged": 0, "adopted": 0, "removed": 0, "left_alone": 0, "failed": 1,
                 "complete": False, "errors": ["a.txt: Permission denied"]}
 
-    write_pair(data_root, "a", gen)
+    sample_files.pair(data_root, "a")
     out = tmp_path / "out.parquet"
     with session(db_path, data_root, settle=0.1, export_parquet=str(out), export_captions=True,
                  exporters={"captions": incomplete_captions}) as events:
