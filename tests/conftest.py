@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -38,10 +39,20 @@ def sample_files(gen: ModuleType) -> SampleFiles:
 
 
 @pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
+def new_folder(tmp_path: Path) -> Callable[[str], Path]:
+    """new_folder(name): a new, empty folder of that name in the test's tmp_path."""
+
+    def make(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def data_root(new_folder: Callable[[str], Path]) -> Path:
+    return new_folder("data")
 
 
 @pytest.fixture
