@@ -1,18 +1,23 @@
-"""Shared fixtures: the sample generator from scripts/, a CLI runner, a temp dataset and database."""
+"""Shared fixtures: the sample generator from scripts/ and the one writer of samples built on it, a
+CLI runner, a temp dataset and database."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from click.testing import CliRunner
+from helpers_samples import SampleFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_make_sample():
+def _load_make_sample() -> ModuleType:
+    """scripts/make_sample.py, the image and dataset generator (a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("make_sample", ROOT / "scripts" / "make_sample.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["make_sample"] = module
@@ -20,20 +25,34 @@ def _load_make_sample():
     return module
 
 
-make_sample = _load_make_sample()
-
-
-@pytest.fixture
-def gen():
+@pytest.fixture(scope="session")
+def gen() -> ModuleType:
     """The sample generator module (png_bytes, jpeg_bytes, webp_bytes, sample_json, make_dataset)."""
-    return make_sample
+    return _load_make_sample()
+
+
+@pytest.fixture(scope="session")
+def sample_files(gen: ModuleType) -> SampleFiles:
+    """Writes samples: .pair(root, key, ...) a loose pair, .json(root, key, text) raw JSON,
+    .members(key, ...) a pair's bytes for a shard, .shard(path, members) a tar, .image(ext, size)."""
+    return SampleFiles(gen)
 
 
 @pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
+def new_folder(tmp_path: Path) -> Callable[[str], Path]:
+    """new_folder(name): a new, empty folder of that name in the test's tmp_path."""
+
+    def make(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def data_root(new_folder: Callable[[str], Path]) -> Path:
+    return new_folder("data")
 
 
 @pytest.fixture

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 SAMPLE_COLUMNS = ("dataset", "key", "image", "json", "width", "height", "size_from", "status",
                   "error", "warning", "meta")
-
-
-def write_pair(root: Path, key: str, gen, *, ext: str = "png", size=(1024, 768), record=None,
-               json_text: str | None = None, image: bool = True, json_file: bool = True) -> None:
-    (root / key).parent.mkdir(parents=True, exist_ok=True)
-    if json_file:
-        if json_text is None:
-            record = record if record is not None else {
-                "image_name": f"{key.rsplit('/', 1)[-1]}.{ext}", "width": size[0], "height": size[1],
-                "short_caption": f"caption of {key}", "source": "test",
-            }
-            json_text = json.dumps(record)
-        (root / f"{key}.json").write_text(json_text, encoding="utf-8")
-    if image:
-        writer = gen.IMAGE_WRITERS[ext.lower()]
-        (root / f"{key}.{ext}").write_bytes(writer(*size))
 
 
 def sample_rows(db: Path, columns: tuple[str, ...] = SAMPLE_COLUMNS,

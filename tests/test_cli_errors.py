@@ -36,23 +36,16 @@ def commands(tmp: Path, db: Path, root: Path, out_dir: Path) -> dict[str, list[s
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, gen_module):
+def indexed(tmp_path_factory, gen):
     """A small indexed dataset and a tar shard: the good inputs every case starts from."""
     tmp = tmp_path_factory.mktemp("errors")
     root = tmp / "data"
-    gen_module.make_dataset(root, 20, faults=0.0, seed=1)
+    gen.make_dataset(root, 20, faults=0.0, seed=1)
     db = tmp / "good.sqlite"
     run(["index", str(root), "--db", str(db), "--quiet"], expect_ok=True)
     shard = tmp / "shard.tar"
     subprocess.run(["tar", "cf", str(shard), "-C", str(root), "."], check=True)
     return tmp, root, db
-
-
-@pytest.fixture(scope="module")
-def gen_module():
-    from conftest import make_sample
-
-    return make_sample
 
 
 def run(args: list[str], expect_ok: bool = False) -> subprocess.CompletedProcess:
@@ -129,9 +122,9 @@ def test_a_refused_database_file_is_left_as_it_was(indexed):
     assert db.read_bytes() == before
 
 
-def test_ctrl_c_says_what_was_kept(tmp_path, gen_module):
+def test_ctrl_c_says_what_was_kept(tmp_path, gen):
     root = tmp_path / "data"
-    gen_module.make_dataset(root, 20000, faults=0.0, seed=2)
+    gen.make_dataset(root, 20000, faults=0.0, seed=2)
     db = tmp_path / "db.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "indexer", "index", str(root), "--db", str(db),
                              "--workers", "1"], stderr=subprocess.PIPE, text=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from helpers_export import exif_jpeg
-from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.aitk import CACHE_NAME, export_aitk, st_mtime_seconds
@@ -61,10 +60,10 @@ def recorded_sizes(db_path: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture
-def dataset(gen, settled, data_root: Path, db_path: Path) -> Path:
+def dataset(gen, sample_files, settled, data_root: Path, db_path: Path) -> Path:
     gen.make_dataset(data_root, 20, faults=0, seed=9, subfolders=2)
-    write_pair(data_root, "part000/deeper/w", gen, ext="webp", size=(512, 384))
-    write_pair(data_root, "orphan", gen, json_file=False)  # missing_json: ai-toolkit still loads it
+    sample_files.pair(data_root, "part000/deeper/w", ext="webp", size=(512, 384))
+    sample_files.pair(data_root, "orphan", json_file=False)  # missing_json: ai-toolkit still loads it
     index_root(db_path, data_root, workers=1)
     return data_root
 
@@ -117,12 +116,12 @@ def naive_misses(probe: Path, count: int) -> list[int]:
     raise AssertionError("no mtime where int(mtime_ns / 1e9) is wrong: widen the search")
 
 
-def test_fractional_mtimes_hit_after_a_real_index(gen, settled, data_root: Path, db_path: Path,
+def test_fractional_mtimes_hit_after_a_real_index(sample_files, settled, data_root: Path, db_path: Path,
                                                   tmp_path: Path) -> None:
     mtimes = [1_650_000_000 * 10**9 + fraction for fraction in (0, 1, 499_999_999, 999_999_999)]
     mtimes += naive_misses(tmp_path / "probe", 3)
     for number, mtime_ns in enumerate(mtimes):
-        write_pair(data_root, f"m{number}", gen)
+        sample_files.pair(data_root, f"m{number}")
         os.utime(data_root / f"m{number}.png", ns=(mtime_ns, mtime_ns))
     index_root(db_path, data_root, workers=1)
     export_aitk(db_path)
@@ -159,7 +158,7 @@ def test_a_folder_outside_the_root_is_refused(cli, dataset: Path, db_path: Path,
     assert not list(outside.iterdir()) and not (dataset / CACHE_NAME).exists()
 
 
-def test_images_ai_toolkit_would_measure_differently_are_left_out(gen, settled, data_root: Path,
+def test_images_ai_toolkit_would_measure_differently_are_left_out(gen, sample_files, settled, data_root: Path,
                                                                    db_path: Path) -> None:
     caption = {"short_caption": "x", "width": 1200, "height": 800}
     images = {"rotated.jpg": exif_jpeg(gen, 1200, 800, 6), "flipped.jpg": exif_jpeg(gen, 1200, 800, 3),
@@ -167,9 +166,8 @@ def test_images_ai_toolkit_would_measure_differently_are_left_out(gen, settled, 
               ".hidden/h.png": gen.png_bytes(1200, 800), "c/_controls/k.png": gen.png_bytes(1200, 800),
               ".dot.png": gen.png_bytes(1200, 800)}
     for name, data in images.items():
-        (data_root / name).parent.mkdir(parents=True, exist_ok=True)
-        (data_root / name).write_bytes(data)
-        (data_root / name).with_suffix(".json").write_text(json.dumps(caption))
+        key, ext = name.rsplit(".", 1)
+        sample_files.pair(data_root, key, ext=ext, image_data=data, record=caption)
     index_root(db_path, data_root, workers=1)
     summary = export_aitk(db_path)
     # .dot.png is a hidden file, never indexed; the hidden folder and _controls are ai-toolkit's skips
@@ -179,19 +177,19 @@ def test_images_ai_toolkit_would_measure_differently_are_left_out(gen, settled, 
                      "plain.jpeg": (1200, 800)}
 
 
-def test_recently_changed_images_are_left_out(gen, data_root: Path, db_path: Path) -> None:
-    write_pair(data_root, "fresh", gen)  # seconds old when indexed: its record is racy
+def test_recently_changed_images_are_left_out(sample_files, data_root: Path, db_path: Path) -> None:
+    sample_files.pair(data_root, "fresh")  # seconds old when indexed: its record is racy
     index_root(db_path, data_root, workers=1)
     summary = export_aitk(db_path)
     assert summary["rows"] == 0 and summary["excluded"] == {"recently_changed": 1}
     assert aitk_sizes(str(data_root.resolve())) == {"fresh.png": None}
 
 
-def test_existing_entries_are_kept_only_while_they_match(gen, dataset: Path, db_path: Path,
+def test_existing_entries_are_kept_only_while_they_match(gen, sample_files, dataset: Path, db_path: Path,
                                                          tmp_path: Path) -> None:
     rotated = dataset / "rotated.jpg"
-    rotated.write_bytes(exif_jpeg(gen, 1200, 800, 6))
-    (dataset / "rotated.json").write_text(json.dumps({"short_caption": "x", "width": 1200, "height": 800}))
+    sample_files.pair(dataset, "rotated", ext="jpg", image_data=exif_jpeg(gen, 1200, 800, 6),
+                      record={"short_caption": "x", "width": 1200, "height": 800})
     (tmp_path / "outside.png").write_bytes(b"o")
     index_root(db_path, dataset, workers=1)
     (dataset / ".thumbs").mkdir()

@@ -40,10 +40,9 @@ FIRST = {"many": "a red fox", "fallback": "only the long one", "multiline": "lin
 
 
 @pytest.fixture
-def varied(gen, data_root: Path, db_path: Path) -> Path:
+def varied(sample_files, data_root: Path, db_path: Path) -> Path:
     for key, record in RECORDS.items():
-        (data_root / f"{key}.json").write_text(json.dumps({"width": 1024, "height": 768, **record}), "utf-8")
-        (data_root / f"{key}.png").write_bytes(gen.png_bytes(1024, 768))
+        sample_files.pair(data_root, key, record={"width": 1024, "height": 768, **record})
     index_root(db_path, data_root, workers=1)
     return data_root
 

@@ -17,19 +17,11 @@ from indexer.inspect import stats
 from indexer.render.stats import format_stats
 
 
-def put(root: Path, key: str, gen, caption: str, ext: str = "png", **extra: object) -> None:
-    (root / key).parent.mkdir(parents=True, exist_ok=True)
-    record = {"width": 1024, "height": 768, "short_caption": caption,
-              "image_name": f"{key.rsplit('/', 1)[-1]}.{ext}", **extra}
-    (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
-    (root / f"{key}.{ext}").write_bytes(gen.IMAGE_WRITERS[ext](1024, 768))
-
-
 @pytest.fixture
-def small(gen, data_root: Path, db_path: Path) -> Path:
+def small(sample_files, data_root: Path, db_path: Path) -> Path:
     for number in range(6):
-        put(data_root, f"sub/s{number}", gen, f"caption {number} café")
-    put(data_root, "top", gen, "top caption", ext="jpg")
+        sample_files.pair(data_root, f"sub/s{number}", short_caption=f"caption {number} café")
+    sample_files.pair(data_root, "top", short_caption="top caption", ext="jpg")
     index_root(db_path, data_root, workers=1)
     return data_root
 
@@ -54,10 +46,10 @@ def test_first_run_writes_every_caption_and_rerun_writes_nothing(small: Path, db
     assert not [p for p in small.rglob("*") if p.name.endswith(".indexer-tmp")]
 
 
-def test_only_changed_captions_are_rewritten(gen, small: Path, db_path: Path) -> None:
+def test_only_changed_captions_are_rewritten(sample_files, small: Path, db_path: Path) -> None:
     export_captions(db_path)
     before = mtimes(small)
-    put(small, "sub/s2", gen, "a new caption")
+    sample_files.pair(small, "sub/s2", short_caption="a new caption")
     index_root(db_path, small, workers=1)
     summary = export_captions(db_path)
     assert (summary["written"], summary["unchanged"]) == (1, 6)
@@ -116,10 +108,10 @@ def test_removed_sample_loses_its_caption(small: Path, db_path: Path) -> None:
     assert summary["removed"] == 1 and not (small / "sub/s3.txt").exists()
 
 
-def test_hostile_image_name_never_leads_outside_the_root(gen, data_root: Path, db_path: Path,
+def test_hostile_image_name_never_leads_outside_the_root(sample_files, data_root: Path, db_path: Path,
                                                          tmp_path: Path) -> None:
-    put(data_root, "evil", gen, "evil caption", image_name="../../outside.png")
-    put(data_root, "abs", gen, "abs caption", image_name=str(tmp_path / "abs.png"))
+    sample_files.pair(data_root, "evil", short_caption="evil caption", image_name="../../outside.png")
+    sample_files.pair(data_root, "abs", short_caption="abs caption", image_name=str(tmp_path / "abs.png"))
     index_root(db_path, data_root, workers=1)
     summary = export_captions(db_path)
     assert summary["written"] == 2
@@ -139,8 +131,8 @@ def test_symlinked_txt_is_not_followed(small: Path, db_path: Path, tmp_path: Pat
     assert (small / "top.txt").read_text("utf-8") == "top caption"
 
 
-def test_caption_option_and_exclusions(gen, small: Path, db_path: Path) -> None:
-    put(small, "nocap", gen, "", long_caption="the long one")
+def test_caption_option_and_exclusions(sample_files, small: Path, db_path: Path) -> None:
+    sample_files.pair(small, "nocap", short_caption="", long_caption="the long one")
     index_root(db_path, small, workers=1)
     assert export_captions(db_path)["excluded"] == {"no_caption": 1}
     summary = export_captions(db_path, captions=("short_caption", "long_caption"))
@@ -169,9 +161,10 @@ def test_a_run_killed_while_creating_files_is_finished_by_the_next(small: Path, 
 
 
 @pytest.fixture
-def many(gen, data_root: Path, db_path: Path) -> Path:
+def many(sample_files, data_root: Path, db_path: Path) -> Path:
     for number in range(24):
-        put(data_root, f"m{number:02d}", gen, f"caption {number}", kind="even" if number % 2 else "odd")
+        sample_files.pair(data_root, f"m{number:02d}", short_caption=f"caption {number}",
+                          kind="even" if number % 2 else "odd")
     index_root(db_path, data_root, workers=1)
     return data_root
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.captions import export_captions
@@ -116,9 +115,9 @@ def test_invalid_existing_file_is_left_alone(clean: Path, db_path: Path, tmp_pat
     assert out.read_text("utf-8") == seed
 
 
-def test_upper_case_extension_warning(gen, clean: Path, db_path: Path, tmp_path: Path) -> None:
-    (clean / "SHOUT.PNG").write_bytes(gen.png_bytes(1024, 1024))
-    (clean / "SHOUT.json").write_text('{"width": 1024, "height": 1024, "short_caption": "x"}')
+def test_upper_case_extension_warning(sample_files, clean: Path, db_path: Path, tmp_path: Path) -> None:
+    sample_files.pair(clean, "SHOUT", ext="PNG", size=(1024, 1024),
+                      json_text='{"width": 1024, "height": 1024, "short_caption": "x"}')
     index_root(db_path, clean, workers=1)
     summary = export_config(db_path, tmp_path / "u.json", parquet=tmp_path / "d.parquet")
     assert any("upper-case" in w and "SHOUT.PNG" in w for w in summary["warnings"])
@@ -198,11 +197,12 @@ def test_names_that_are_not_utf8_are_shown_escaped_and_warned_about(cli, clean: 
         export_config(db_path, out, options=ConfigOptions(caption_strategy="textfile"))
 
 
-def test_a_dataset_without_an_exportable_sample_gets_no_config(cli, gen, data_root: Path, db_path: Path,
+def test_a_dataset_without_an_exportable_sample_gets_no_config(cli, sample_files, data_root: Path,
+                                                               db_path: Path,
                                                                tmp_path: Path) -> None:
-    write_pair(data_root, "lonely", gen, image=False)  # missing_image
-    write_pair(data_root, "broken", gen, json_text="{")  # bad_json
-    write_pair(data_root, "torn", gen, json_text="")  # bad_json
+    sample_files.pair(data_root, "lonely", image=False)  # missing_image
+    sample_files.pair(data_root, "broken", json_text="{")  # bad_json
+    sample_files.pair(data_root, "torn", json_text="")  # bad_json
     index_root(db_path, data_root, workers=1)
     export_parquet(db_path, tmp_path / "empty.parquet")  # an empty export is still written
     out = tmp_path / "multidatabackend.json"
@@ -217,7 +217,7 @@ def test_a_dataset_without_an_exportable_sample_gets_no_config(cli, gen, data_ro
     conn.close()
 
 
-def test_a_dataset_with_no_sample_at_all_gets_no_config(gen, data_root: Path, db_path: Path,
+def test_a_dataset_with_no_sample_at_all_gets_no_config(data_root: Path, db_path: Path,
                                                         tmp_path: Path) -> None:
     index_root(db_path, data_root, workers=1)
     out = tmp_path / "c.json"
@@ -226,10 +226,11 @@ def test_a_dataset_with_no_sample_at_all_gets_no_config(gen, data_root: Path, db
     assert not out.exists()
 
 
-def test_an_empty_parquet_gets_no_config(gen, data_root: Path, db_path: Path, tmp_path: Path) -> None:
+def test_an_empty_parquet_gets_no_config(sample_files, data_root: Path, db_path: Path,
+                                         tmp_path: Path) -> None:
     for key in ("a", "b"):  # exportable, but their short_caption is blank
-        write_pair(data_root, key, gen, record={"width": 1024, "height": 768, "short_caption": " ",
-                                                "long_caption": "long"})
+        sample_files.pair(data_root, key, record={"width": 1024, "height": 768, "short_caption": " ",
+                                                  "long_caption": "long"})
     index_root(db_path, data_root, workers=1)
     parquet = tmp_path / "empty.parquet"
     assert export_parquet(db_path, parquet)["rows"] == 0

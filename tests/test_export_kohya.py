@@ -11,7 +11,6 @@ from pathlib import Path
 import imagesize
 import pytest
 from helpers_export import exif_jpeg, exif_payload, with_segment, xmp_jpeg
-from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.exif import parse_jpeg, read_jpeg_header
@@ -54,9 +53,9 @@ def stored_size(path: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-def dataset(gen, data_root: Path, db_path: Path) -> Path:
+def dataset(gen, sample_files, data_root: Path, db_path: Path) -> Path:
     gen.make_dataset(data_root, 24, faults=0, seed=3, subfolders=2)
-    write_pair(data_root, "extra/two", gen, record={
+    sample_files.pair(data_root, "extra/two", record={
         "width": 1024, "height": 768, "short_caption": "first caption\n",
         "short_caption2": ["second caption", "first caption", "third\nwith a break"]})
     index_root(db_path, data_root, workers=1)
@@ -112,7 +111,7 @@ def test_a_name_sd_scripts_would_not_read_as_jsonl_is_refused(cli, dataset: Path
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def test_up_to_date_until_options_data_or_file_change(gen, dataset: Path, db_path: Path,
+def test_up_to_date_until_options_data_or_file_change(sample_files, dataset: Path, db_path: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "meta.jsonl"
     assert export_kohya(db_path, out)["up_to_date"] is False
@@ -121,7 +120,7 @@ def test_up_to_date_until_options_data_or_file_change(gen, dataset: Path, db_pat
     assert export_kohya(db_path, out, relative=True)["up_to_date"] is False
     assert export_kohya(db_path, out, relative=True)["up_to_date"] is True
     assert export_kohya(db_path, out, relative=True, caption_mode="all")["up_to_date"] is False
-    write_pair(dataset, "extra/three", gen)
+    sample_files.pair(dataset, "extra/three")
     index_root(db_path, dataset, workers=1)
     changed = export_kohya(db_path, out, relative=True, caption_mode="all")
     assert changed["up_to_date"] is False and changed["rows"] == 26
@@ -135,7 +134,8 @@ def test_up_to_date_until_options_data_or_file_change(gen, dataset: Path, db_pat
     assert options["relative"] is True and options["caption_mode"] == "all"
 
 
-def test_jpeg_sizes_sd_scripts_would_measure_differently_are_left_out(gen, data_root: Path, db_path: Path,
+def test_jpeg_sizes_sd_scripts_would_measure_differently_are_left_out(gen, sample_files, data_root: Path,
+                                                                       db_path: Path,
                                                                        tmp_path: Path) -> None:
     caption = {"short_caption": "x"}
     files = {
@@ -145,10 +145,9 @@ def test_jpeg_sizes_sd_scripts_would_measure_differently_are_left_out(gen, data_
         "plain": gen.jpeg_bytes(1200, 800),
     }
     for key, data in files.items():
-        (data_root / f"{key}.jpg").write_bytes(data)
-        (data_root / f"{key}.json").write_text(json.dumps({"width": 1200, "height": 800, **caption}))
-    (data_root / "nojson.png").write_bytes(gen.png_bytes(64, 32))
-    (data_root / "nojson.json").write_text(json.dumps(caption))  # size from the PNG header
+        sample_files.pair(data_root, key, ext="jpg", image_data=data,
+                          record={"width": 1200, "height": 800, **caption})
+    sample_files.pair(data_root, "nojson", size=(64, 32), record=caption)  # size from the PNG header
     index_root(db_path, data_root, workers=1)
     out = tmp_path / "meta.jsonl"
     summary = export_kohya(db_path, out)

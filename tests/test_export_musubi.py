@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from helpers_index import write_pair
 
 from indexer.errors import IndexerError
 from indexer.export.musubi import MusubiOptions, export_musubi, toml_string
@@ -23,11 +22,11 @@ MUSUBI_IMAGE_KEYS = {"caption_extension", "batch_size", "num_repeats", "resoluti
 
 
 @pytest.fixture
-def dataset(gen, data_root: Path, db_path: Path) -> Path:
-    write_pair(data_root, "a/x", gen)
-    write_pair(data_root, "b/x", gen, ext="jpg")  # the same stem as a/x: its musubi caches would collide
-    write_pair(data_root, "c", gen, record={"width": 64, "height": 64, "short_caption": "two\nlines"})
-    write_pair(data_root, "d", gen, record={"width": 64, "height": 64, "short_caption": ""})
+def dataset(sample_files, data_root: Path, db_path: Path) -> Path:
+    sample_files.pair(data_root, "a/x")
+    sample_files.pair(data_root, "b/x", ext="jpg")  # the same stem as a/x: its musubi caches would collide
+    sample_files.pair(data_root, "c", record={"width": 64, "height": 64, "short_caption": "two\nlines"})
+    sample_files.pair(data_root, "d", record={"width": 64, "height": 64, "short_caption": ""})
     index_root(db_path, data_root, workers=1)
     return data_root
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from indexer import store
 from indexer.db import lock
 from indexer.errors import IndexerError
+from indexer.export import one_file
 from indexer.export import parquet as parquet_module
 from indexer.export.parquet import export_parquet
 from indexer.export.select import caption_sql
@@ -27,13 +28,6 @@ from indexer.export.selection import make_selection
 from indexer.ingest.index import index_root
 
 SIMPLETUNER_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
-
-
-def put(root: Path, key: str, gen, record: dict | None, ext: str = "png", size=(1024, 768)) -> None:
-    (root / key).parent.mkdir(parents=True, exist_ok=True)
-    if record is not None:
-        (root / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
-    (root / f"{key}.{ext}").write_bytes(gen.IMAGE_WRITERS[ext](*size))
 
 
 def reindex(db_path: Path, root: Path) -> dict:
@@ -101,12 +95,15 @@ def test_round_trip_matches_files_the_way_simpletuner_does(indexed: Path, db_pat
         assert row["aspect_ratio"] == pytest.approx(row["width"] / row["height"], abs=1e-4)
 
 
-def test_caption_fallback_and_list_fields(gen, data_root: Path, db_path: Path, tmp_path: Path) -> None:
+def test_caption_fallback_and_list_fields(sample_files, data_root: Path, db_path: Path,
+                                          tmp_path: Path) -> None:
     base = {"width": 1024, "height": 768}
-    put(data_root, "a", gen, {**base, "short_caption": "", "short_caption2": ["", "  ", "from list"]})
-    put(data_root, "b", gen, {**base, "short_caption": " own \n", "long_caption": "long b"})
-    put(data_root, "c", gen, {**base, "short_caption": None, "short_caption2": [], "long_caption": "long c"})
-    put(data_root, "d", gen, {**base, "short_caption": 7, "short_caption2": "  "})
+    sample_files.pair(data_root, "a",
+                      record={**base, "short_caption": "", "short_caption2": ["", "  ", "from list"]})
+    sample_files.pair(data_root, "b", record={**base, "short_caption": " own \n", "long_caption": "long b"})
+    sample_files.pair(data_root, "c",
+                      record={**base, "short_caption": None, "short_caption2": [], "long_caption": "long c"})
+    sample_files.pair(data_root, "d", record={**base, "short_caption": 7, "short_caption2": "  "})
     reindex(db_path, data_root)
     out = tmp_path / "c.parquet"
     summary = export_parquet(db_path, out, captions=("short_caption", "short_caption2", "long_caption"))
@@ -190,7 +187,7 @@ def test_failure_leaves_previous_file_intact(indexed: Path, db_path: Path, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_path: Path,
+def test_up_to_date_until_data_options_or_file_change(sample_files, indexed: Path, db_path: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "u.parquet"
     assert export_parquet(db_path, out)["up_to_date"] is False
@@ -199,7 +196,7 @@ def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_pat
     assert again["up_to_date"] is True and out.stat().st_mtime_ns == mtime
     assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is False  # other options
     assert export_parquet(db_path, out, columns=("key",))["up_to_date"] is True
-    put(indexed, "new_sample", gen, {"width": 640, "height": 480, "short_caption": "new"})
+    sample_files.pair(indexed, "new_sample", record={"width": 640, "height": 480, "short_caption": "new"})
     reindex(db_path, indexed)
     changed = export_parquet(db_path, out, columns=("key",))
     assert changed["up_to_date"] is False and changed["rows"] == again["rows"] + 1
@@ -208,25 +205,51 @@ def test_up_to_date_until_data_options_or_file_change(gen, indexed: Path, db_pat
     assert pq.read_table(out).num_rows == changed["rows"]
 
 
-def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_path: Path) -> None:
-    """Reads never wait for the writer; the one short bookkeeping write waits for its commit."""
+def test_runs_beside_a_writer_mid_transaction(indexed: Path, db_path: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads never wait for the writer: the export reads every row while another connection holds
+    an open write transaction (which stays open until the rows are read, so a reader that waited
+    would never get them in time); the one short bookkeeping write waits for its commit."""
     conn = store.connect(db_path)
-    started = threading.Event()
+    in_transaction, rows_read, recording = threading.Event(), threading.Event(), threading.Event()
+    held_while_read: list[bool] = []
+    write_rows, record = parquet_module.write_parquet, one_file.record_export
+
+    def write_then_tell(*args: object) -> int:
+        written = write_rows(*args)
+        rows_read.set()
+        return written
+
+    def record_while_held(*args: object, **kwargs: object) -> None:
+        recording.set()
+        record(*args, **kwargs)
+
+    monkeypatch.setattr(parquet_module, "write_parquet", write_then_tell)
+    monkeypatch.setattr(one_file, "record_export", record_while_held)
 
     def writer() -> None:
         with store.transaction(conn):
             conn.execute("UPDATE samples SET warning = 'x' WHERE id = 1")
-            started.set()
-            time.sleep(0.5)
+            in_transaction.set()
+            held_while_read.append(rows_read.wait(10))
+            recording.wait(10)
+            time.sleep(0.2)  # still open while the bookkeeping write begins: it has to wait
 
     with lock.writer_lock(db_path, "index"):
         thread = threading.Thread(target=writer)
         thread.start()
-        started.wait()
+        assert in_transaction.wait(10)
         summary = export_parquet(db_path, tmp_path / "live.parquet")
         thread.join()
     conn.close()
+    assert held_while_read == [True], "the export's reads waited for the writer's commit"
     assert summary["rows"] == pq.read_table(tmp_path / "live.parquet").num_rows > 0
+    recorded = sqlite3.connect(db_path)
+    try:
+        assert recorded.execute("SELECT rows FROM exports WHERE kind = 'parquet'").fetchall() == [
+            (summary["rows"],)]
+    finally:
+        recorded.close()
 
 
 def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Path) -> None:
@@ -241,11 +264,11 @@ def test_extra_columns_and_bad_names(indexed: Path, db_path: Path, tmp_path: Pat
             make_selection(None, None, bad)
 
 
-def test_empty_selection_still_writes_a_valid_file(gen, tmp_path: Path) -> None:
+def test_empty_selection_still_writes_a_valid_file(sample_files, tmp_path: Path) -> None:
     root, db = tmp_path / "broken", tmp_path / "broken.sqlite"
     root.mkdir()
-    (root / "only.json").write_text("{truncated", encoding="utf-8")
-    put(root, "only", gen, None)
+    sample_files.json(root, "only", "{truncated")
+    sample_files.pair(root, "only", json_file=False)
     reindex(db, root)
     out = tmp_path / "empty.parquet"
     summary = export_parquet(db, out, where="width > 0")  # nothing exportable: no field to check
@@ -270,9 +293,10 @@ def test_a_field_no_sample_has_is_refused_with_the_closest_fields(indexed: Path,
     assert out.read_bytes() == before
 
 
-def test_a_field_only_some_samples_have_is_accepted(gen, indexed: Path, db_path: Path,
+def test_a_field_only_some_samples_have_is_accepted(sample_files, indexed: Path, db_path: Path,
                                                     tmp_path: Path) -> None:
-    put(indexed, "zz_rare", gen, {"width": 640, "height": 480, "short_caption": "x", "rare": "here"})
+    sample_files.pair(indexed, "zz_rare",
+                      record={"width": 640, "height": 480, "short_caption": "x", "rare": "here"})
     reindex(db_path, indexed)
     table = pq.read_table(export_parquet(db_path, tmp_path / "rare.parquet", columns=("rare",))["path"])
     assert [v for v in table.column("rare").to_pylist() if v] == ["here"]

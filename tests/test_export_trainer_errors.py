@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_cli_errors import CASES, assert_one_clear_line, broken, gen_module, indexed, run
+from test_cli_errors import CASES, assert_one_clear_line, broken, indexed, run
 
-__all__ = ["gen_module", "indexed"]  # fixtures shared with test_cli_errors
+__all__ = ["indexed"]  # a fixture shared with test_cli_errors
 
 
 def trainer_commands(db: Path, out_dir: Path) -> dict[str, list[str]]:

@@ -10,30 +10,24 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from helpers_index import samples
+from helpers_samples import SampleFiles
 from hypothesis import given
 from hypothesis import strategies as st
 
 from indexer.extract import extract_shards, staging_name, worker
+from indexer.extract.fileops import FS, FileOps
 from indexer.extract.members import Refused, member_parts
 from indexer.extract.sinks import LinkSink
 from indexer.ingest.index import index_root
 from indexer.ingest.walk import STAGING_PREFIX
 
-
-def tar_of(shard: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
-    """A tar (mode 'w', 'w:gz'...) holding regular files with the given names and contents."""
-    with tarfile.open(shard, mode) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return shard
+A_JSON = ("a.json", b'{"width": 1, "height": 1}')  # the least JSON a sample with a size needs
 
 
 def files_of(folder: Path) -> list[tuple[str, bytes]]:
@@ -65,7 +59,15 @@ def shard_rows(db: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture
-def sample_shards(tmp_path: Path, gen) -> tuple[list[Path], Path]:
+def fs() -> Iterator[FileOps]:
+    """The os calls extract writes into the root through, for a test to make one fail; the real
+    ones are back after the test."""
+    yield FS
+    FS.reset()
+
+
+@pytest.fixture
+def sample_shards(tmp_path: Path, gen, sample_files) -> tuple[list[Path], Path]:
     """Three shards (.tar, .tar.gz, .tgz) of a faulty sample set, one pair split across two shards."""
     src = tmp_path / "src"
     gen.make_dataset(src, 90, faults=0.15, seed=3)
@@ -77,9 +79,9 @@ def sample_shards(tmp_path: Path, gen) -> tuple[list[Path], Path]:
     shards_dir = tmp_path / "shards"
     shards_dir.mkdir()
     shards = [
-        tar_of(shards_dir / "a.tar", rest[:third] + split[:1]),
-        tar_of(shards_dir / "b.tar.gz", rest[third : 2 * third] + split[1:], "w:gz"),
-        tar_of(shards_dir / "c.tgz", rest[2 * third :], "w:gz"),
+        sample_files.shard(shards_dir / "a.tar", rest[:third] + split[:1]),
+        sample_files.shard(shards_dir / "b.tar.gz", rest[third : 2 * third] + split[1:], mode="w:gz"),
+        sample_files.shard(shards_dir / "c.tgz", rest[2 * third :], mode="w:gz"),
     ]
     assert len(split) == 2  # the split key really has its JSON in a.tar and its image in b.tar.gz
     return shards, src
@@ -124,43 +126,34 @@ def test_second_run_skips_finished_shards_and_redoes_a_replaced_one(tmp_path: Pa
     assert {row[0] for row in shard_rows(db).values()} == {"finished"}
 
 
-def hostile_tar(path: Path) -> Path:
+def hostile_tar(sample_files: SampleFiles, path: Path) -> Path:
     """Good pairs mixed with every kind of escape the README's extract section refuses, and a few more."""
-    good = [("good.json", b'{"width": 2, "height": 3, "short_caption": "ok"}'), ("good.png", b"png")]
-    with tarfile.open(path, "w") as tar:
-
-        def add(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            info.linkname = link
-            info.size = len(data) if kind == tarfile.REGTYPE else 0
-            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-        for name, data in good:
-            add(name, data)
-        add("../escape.json", b"{}")
-        add("sub/../../escape2.json", b"{}")
-        add("/tmp/absolute-escape.json", b"{}")
-        add("link.json", kind=tarfile.SYMTYPE, link="/etc/passwd")
-        add("uplink", kind=tarfile.SYMTYPE, link="..")
-        add("uplink/through-link.json", b"{}")
-        add("hard.json", kind=tarfile.LNKTYPE, link="/etc/passwd")
-        add("hard2.json", kind=tarfile.LNKTYPE, link="../outside.txt")
-        add("fifo.json", kind=tarfile.FIFOTYPE)
-        add("null.png", kind=tarfile.CHRTYPE)
-        add("disk.png", kind=tarfile.BLKTYPE)
-        add("..\\..\\windows.json", b"{}")
-        add("C:evil.json", b"{}")
-        add(f"{STAGING_PREFIX}extract-x/hidden.json", b"{}")
-        add("victim.json", b'{"short_caption": "replaced the symlink, not its target"}')
-        add("planted/inside.json", b"{}")
-        add("./nested/deeper/fine.json", b'{"width": 5, "height": 5}')
-    return path
+    special = sample_files.special
+    return sample_files.shard(path, [
+        ("good.json", b'{"width": 2, "height": 3, "short_caption": "ok"}'), ("good.png", b"png"),
+        ("../escape.json", b"{}"),
+        ("sub/../../escape2.json", b"{}"),
+        ("/tmp/absolute-escape.json", b"{}"),
+        special("link.json", tarfile.SYMTYPE, "/etc/passwd"),
+        special("uplink", tarfile.SYMTYPE, ".."),
+        ("uplink/through-link.json", b"{}"),
+        special("hard.json", tarfile.LNKTYPE, "/etc/passwd"),
+        special("hard2.json", tarfile.LNKTYPE, "../outside.txt"),
+        special("fifo.json", tarfile.FIFOTYPE),
+        special("null.png", tarfile.CHRTYPE),
+        special("disk.png", tarfile.BLKTYPE),
+        ("..\\..\\windows.json", b"{}"),
+        ("C:evil.json", b"{}"),
+        (f"{STAGING_PREFIX}extract-x/hidden.json", b"{}"),
+        ("victim.json", b'{"short_caption": "replaced the symlink, not its target"}'),
+        ("planted/inside.json", b"{}"),
+        ("./nested/deeper/fine.json", b'{"width": 5, "height": 5}'),
+    ])
 
 
 @pytest.mark.parametrize("through", ["links", "staging"])
 def test_hostile_tar_extracts_its_good_members_and_nothing_outside(tmp_path: Path, cli, monkeypatch,
-                                                                   through: str) -> None:
+                                                                   sample_files, through: str) -> None:
     if through == "staging":  # what filesystems without O_TMPFILE get
         monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     sinks_used = []
@@ -174,7 +167,7 @@ def test_hostile_tar_extracts_its_good_members_and_nothing_outside(tmp_path: Pat
     (box / "outside.txt").write_bytes(b"outside")
     os.symlink(outside / "secret.json", data / "victim.json")  # a planted symlink to a file outside
     os.symlink(outside, data / "planted")  # and one to a folder outside
-    shard = hostile_tar(tmp_path / "hostile.tar")
+    shard = hostile_tar(sample_files, tmp_path / "hostile.tar")
     before = tree(box)
 
     result = cli("extract", shard, "--to", data, "--db", tmp_path / "db.sqlite", "--json", "--workers", "1")
@@ -229,26 +222,26 @@ def test_accepted_names_always_stay_inside_the_root(name: str) -> None:
     assert target.startswith(root + "/") and target == os.path.join(root, *parts)
 
 
-def test_database_inside_the_root_is_never_overwritten(tmp_path: Path) -> None:
+def test_database_inside_the_root_is_never_overwritten(sample_files, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "index.sqlite"
     planted = "index.sqlite-scratch/task-shard-000000.sqlite"  # where the writer reads rows from
-    shard = tar_of(tmp_path / "s.tar", [("index.sqlite", b"not a database"), (planted, b"rows"),
-                                        ("a.json", b"{}")])
+    shard = sample_files.shard(tmp_path / "s.tar", [("index.sqlite", b"not a database"), (planted, b"rows"),
+                                                    ("a.json", b"{}")])
     summary = extract_shards(db, [shard], data, workers=1)
     assert [r["member"] for r in summary["refusals"]] == ["index.sqlite", planted]
     assert sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone() == (1,)
     assert not (data / "index.sqlite-scratch").exists()  # the run's scratch folder is gone too
 
 
-def test_a_whole_pair_in_two_shards_is_recorded_as_the_last_one_placed(tmp_path: Path) -> None:
+def test_a_whole_pair_in_two_shards_is_recorded_as_the_last_one_placed(sample_files, tmp_path: Path) -> None:
     image = b"\x89PNG" + bytes(60)
-    first = tar_of(tmp_path / "1.tar", [("k.json", b'{"short_caption": "one", "width": 2, "height": 2}'),
-                                        ("k.png", image), ("only1.json", b'{"width": 1, "height": 1}'),
-                                        ("only1.png", image)])
-    second = tar_of(tmp_path / "2.tar", [("k.json", b'{"short_caption": "two", "width": 2, "height": 2}'),
-                                         ("k.png", image)])
+    first = sample_files.shard(tmp_path / "1.tar", [
+        ("k.json", b'{"short_caption": "one", "width": 2, "height": 2}'), ("k.png", image),
+        ("only1.json", b'{"width": 1, "height": 1}'), ("only1.png", image)])
+    second = sample_files.shard(tmp_path / "2.tar", [
+        ("k.json", b'{"short_caption": "two", "width": 2, "height": 2}'), ("k.png", image)])
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     summary = extract_shards(db, [first, second], data, workers=1)
     assert (summary["added"], summary["changed"]) == (2, 1)
@@ -259,7 +252,7 @@ def test_a_whole_pair_in_two_shards_is_recorded_as_the_last_one_placed(tmp_path:
 
 @pytest.mark.parametrize("through", ["links", "staging"])
 def test_shard_interrupted_while_moving_into_place_is_redone(
-    tmp_path: Path, sample_shards, monkeypatch, through: str
+    tmp_path: Path, sample_shards, monkeypatch, fs: FileOps, through: str
 ) -> None:
     """Killed half-way through a shard: unnamed files linked whole (where the filesystem has
     O_TMPFILE), or a staging folder renamed from (elsewhere); either way the rerun redoes it."""
@@ -269,7 +262,7 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
         monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
     extract_shards(db, shards[:1], data, workers=1)
     step = "link" if through == "links" else "rename"
-    real_step = getattr(os, step)
+    real_step = getattr(fs, step)
     calls = []
 
     def step_then_die(*args, **kwargs):
@@ -278,10 +271,10 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
             raise KeyboardInterrupt  # as if killed half-way through putting shard b in place
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(worker.os, step, step_then_die)
+    setattr(fs, step, step_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, shards, data, workers=1)
-    monkeypatch.setattr(worker.os, step, real_step)
+    fs.reset()
     rows = shard_rows(db)
     assert rows["a.tar"][0] == "finished" and rows["b.tar.gz"][0] == "extracting"
     assert (data / rows["b.tar.gz"][3]).is_dir()  # the shard's staging folder, for the next run to remove
@@ -301,10 +294,10 @@ def test_shard_interrupted_while_moving_into_place_is_redone(
     assert summary["samples"] == 90
 
 
-def test_leftover_staging_of_a_shard_not_given_again_is_cleaned(tmp_path: Path) -> None:
+def test_leftover_staging_of_a_shard_not_given_again_is_cleaned(sample_files, tmp_path: Path) -> None:
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
-    first = tar_of(tmp_path / "first.tar", [("a.json", b"{}")])
-    second = tar_of(tmp_path / "second.tar", [("b.json", b"{}")])
+    first = sample_files.shard(tmp_path / "first.tar", [("a.json", b"{}")])
+    second = sample_files.shard(tmp_path / "second.tar", [("b.json", b"{}")])
     extract_shards(db, [first], data, workers=1)
     leftover = data / staging_name(second.resolve())
     (leftover / "sub").mkdir(parents=True)
@@ -321,10 +314,11 @@ def test_leftover_staging_of_a_shard_not_given_again_is_cleaned(tmp_path: Path) 
     assert summary["shards_done"] == 1 and summary["samples"] == 2
 
 
-def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_path: Path, gen) -> None:
+def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_path: Path, gen,
+                                                                             sample_files) -> None:
     src = tmp_path / "src"
     gen.make_dataset(src, 1500, faults=0.0, seed=1)
-    shard = tar_of(tmp_path / "big.tar", files_of(src))
+    shard = sample_files.shard(tmp_path / "big.tar", files_of(src))
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     process = subprocess.Popen(
         [sys.executable, "-m", "indexer", "extract", str(shard), "--to", str(data), "--db", str(db), "-q"],
@@ -350,18 +344,19 @@ def test_killed_process_leaves_an_unfinished_shard_that_the_next_run_redoes(tmp_
     assert (rerun["added"], rerun["changed"], rerun["files_read"]) == (0, 0, 0)
 
 
-def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path, cli, gen) -> None:
+def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path, cli, gen,
+                                                                  sample_files) -> None:
     src = tmp_path / "src"
     gen.make_dataset(src, 42, faults=0.0, seed=2)
     members = files_of(src)
-    whole = tar_of(tmp_path / "whole.tar", members[:40])
+    whole = sample_files.shard(tmp_path / "whole.tar", members[:40])
     # no member path in two shards: shards run in parallel, and the same path extracted by two at
     # once leaves a stat record that the next `index` re-checks once (see README)
-    cut = tar_of(tmp_path / "cut.tar", members[60:80])
+    cut = sample_files.shard(tmp_path / "cut.tar", members[60:80])
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    cut_gz = tar_of(tmp_path / "cut.tgz", members[40:60], "w:gz")
+    cut_gz = sample_files.shard(tmp_path / "cut.tgz", members[40:60], mode="w:gz")
     cut_gz.write_bytes(cut_gz.read_bytes()[: cut_gz.stat().st_size * 2 // 3])
-    garbled = tar_of(tmp_path / "garbled.tar", members[80:84])
+    garbled = sample_files.shard(tmp_path / "garbled.tar", members[80:84])
     raw = bytearray(garbled.read_bytes())
     second_header = 512 + (len(members[80][1]) + 511) // 512 * 512
     raw[second_header : second_header + 512] = b"\x7f" * 512  # a header no tar tool would accept
@@ -385,11 +380,11 @@ def test_damaged_shard_keeps_its_good_members_and_the_run_goes_on(tmp_path: Path
     assert (rerun["added"], rerun["changed"], rerun["files_read"]) == (0, 0, 0)
 
 
-def test_partner_already_in_the_folder_completes_the_pair(tmp_path: Path, gen) -> None:
+def test_partner_already_in_the_folder_completes_the_pair(tmp_path: Path, sample_files) -> None:
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     data.mkdir()
-    (data / "k.png").write_bytes(gen.png_bytes(4, 3))  # on disk before, never indexed
-    shard = tar_of(tmp_path / "s.tar", [("k.json", b'{"short_caption": "x"}')])
+    sample_files.pair(data, "k", size=(4, 3), json_file=False)  # on disk before, never indexed
+    shard = sample_files.shard(tmp_path / "s.tar", [("k.json", b'{"short_caption": "x"}')])
     summary = extract_shards(db, [shard], data, workers=1)
     assert summary["problems"] == {} and summary["files_read"] >= 1
     row = samples(db)["k"]
@@ -448,9 +443,11 @@ def test_members_keep_their_pax_mtime_and_lose_unsafe_mode_bits(tmp_path: Path, 
     assert (tmp_path / "data" / "a.png").read_bytes() == b"\x89PNG" + bytes(60)
 
 
-def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_unknown(tmp_path: Path) -> None:
-    first = tar_of(tmp_path / "1.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")])
-    second = tar_of(tmp_path / "2.tar", [("b.json", b'{"width": 2, "height": 2, "x": 1}'), ("b.png", b"png")])
+def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_unknown(tmp_path: Path,
+                                                                                        sample_files) -> None:
+    first = sample_files.shard(tmp_path / "1.tar", [A_JSON, ("a.png", b"png")])
+    second = sample_files.shard(tmp_path / "2.tar", [("b.json", b'{"width": 2, "height": 2, "x": 1}'),
+                                                     ("b.png", b"png")])
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     extract_shards(db, [first], data, workers=1)
     conn = sqlite3.connect(db)
@@ -462,20 +459,20 @@ def test_json_bytes_stay_right_when_extract_adds_to_a_dataset_whose_figure_is_un
 
 
 @pytest.mark.parametrize("through", ["links", "staging"])
-def test_a_folder_that_cannot_be_created_refuses_its_members_only(tmp_path: Path, monkeypatch,
-                                                                   through: str) -> None:
+def test_a_folder_that_cannot_be_created_refuses_its_members_only(sample_files, tmp_path: Path, monkeypatch,
+                                                                   fs: FileOps, through: str) -> None:
     if through == "staging":
         monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
-    shard = tar_of(tmp_path / "s.tar", [("locked/x.json", b"{}"), ("a.json", b'{"width": 1, "height": 1}'),
-                                        ("a.png", b"png"), ("open/b.json", b"{}")])
-    real_mkdir = os.mkdir
+    shard = sample_files.shard(tmp_path / "s.tar", [("locked/x.json", b"{}"), A_JSON, ("a.png", b"png"),
+                                                    ("open/b.json", b"{}")])
+    real_mkdir = fs.mkdir
 
     def mkdir(path, *args, **kwargs):
         if os.fspath(path) == "locked":
             raise PermissionError(13, "Permission denied")
         return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    fs.mkdir = mkdir
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == []
     assert [(r["member"], "Permission denied" in r["reason"]) for r in summary["refusals"]] == [
@@ -483,12 +480,13 @@ def test_a_folder_that_cannot_be_created_refuses_its_members_only(tmp_path: Path
     assert summary["added"] == 2 and (tmp_path / "data" / "open" / "b.json").exists()
 
 
-def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, monkeypatch) -> None:
+def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, sample_files,
+                                                          fs: FileOps) -> None:
     src = tmp_path / "src"
     gen.make_dataset(src, 40, faults=0.0, seed=2)
-    shard = tar_of(tmp_path / "s.tar", files_of(src))
+    shard = sample_files.shard(tmp_path / "s.tar", files_of(src))
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
-    real_link = os.link
+    real_link = fs.link
     calls = []
 
     def link_then_die(*args, **kwargs):
@@ -497,10 +495,10 @@ def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, m
             raise KeyboardInterrupt
         return real_link(*args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link_then_die)
+    fs.link = link_then_die
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "link", real_link)
+    fs.reset()
     sources = dict(files_of(src))
     landed = [path for path in data.iterdir() if path.is_file()]
     assert 0 < len(landed) < len(sources)
@@ -510,106 +508,119 @@ def test_a_tar_shard_killed_while_linking_is_redone_whole(tmp_path: Path, gen, m
 
 
 @pytest.mark.parametrize("kernel_copy", ["refused", "missing"])
-def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, monkeypatch, kernel_copy: str) -> None:
+def test_image_data_is_copied_without_copy_file_range(tmp_path: Path, sample_files, fs: FileOps,
+                                                      kernel_copy: str) -> None:
     """Across filesystems copy_file_range may refuse (EXDEV); outside Linux it does not exist."""
     import errno
 
     image = bytes(range(256)) * 5000  # larger than one copy chunk would need
-    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
+    shard = sample_files.shard(tmp_path / "s.tar", [A_JSON, ("a.png", image)])
+    refused = []
     if kernel_copy == "missing":
-        monkeypatch.delattr(os, "copy_file_range")
+        fs.copy_file_range = None
     else:
-        def refuse(*args):
+        def refuse(*args: int) -> int:
+            refused.append(args)
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr(os, "copy_file_range", refuse)
+        fs.copy_file_range = refuse
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == [] and summary["added"] == 1
     assert (tmp_path / "data" / "a.png").read_bytes() == image
+    assert len(refused) == (kernel_copy == "refused")  # the image's copy was asked of the kernel once
 
 
-def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: Path, monkeypatch) -> None:
+def test_a_kill_while_replacing_files_leaves_only_the_staging_folder(tmp_path: Path, sample_files,
+                                                                     fs: FileOps) -> None:
     """Re-extracting over existing files links each new file under a spare name first: the spare
     lives in the shard's staging folder, which the next run removes with everything in it."""
-    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")])
+    shard = sample_files.shard(tmp_path / "s.tar", [A_JSON, ("a.png", b"png")])
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
     extract_shards(db, [shard], data, workers=1)
     os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # re-downloaded: extracted again, over a.*
-    real_rename = os.rename
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # killed between linking the spare and renaming it over a.json
 
-    monkeypatch.setattr(os, "rename", die)
+    fs.rename = die
     with pytest.raises(KeyboardInterrupt):
         extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "rename", real_rename)
+    fs.reset()
     leftovers = [p.name for p in data.iterdir() if p.name.startswith(STAGING_PREFIX)]
     assert leftovers == [staging_name(shard.resolve())]  # only the staging folder, spare inside
     extract_shards(db, [shard], data, workers=1)
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
 
 
-def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, monkeypatch) -> None:
-    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"p" * 5000)])
+def test_a_shard_ending_inside_a_member_while_copied_is_damaged(tmp_path: Path, sample_files,
+                                                                fs: FileOps) -> None:
+    shard = sample_files.shard(tmp_path / "s.tar", [A_JSON, ("a.png", b"p" * 5000)])
 
-    def shrink(source_fd, target_fd, count, offset):  # the shard is cut short under us
+    def shrink(source_fd: int, target_fd: int, count: int, offset: int) -> int:  # cut short under us
         os.truncate(shard, offset)
         return 0
 
-    monkeypatch.setattr(os, "copy_file_range", shrink)
+    fs.copy_file_range = shrink
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert len(summary["failures"]) == 1 and "damaged" in summary["failures"][0]["error"]
 
 
-def test_a_kernel_copy_that_stops_early_is_finished_by_reading(tmp_path: Path, monkeypatch) -> None:
+def test_a_kernel_copy_that_stops_early_is_finished_by_reading(tmp_path: Path, sample_files,
+                                                               fs: FileOps) -> None:
     image = b"p" * 5000
-    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", image)])
-    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)  # some filesystems copy nothing
+    shard = sample_files.shard(tmp_path / "s.tar", [A_JSON, ("a.png", image)])
+    asked = []
+
+    def copy_nothing(*args: int) -> int:  # some filesystems copy nothing
+        asked.append(args)
+        return 0
+
+    fs.copy_file_range = copy_nothing
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert summary["failures"] == [] and (tmp_path / "data" / "a.png").read_bytes() == image
+    assert len(asked) == 1  # the kernel was asked, copied nothing, and the rest was read
 
 
-def test_a_full_disk_while_renaming_from_staging_fails_the_shard_not_the_run(tmp_path: Path,
-                                                                          monkeypatch) -> None:
+def test_a_full_disk_while_renaming_from_staging_fails_the_shard_not_the_run(tmp_path: Path, monkeypatch,
+                                                                          sample_files, fs: FileOps) -> None:
     import errno
 
     monkeypatch.setattr(worker, "links_in_place", lambda staging_fd: False)
-    shard = tar_of(tmp_path / "s.tar", [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png"),
-                                        ("sub/b.json", b"{}")])
-    real_mkdir = os.mkdir
+    shard = sample_files.shard(tmp_path / "s.tar", [A_JSON, ("a.png", b"png"), ("sub/b.json", b"{}")])
+    real_mkdir = fs.mkdir
 
     def mkdir(path, *args, **kwargs):
         if os.fspath(path) == "sub":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    fs.mkdir = mkdir
     summary = extract_shards(tmp_path / "db.sqlite", [shard], tmp_path / "data", workers=1)
     assert len(summary["failures"]) == 1 and "free some space" in summary["failures"][0]["error"]
     assert summary["added"] == 1  # what was placed before the disk filled is recorded
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
-def test_the_database_files_are_refused_whatever_the_case_of_the_member_name(tmp_path: Path) -> None:
+def test_the_database_files_are_refused_whatever_the_case_of_the_member_name(tmp_path: Path,
+                                                                              sample_files) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    shard = tar_of(tmp_path / "s.tar", [("INDEX.SQLITE", b"x"), ("Index.sqlite-Scratch/a.json", b"{}"),
-                                        ("a.json", b"{}")])
+    members = [("INDEX.SQLITE", b"x"), ("Index.sqlite-Scratch/a.json", b"{}"), ("a.json", b"{}")]
+    shard = sample_files.shard(tmp_path / "s.tar", members)
     summary = extract_shards(data / "index.sqlite", [shard], data, workers=1)
     assert sorted(r["member"] for r in summary["refusals"]) == ["INDEX.SQLITE", "Index.sqlite-Scratch/a.json"]
 
 
 def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_their_files(
-        tmp_path: Path, monkeypatch) -> None:
+        sample_files, tmp_path: Path, fs: FileOps) -> None:
     """A mount under the root: O_TMPFILE refused there (files go in under a hidden name in their
     own folder), or spares in the staging folder refused (EXDEV) when files are replaced."""
     import errno
 
-    members = [("a.json", b'{"width": 1, "height": 1}'), ("a.png", b"png")]
-    shard = tar_of(tmp_path / "s.tar", members)
+    members = [A_JSON, ("a.png", b"png")]
+    shard = sample_files.shard(tmp_path / "s.tar", members)
     data, db = tmp_path / "data", tmp_path / "db.sqlite"
-    real_open, real_link = os.open, os.link
-    tmpfile_opens = []
+    real_open, real_link = fs.open, fs.link
+    tmpfile_opens, exdev_links = [], []
 
     def open_(path, flags, *args, **kwargs):
         if flags & os.O_TMPFILE == os.O_TMPFILE:
@@ -618,19 +629,22 @@ def test_folders_on_a_filesystem_without_o_tmpfile_or_across_mounts_still_get_th
                 raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "open", open_)
+    fs.open = open_
     extract_shards(db, [shard], data, workers=1)
-    monkeypatch.setattr(os, "open", real_open)
+    fs.reset()
+    assert len(tmpfile_opens) == 3  # the probe, then both files refused O_TMPFILE in their folder
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
 
     def link(source, name, *args, **kwargs):
         if name.isdigit():  # a spare in the staging folder: another filesystem
+            exdev_links.append(name)
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_link(source, name, *args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link)
+    fs.link = link
     os.utime(shard, ns=(time.time_ns(), time.time_ns()))  # extracted again, over its files
     again = extract_shards(db, [shard], data, workers=1)
     assert again["failures"] == [] and again["refused"] == 0
+    assert len(exdev_links) == 2  # both replacements had their staging-folder spare refused
     assert sorted(p.name for p in data.iterdir()) == ["a.json", "a.png"]
     assert dict(files_of(data)) == dict(members)

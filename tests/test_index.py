@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_index import files, same_files, samples, write_pair
+from helpers_index import files, same_files, samples
 
 from indexer import store
 from indexer.db import lock
@@ -31,19 +31,19 @@ def run(db, root, **kwargs):
     return index_root(db, root, **kwargs)
 
 
-def test_pairs_and_every_status(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "ok1", gen)
-    write_pair(data_root, "jpgpair", gen, ext="jpg", size=(1792, 1024))
-    write_pair(data_root, "nojson", gen, json_file=False, size=(640, 480))
-    write_pair(data_root, "noimage", gen, image=False)
-    write_pair(data_root, "truncated", gen, json_text='{"short_caption": "cut')
-    write_pair(data_root, "empty", gen, json_text="")
-    write_pair(data_root, "array", gen, json_text="[1, 2]")
-    (data_root / "latin1.json").write_bytes('{"short_caption": "caf\xe9"}'.encode("latin-1"))
-    (data_root / "latin1.png").write_bytes(gen.png_bytes(8, 8))
-    write_pair(data_root, "badimage", gen, record={"short_caption": "no size"}, image=False)
+def test_pairs_and_every_status(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "ok1")
+    sample_files.pair(data_root, "jpgpair", ext="jpg", size=(1792, 1024))
+    sample_files.pair(data_root, "nojson", json_file=False, size=(640, 480))
+    sample_files.pair(data_root, "noimage", image=False)
+    sample_files.pair(data_root, "truncated", json_text='{"short_caption": "cut')
+    sample_files.pair(data_root, "empty", json_text="")
+    sample_files.pair(data_root, "array", json_text="[1, 2]")
+    sample_files.pair(data_root, "latin1", size=(8, 8),
+                      json_text='{"short_caption": "caf\xe9"}'.encode("latin-1"))
+    sample_files.pair(data_root, "badimage", record={"short_caption": "no size"}, image=False)
     (data_root / "badimage.png").write_bytes(b"this is not an image at all")
-    write_pair(data_root, "zeroimage", gen, record={"short_caption": "no size"}, image=False)
+    sample_files.pair(data_root, "zeroimage", record={"short_caption": "no size"}, image=False)
     (data_root / "zeroimage.jpg").write_bytes(b"")
     (data_root / "notes.txt").write_text("not a sample")
     (data_root / "readme").write_text("no extension")
@@ -71,10 +71,10 @@ def test_pairs_and_every_status(data_root, db_path, gen, no_racy):
     assert "0 bytes" in rows["zeroimage"]["error"]
 
 
-def test_meta_keeps_every_field_and_typed_columns(data_root, db_path, gen, no_racy):
+def test_meta_keeps_every_field_and_typed_columns(data_root, db_path, gen, sample_files, no_racy):
     record = gen.sample_json(__import__("random").Random(1), "k", "png", (1024, 1024))
     record["extra_field"] = {"nested": [1, "ü"]}
-    write_pair(data_root, "k", gen, record=record, size=(1024, 1024))
+    sample_files.pair(data_root, "k", record=record, size=(1024, 1024))
     run(db_path, data_root)
     row = samples(db_path)["k"]
     assert json.loads(row["meta"]) == record
@@ -101,43 +101,44 @@ def test_meta_keeps_every_field_and_typed_columns(data_root, db_path, gen, no_ra
         (1024, None, (320, 200), "image"),
     ],
 )
-def test_size_from_json_or_header(data_root, db_path, gen, no_racy, width, height, expected, size_from):
+def test_size_from_json_or_header(data_root, db_path, sample_files, no_racy, width, height, expected,
+                                  size_from):
     record = {"short_caption": "x"}
     if width is not None:
         record["width"] = width
     if height is not None:
         record["height"] = height
-    write_pair(data_root, "s", gen, record=record, size=(320, 200))
+    sample_files.pair(data_root, "s", record=record, size=(320, 200))
     run(db_path, data_root)
     row = samples(db_path)["s"]
     assert (row["width"], row["height"], row["size_from"], row["status"]) == (*expected, size_from, "ok")
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "jpeg", "webp", "PNG", "Jpg"])
-def test_header_sizes_by_format(data_root, db_path, gen, no_racy, ext):
-    write_pair(data_root, "h", gen, ext=ext, size=(1792, 1024), record={"short_caption": "x"})
+def test_header_sizes_by_format(data_root, db_path, sample_files, no_racy, ext):
+    sample_files.pair(data_root, "h", ext=ext, size=(1792, 1024), record={"short_caption": "x"})
     run(db_path, data_root)
     row = samples(db_path)["h"]
     assert (row["width"], row["height"], row["size_from"]) == (1792, 1024, "image")
     assert row["image"] == f"h.{ext}"
 
 
-def test_verify_images_prefers_header_and_warns(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "v", gen, size=(512, 512),
-               record={"short_caption": "x", "width": 1024, "height": 1024})
+def test_verify_images_prefers_header_and_warns(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "v", size=(512, 512),
+                      record={"short_caption": "x", "width": 1024, "height": 1024})
     run(db_path, data_root)
     assert samples(db_path)["v"]["width"] == 1024  # default: the JSON is trusted
-    (data_root / "v.png").write_bytes(gen.png_bytes(512, 512))  # touch: re-read with verification
+    sample_files.pair(data_root, "v", size=(512, 512), json_file=False)  # touch: re-read with verification
     run(db_path, data_root, verify_images=True)
     row = samples(db_path)["v"]
     assert (row["width"], row["size_from"]) == (512, "image")
     assert "1024x1024" in row["warning"] and "512x512" in row["warning"]
 
 
-def test_subfolders_and_keys(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "a/b/deep", gen)
-    write_pair(data_root, "a/shallow", gen, ext="jpeg")
-    write_pair(data_root, "top", gen)
+def test_subfolders_and_keys(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "a/b/deep")
+    sample_files.pair(data_root, "a/shallow", ext="jpeg")
+    sample_files.pair(data_root, "top")
     run(db_path, data_root)
     rows = samples(db_path)
     assert set(rows) == {"a/b/deep", "a/shallow", "top"}
@@ -145,19 +146,20 @@ def test_subfolders_and_keys(data_root, db_path, gen, no_racy):
     assert {row["dataset"] for row in rows.values()} == {"data"}
 
 
-def test_symlinked_folder_not_followed_and_loop_terminates(data_root, db_path, gen, no_racy, tmp_path):
+def test_symlinked_folder_not_followed_and_loop_terminates(data_root, db_path, sample_files, no_racy,
+                                                           tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    write_pair(outside, "elsewhere", gen)
-    write_pair(data_root, "inside", gen)
+    sample_files.pair(outside, "elsewhere")
+    sample_files.pair(data_root, "inside")
     (data_root / "link_out").symlink_to(outside, target_is_directory=True)
     (data_root / "loop").symlink_to(data_root, target_is_directory=True)
     run(db_path, data_root)
     assert set(samples(db_path)) == {"inside"}
 
 
-def test_hostile_image_name_is_only_data(data_root, db_path, gen, no_racy, tmp_path):
-    write_pair(data_root, "evil", gen, record={"image_name": "../../outside.png", "short_caption": "x"})
+def test_hostile_image_name_is_only_data(data_root, db_path, sample_files, no_racy, tmp_path):
+    sample_files.pair(data_root, "evil", record={"image_name": "../../outside.png", "short_caption": "x"})
     run(db_path, data_root)
     row = samples(db_path)["evil"]
     assert row["image"] == "evil.png" and row["status"] == "ok"
@@ -174,20 +176,20 @@ def test_rerun_reads_nothing_when_unchanged(data_root, db_path, gen, no_racy):
     assert again["unchanged"] == 60
 
 
-def test_changes_deletions_renames(data_root, db_path, gen, no_racy):
+def test_changes_deletions_renames(data_root, db_path, sample_files, no_racy):
     for i in range(6):
-        write_pair(data_root, f"k{i}", gen)
+        sample_files.pair(data_root, f"k{i}")
     run(db_path, data_root)
     before = samples(db_path)
     # change a caption, delete a whole pair, delete one half, rename a pair, add one
-    write_pair(data_root, "k0", gen, record={"short_caption": "new caption", "width": 10, "height": 20},
-               image=False)
+    sample_files.pair(data_root, "k0", record={"short_caption": "new caption", "width": 10, "height": 20},
+                      image=False)
     (data_root / "k1.json").unlink()
     (data_root / "k1.png").unlink()
     (data_root / "k2.png").unlink()
     (data_root / "k3.json").rename(data_root / "r3.json")
     (data_root / "k3.png").rename(data_root / "r3.png")
-    write_pair(data_root, "k9", gen)
+    sample_files.pair(data_root, "k9")
     summary = run(db_path, data_root)
     rows = samples(db_path)
     assert set(rows) == {"k0", "k2", "r3", "k4", "k5", "k9"}
@@ -201,8 +203,8 @@ def test_changes_deletions_renames(data_root, db_path, gen, no_racy):
         "k5.png", "k9.json", "k9.png"}
 
 
-def test_same_size_rewrite_with_restored_mtime_is_detected(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "same", gen, record={"short_caption": "AAAA"})
+def test_same_size_rewrite_with_restored_mtime_is_detected(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "same", record={"short_caption": "AAAA"})
     run(db_path, data_root)
     path = data_root / "same.json"
     st = path.stat()
@@ -216,16 +218,16 @@ def test_same_size_rewrite_with_restored_mtime_is_detected(data_root, db_path, g
     assert samples(db_path)["same"]["meta"].count("BBBB") == 1
 
 
-def test_reread_identical_file_counts_unchanged(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "t", gen)
+def test_reread_identical_file_counts_unchanged(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "t")
     run(db_path, data_root)
     os.utime(data_root / "t.json")  # new mtime, same content
     summary = run(db_path, data_root)
     assert (summary["changed"], summary["unchanged"], summary["files_read"]) == (0, 1, 1)
 
 
-def test_racy_files_are_rechecked_next_run(data_root, db_path, gen):
-    write_pair(data_root, "young", gen)
+def test_racy_files_are_rechecked_next_run(data_root, db_path, sample_files):
+    sample_files.pair(data_root, "young")
     run(db_path, data_root)  # the files are seconds old: recorded as racy
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT min(racy) FROM files").fetchone()[0] == 1
@@ -239,11 +241,11 @@ def test_racy_files_are_rechecked_next_run(data_root, db_path, gen):
     conn.close()
 
 
-def test_unreadable_json_is_reported_not_fatal(data_root, db_path, gen, no_racy, monkeypatch):
+def test_unreadable_json_is_reported_not_fatal(data_root, db_path, sample_files, no_racy, monkeypatch):
     from indexer.ingest import read
 
-    write_pair(data_root, "locked", gen)
-    write_pair(data_root, "fine", gen)
+    sample_files.pair(data_root, "locked")
+    sample_files.pair(data_root, "fine")
     real_open = os.open
 
     def deny(path, *args, **kwargs):
@@ -259,9 +261,9 @@ def test_unreadable_json_is_reported_not_fatal(data_root, db_path, gen, no_racy,
     assert rows["fine"]["status"] == "ok" and summary["added"] == 2
 
 
-def test_unlistable_folder_keeps_its_samples(data_root, db_path, gen, no_racy, monkeypatch):
-    write_pair(data_root, "sub/x", gen)
-    write_pair(data_root, "y", gen)
+def test_unlistable_folder_keeps_its_samples(data_root, db_path, sample_files, no_racy, monkeypatch):
+    sample_files.pair(data_root, "sub/x")
+    sample_files.pair(data_root, "y")
     run(db_path, data_root)
     real_open = os.open
 
@@ -277,11 +279,11 @@ def test_unlistable_folder_keeps_its_samples(data_root, db_path, gen, no_racy, m
     assert summary["unreadable"] == ["sub/: cannot open folder: Permission denied"]
 
 
-def test_several_datasets_in_one_database(tmp_path, db_path, gen, no_racy):
+def test_several_datasets_in_one_database(tmp_path, db_path, sample_files, no_racy):
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
         root.mkdir()
-        write_pair(root, "same_key", gen)
+        sample_files.pair(root, "same_key")
     run(db_path, a)
     run(db_path, b, dataset_id="bee")
     run(db_path, a)  # the same root keeps its id
@@ -292,7 +294,7 @@ def test_several_datasets_in_one_database(tmp_path, db_path, gen, no_racy):
         run(db_path, a, dataset_id="other")
 
 
-def test_missing_root_and_unusable_db_fail_clearly(tmp_path, cli, gen):
+def test_missing_root_and_unusable_db_fail_clearly(tmp_path, cli):
     result = cli("index", tmp_path / "nope", "--db", tmp_path / "x.sqlite")
     assert result.exit_code == 1 and "does not exist" in result.stderr
     bad = tmp_path / "bad.sqlite"
@@ -314,8 +316,8 @@ def test_cli_json_summary(data_root, db_path, cli, gen, no_racy):
     assert runs == [("done", 20)]
 
 
-def test_env_db_and_group_db(data_root, tmp_path, cli, gen, monkeypatch, no_racy):
-    write_pair(data_root, "e", gen)
+def test_env_db_and_group_db(data_root, tmp_path, cli, sample_files, monkeypatch, no_racy):
+    sample_files.pair(data_root, "e")
     monkeypatch.setenv("INDEXER_DB", str(tmp_path / "env.sqlite"))
     assert cli("index", data_root, "-q").exit_code == 0
     assert "e" in samples(tmp_path / "env.sqlite")
@@ -323,8 +325,8 @@ def test_env_db_and_group_db(data_root, tmp_path, cli, gen, monkeypatch, no_racy
     assert "e" in samples(tmp_path / "group.sqlite")
 
 
-def test_second_writer_stops_with_clear_message(data_root, db_path, cli, gen):
-    write_pair(data_root, "w", gen)
+def test_second_writer_stops_with_clear_message(data_root, db_path, cli, sample_files):
+    sample_files.pair(data_root, "w")
     with lock.writer_lock(db_path, "index"):
         result = cli("index", data_root, "--db", db_path)
     assert result.exit_code == 75
@@ -422,15 +424,15 @@ def test_parallel_stat_scan_detects_the_same_changes(tmp_path, gen, no_racy, mon
     assert (again["changed"], again["files_read"]) == (0, 0)
 
 
-def test_caption_change_while_search_sync_is_pending(data_root, db_path, gen, no_racy):
+def test_caption_change_while_search_sync_is_pending(data_root, db_path, sample_files, no_racy):
     """A run killed before its search sync leaves ids queued; the next caption change must not fail."""
-    write_pair(data_root, "p", gen, record={"short_caption": "first"})
+    sample_files.pair(data_root, "p", record={"short_caption": "first"})
     run(db_path, data_root)
     conn = sqlite3.connect(db_path)
     conn.execute("INSERT INTO search_pending (id) SELECT id FROM samples")
     conn.commit()
     conn.close()
-    write_pair(data_root, "p", gen, record={"short_caption": "second caption"}, image=False)
+    sample_files.pair(data_root, "p", record={"short_caption": "second caption"}, image=False)
     summary = run(db_path, data_root)
     assert summary["changed"] == 1
     conn = sqlite3.connect(db_path)
@@ -514,31 +516,29 @@ def test_stats_while_a_writer_holds_the_database_answers_without_building(data_r
     assert "samples_file_hash" in _index_names(db_path)
 
 
-def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, gen, no_racy):
-    bad = os.fsencode(data_root) + b"/bad\xffname"
-    with open(bad + b".json", "wb") as handle:
-        handle.write(b'{"short_caption": "x", "width": 4, "height": 4}')
-    with open(bad + b".png", "wb") as handle:
-        handle.write(gen.png_bytes(4, 4))
+def test_names_that_are_not_utf8_are_reported_not_fatal(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, os.fsdecode(b"bad\xffname"), size=(4, 4),
+                      record={"short_caption": "x", "width": 4, "height": 4})
     os.mkdir(os.fsencode(data_root) + b"/dir\xfe")
-    write_pair(data_root, "fine", gen)
-    write_pair(data_root, "new\nline", gen)
+    sample_files.pair(data_root, "fine")
+    sample_files.pair(data_root, "new\nline")
     summary = run(db_path, data_root)
     assert set(samples(db_path)) == {"fine", "new\nline"}
     assert summary["bad_names_count"] == 3
     assert "bad\\xffname.json" in summary["bad_names"] and "dir\\xfe" in summary["bad_names"]
 
 
-def test_json_bytes_is_kept_by_each_write_and_summed_only_when_not_known(data_root, db_path, gen, no_racy):
+def test_json_bytes_is_kept_by_each_write_and_summed_only_when_not_known(data_root, db_path, sample_files,
+                                                                         no_racy):
     def on_disk() -> int:
         return sum(p.stat().st_size for p in data_root.glob("*.json"))
 
     for key in ("a", "b", "c"):
-        write_pair(data_root, key, gen)
+        sample_files.pair(data_root, key)
     assert run(db_path, data_root)["json_bytes"] == on_disk()
-    write_pair(data_root, "a", gen, record={"short_caption": "a much longer caption than before " * 3})
+    sample_files.pair(data_root, "a", record={"short_caption": "a much longer caption than before " * 3})
     (data_root / "b.json").unlink()
-    write_pair(data_root, "d", gen)
+    sample_files.pair(data_root, "d")
     assert run(db_path, data_root)["json_bytes"] == on_disk()  # changed, removed and added
     conn = sqlite3.connect(db_path)
     conn.execute("UPDATE datasets SET json_bytes = 1")  # a stale figure shows whether it was re-summed
@@ -550,16 +550,16 @@ def test_json_bytes_is_kept_by_each_write_and_summed_only_when_not_known(data_ro
     conn.close()
 
 
-def test_entries_that_are_not_regular_files_are_reported_and_never_opened(data_root, db_path, gen,
+def test_entries_that_are_not_regular_files_are_reported_and_never_opened(data_root, db_path, sample_files,
                                                                            tmp_path):
     import socket
 
-    write_pair(data_root, "good", gen)
-    write_pair(data_root, "piped", gen, json_file=False)
+    sample_files.pair(data_root, "good")
+    sample_files.pair(data_root, "piped", json_file=False)
     os.mkfifo(data_root / "piped.json")  # opening it for reading would wait for a writer forever
     os.mkfifo(data_root / "lonely.json")
     (data_root / "folder.json").mkdir()
-    write_pair(data_root / "folder.json", "inner", gen)
+    sample_files.pair(data_root / "folder.json", "inner")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(data_root / "sock.png"))
     os.symlink(data_root / "nowhere.json", data_root / "dangling.json")
@@ -610,32 +610,34 @@ def test_a_root_without_samples_says_so_and_points_at_extract(tmp_path, db_path,
     assert "data-000001.tgz" in summary["notes"][0] and "indexer extract" in summary["notes"][0]
 
 
-def test_hidden_files_are_never_samples(data_root, db_path, gen, no_racy):
-    write_pair(data_root, "x", gen)
+def test_hidden_files_are_never_samples(data_root, db_path, sample_files, no_racy):
+    sample_files.pair(data_root, "x")
     (data_root / ".aitk_size.json").write_text('{"__version__": "0.1.2"}')
     (data_root / "._x.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
-    write_pair(data_root, "sub/.hidden", gen)
+    sample_files.pair(data_root, "sub/.hidden")
     summary = run(db_path, data_root)
     assert set(samples(db_path)) == {"x"} and summary["files_seen"] == 2
     assert walk.split_sample_path("sub/.hidden.json") is None
     assert walk.split_sample_path("sub/visible.json") == ("sub/visible", "json")
 
 
-def test_header_size_is_the_stored_size_whatever_the_exif_orientation(data_root, db_path, gen, no_racy):
+def test_header_size_is_the_stored_size_whatever_the_exif_orientation(data_root, db_path, gen, sample_files,
+                                                                       no_racy):
     from helpers_export import exif_jpeg
 
-    (data_root / "turned.jpg").write_bytes(exif_jpeg(gen, 1200, 800, 6))  # displayed as 800x1200
-    (data_root / "turned.json").write_text(json.dumps({"short_caption": "no size in the JSON"}))
+    turned = exif_jpeg(gen, 1200, 800, 6)  # displayed as 800x1200
+    sample_files.pair(data_root, "turned", ext="jpg", image_data=turned,
+                      record={"short_caption": "no size in the JSON"})
     run(db_path, data_root)
     row = samples(db_path)["turned"]
     assert (row["width"], row["height"], row["size_from"]) == (1200, 800, "image")
 
 
-def test_an_unwritable_scratch_database_ends_a_first_run_with_one_clear_error(data_root, db_path, gen, cli,
-                                                                               monkeypatch):
+def test_an_unwritable_scratch_database_ends_a_first_run_with_one_clear_error(data_root, db_path, cli,
+                                                                               sample_files, monkeypatch):
     from indexer.ingest import bulk
 
-    write_pair(data_root, "a", gen)
+    sample_files.pair(data_root, "a")
 
     def full(path, results):
         raise sqlite3.OperationalError("database or disk is full")

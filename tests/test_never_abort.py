@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers_index import samples, write_pair
+from helpers_index import samples
 
 from indexer.extract import extract_shards
 from indexer.ingest import change, read, shards
@@ -95,10 +95,10 @@ def test_a_header_number_with_non_octal_digits_is_the_damage_point(tmp_path, cli
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(n for n, _ in members[:4])
 
 
-def test_json_too_deep_to_store_is_bad_json_in_loose_files_members_and_extract(tmp_path, gen):
+def test_json_too_deep_to_store_is_bad_json_in_loose_files_members_and_extract(tmp_path, gen, sample_files):
     loose = tmp_path / "loose"
     for key in ("a", "b", "c"):
-        write_pair(loose, key, gen, size=(64, 48))
+        sample_files.pair(loose, key, size=(64, 48))
     (loose / "b.json").write_text(DEEP)
     shard = write_tar(tmp_path / "in_place" / "s.tar",
                       [*pair_members(gen, "a"), ("b.json", DEEP.encode()), ("b.png", gen.png_bytes(64, 48)),
@@ -114,10 +114,10 @@ def test_json_too_deep_to_store_is_bad_json_in_loose_files_members_and_extract(t
         assert found["b"]["meta"] is None
 
 
-def test_a_modification_time_past_2262_is_stored_clamped_with_a_warning(tmp_path, cli, gen):
+def test_a_modification_time_past_2262_is_stored_clamped_with_a_warning(tmp_path, cli, gen, sample_files):
     data = tmp_path / "data"
     for i in range(20):
-        write_pair(data, f"k{i:02d}", gen, size=(64, 48))
+        sample_files.pair(data, f"k{i:02d}", size=(64, 48))
     os.utime(data / "k07.png", ns=(YEAR_2300_NS, YEAR_2300_NS))
     db = tmp_path / "db.sqlite"
 
@@ -176,11 +176,11 @@ def test_a_pax_size_that_does_not_fit_is_a_damaged_member(tmp_path, gen):
     assert "b.json" in error and "cut short" in error
 
 
-def test_a_nul_in_a_caption_is_dropped_with_a_warning_everywhere(tmp_path, cli, gen):
+def test_a_nul_in_a_caption_is_dropped_with_a_warning_everywhere(tmp_path, cli, gen, sample_files):
     data = tmp_path / "data"
-    write_pair(data, "a", gen, size=(64, 48), record={"image_name": "a.png", "width": 64, "height": 48,
+    sample_files.pair(data, "a", size=(64, 48), record={"image_name": "a.png", "width": 64, "height": 48,
                                                        "short_caption": "first\u0000second"})
-    write_pair(data, "b", gen, size=(64, 48))
+    sample_files.pair(data, "b", size=(64, 48))
     shard = write_tar(tmp_path / "in" / "s.tar", [(f"n.{ext}", (data / f"a.{ext}").read_bytes())
                                                   for ext in ("json", "png")])
     db = tmp_path / "db.sqlite"
@@ -204,10 +204,11 @@ def test_a_nul_in_a_caption_is_dropped_with_a_warning_everywhere(tmp_path, cli, 
     assert (data / "a.txt").read_text() == "firstsecond"
 
 
-def test_the_guard_records_an_unforeseen_error_as_the_samples_problem(tmp_path, cli, gen, monkeypatch):
+def test_the_guard_records_an_unforeseen_error_as_the_samples_problem(tmp_path, cli, gen, monkeypatch,
+                                                                      sample_files):
     data = tmp_path / "data"
     for key in ("a", "b", "c"):
-        write_pair(data, key, gen, size=(64, 48))
+        sample_files.pair(data, key, size=(64, 48))
     write_tar(data / "s.tar", [*pair_members(gen, "m"), *pair_members(gen, "n")])
     real = read.build_sample
 
@@ -237,10 +238,10 @@ def test_the_guard_records_an_unforeseen_error_as_the_samples_problem(tmp_path, 
     assert "b" not in samples(db)
 
 
-def test_the_environment_failing_still_stops_the_run(tmp_path, cli, gen, monkeypatch):
+def test_the_environment_failing_still_stops_the_run(tmp_path, cli, gen, monkeypatch, sample_files):
     data = tmp_path / "data"
     for key in ("a", "b"):
-        write_pair(data, key, gen, size=(64, 48))
+        sample_files.pair(data, key, size=(64, 48))
 
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

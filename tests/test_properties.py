@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 import orjson
-from helpers_index import files, samples, write_pair
+from helpers_index import files, samples
+from helpers_samples import SampleFiles
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,20 +71,20 @@ OPS = st.lists(
 )
 
 
-def _apply(root: Path, op: str, key: str, other: str, n: int, gen) -> None:
+def _apply(root: Path, op: str, key: str, other: str, n: int, sample_files: SampleFiles) -> None:
     json_path, image_path = root / f"{key}.json", root / f"{key}.png"
     if op == "write_pair":
-        write_pair(root, key, gen, record={"short_caption": f"v{n}", "width": 64 + n, "height": 64})
+        sample_files.pair(root, key, record={"short_caption": f"v{n}", "width": 64 + n, "height": 64})
     elif op == "write_json":
-        write_pair(root, key, gen, record={"short_caption": f"j{n}"}, image=False)
+        sample_files.pair(root, key, record={"short_caption": f"j{n}"}, image=False)
     elif op == "write_image":
-        write_pair(root, key, gen, json_file=False, size=(16 + n, 16))
+        sample_files.pair(root, key, json_file=False, size=(16 + n, 16))
     elif op == "delete_json":
         json_path.unlink(missing_ok=True)
     elif op == "delete_image":
         image_path.unlink(missing_ok=True)
     elif op == "corrupt":
-        write_pair(root, key, gen, json_text='{"short', image=False)
+        sample_files.pair(root, key, json_text='{"short', image=False)
     elif op == "rename" and key != other:
         for suffix in (".json", ".png"):
             source = root / f"{key}{suffix}"
@@ -94,7 +95,7 @@ def _apply(root: Path, op: str, key: str, other: str, n: int, gen) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(OPS, min_size=1, max_size=3))
-def test_incremental_index_equals_fresh_index(gen, monkeypatch, rounds):
+def test_incremental_index_equals_fresh_index(sample_files, monkeypatch, rounds):
     """Whatever happens to the files between runs, the updated index equals a fresh index."""
     monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
     work = Path(tempfile.mkdtemp())
@@ -103,7 +104,7 @@ def test_incremental_index_equals_fresh_index(gen, monkeypatch, rounds):
         root.mkdir()
         for ops in rounds:
             for op in ops:
-                _apply(root, *op, gen)
+                _apply(root, *op, sample_files)
             kept = index_root(work / "incremental.sqlite", root, workers=1)["json_bytes"]
             fresh = work / "fresh.sqlite"
             index_root(fresh, root, workers=1)

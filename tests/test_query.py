@@ -213,17 +213,15 @@ def test_missing_database_is_a_clear_error(tmp_path):
         rows.run_query(tmp_path / "none.sqlite", "SELECT 1", io.StringIO())
 
 
-def test_problems_with_warnings_lists_ok_samples_that_carry_one(tmp_path, gen, cli):
+def test_problems_with_warnings_lists_ok_samples_that_carry_one(tmp_path, gen, sample_files, cli):
     from indexer.inspect import problems
 
     root = tmp_path / "data"
     gen.make_dataset(root, 40, faults=0.2, seed=3)
-    (root / "zz_fine.json").write_text(json.dumps({"width": 8, "height": 8, "short_caption": "c",
-                                                   "image_name": "elsewhere.jpg"}), encoding="utf-8")
-    (root / "zz_fine.png").write_bytes(gen.png_bytes(8, 8))
-    (root / "zz_twice.json").write_text(json.dumps({"width": 8, "height": 8}), encoding="utf-8")
-    (root / "zz_twice.png").write_bytes(gen.png_bytes(8, 8))
-    (root / "zz_twice.webp").write_bytes(gen.webp_bytes(8, 8))
+    sample_files.pair(root, "zz_fine", size=(8, 8), record={"width": 8, "height": 8, "short_caption": "c",
+                                                            "image_name": "elsewhere.jpg"})
+    sample_files.pair(root, "zz_twice", size=(8, 8), record={"width": 8, "height": 8})
+    sample_files.pair(root, "zz_twice", ext="webp", size=(8, 8), json_file=False)
     db = tmp_path / "w.sqlite"
     index_root(db, root, workers=1)
     conn = sqlite3.connect(db)

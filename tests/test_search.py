@@ -14,12 +14,6 @@ from indexer.ingest.index import index_root
 from indexer.inspect import search
 
 
-def write_sample(root, key: str, short: str, long: str = "plain words") -> None:
-    (root / f"{key}.json").write_text(json.dumps(
-        {"short_caption": short, "long_caption": long, "width": 64, "height": 64}), encoding="utf-8")
-    (root / f"{key}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-
-
 def fts_keys(db, text: str) -> list[str]:
     return [hit["key"] for hit in search.search(db, text, limit=100)]
 
@@ -37,24 +31,22 @@ def assert_fts_in_sync(db) -> None:
         conn.close()
 
 
-def test_fts_follows_additions_edits_and_deletions(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
-    write_sample(root, "one", "a red dragon over the castle")
-    write_sample(root, "two", "a blue whale", "the dragon sleeps in the deep")
-    write_sample(root, "three", "café in Tōkyō at night")
-    (root / "broken.json").write_text("{", encoding="utf-8")
+def test_fts_follows_additions_edits_and_deletions(sample_files, data_root, db_path):
+    root, db = data_root, db_path
+    sample_files.pair(root, "one", short_caption="a red dragon over the castle")
+    sample_files.pair(root, "two", short_caption="a blue whale", long_caption="the dragon sleeps in the deep")
+    sample_files.pair(root, "three", short_caption="café in Tōkyō at night")
+    sample_files.json(root, "broken", "{")
     index_root(db, root, workers=1)
     assert_fts_in_sync(db)
     assert sorted(fts_keys(db, "dragon")) == ["one", "two"]
     assert fts_keys(db, "cafe tokyo") == ["three"]  # diacritics folded
     assert fts_keys(db, "dragon")[0] == "one"  # the short caption weighs more
 
-    write_sample(root, "one", "a green meadow")  # edit: dragon gone from "one"
+    sample_files.pair(root, "one", short_caption="a green meadow")  # edit: dragon gone from "one"
     (root / "two.json").unlink()  # json gone: "two" keeps its image only
     (root / "two.png").unlink()   # ... and then the whole sample
-    write_sample(root, "four", "dragon boat festival")
+    sample_files.pair(root, "four", short_caption="dragon boat festival")
     index_root(db, root, workers=1)
     assert_fts_in_sync(db)
     assert fts_keys(db, "dragon") == ["four"]
@@ -62,27 +54,22 @@ def test_fts_follows_additions_edits_and_deletions(tmp_path):
     assert fts_keys(db, "whale") == []
 
 
-def test_caption_unchanged_edit_and_reindex_keep_sync(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
+def test_caption_unchanged_edit_and_reindex_keep_sync(sample_files, data_root, db_path):
+    root, db = data_root, db_path
     for i in range(30):
-        write_sample(root, f"k{i:02d}", f"sample number{i} lighthouse")
+        sample_files.pair(root, f"k{i:02d}", short_caption=f"sample number{i} lighthouse")
     index_root(db, root, workers=1)
-    (root / "k05.json").write_text(json.dumps(
-        {"short_caption": "sample number5 lighthouse", "long_caption": "plain words", "width": 32,
-         "height": 64}), encoding="utf-8")  # meta changes, captions do not
+    sample_files.pair(root, "k05", short_caption="sample number5 lighthouse", width=32,
+                      image=False)  # meta changes, captions do not
     index_root(db, root, workers=1)
     assert_fts_in_sync(db)
     assert len(fts_keys(db, "lighthouse")) == 30
     assert fts_keys(db, "number5") == ["k05"]
 
 
-def test_rows_written_without_a_sync_wait_in_pending_until_the_next_run(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
-    write_sample(root, "a", "an owl")
+def test_rows_written_without_a_sync_wait_in_pending_until_the_next_run(sample_files, data_root, db_path):
+    root, db = data_root, db_path
+    sample_files.pair(root, "a", short_caption="an owl")
     index_root(db, root, workers=1)
     conn = store.connect(db)
     with store.transaction(conn):  # as a run killed after writing, before its sync
@@ -101,13 +88,11 @@ def test_rows_written_without_a_sync_wait_in_pending_until_the_next_run(tmp_path
     assert sorted(fts_keys(db, "owl")) == ["a", "b"]
 
 
-def test_phrases_prefixes_raw_queries_and_hits(tmp_path, cli):
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
-    write_sample(root, "p1", "neon city at night")
-    write_sample(root, "p2", "a city of neon signs")
-    write_sample(root, "p3", "neonatal ward")
+def test_phrases_prefixes_raw_queries_and_hits(sample_files, data_root, db_path, cli):
+    root, db = data_root, db_path
+    sample_files.pair(root, "p1", short_caption="neon city at night")
+    sample_files.pair(root, "p2", short_caption="a city of neon signs")
+    sample_files.pair(root, "p3", short_caption="neonatal ward")
     index_root(db, root, workers=1)
     assert fts_keys(db, '"neon city"') == ["p1"]
     assert sorted(fts_keys(db, "neon city")) == ["p1", "p2"]
@@ -128,42 +113,37 @@ def test_phrases_prefixes_raw_queries_and_hits(tmp_path, cli):
     assert search.count_matches(db, "neon") == 2
 
 
-def test_search_is_per_dataset(tmp_path):
-    db = tmp_path / "s.sqlite"
+def test_search_is_per_dataset(tmp_path, sample_files, db_path):
+    db = db_path
     for name in ("left", "right"):
         root = tmp_path / name
-        root.mkdir()
-        write_sample(root, f"{name}_key", f"shared word {name}")
+        sample_files.pair(root, f"{name}_key", short_caption=f"shared word {name}")
         index_root(db, root, workers=1)
     with pytest.raises(IndexerError, match="--id"):
         search.search(db, "shared")
     assert [h["key"] for h in search.search(db, "shared", dataset_id="right")] == ["right_key"]
 
 
-def test_sqlite_utils_finds_and_uses_the_fts(tmp_path):
+def test_sqlite_utils_finds_and_uses_the_fts(sample_files, data_root, db_path):
     import sqlite_utils
 
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
-    write_sample(root, "u1", "a lighthouse in fog")
-    write_sample(root, "u2", "a meadow")
+    root, db = data_root, db_path
+    sample_files.pair(root, "u1", short_caption="a lighthouse in fog")
+    sample_files.pair(root, "u2", short_caption="a meadow")
     index_root(db, root, workers=1)
     table = sqlite_utils.Database(db)["samples"]
     assert table.detect_fts() == "samples_fts"
     assert [row["key"] for row in table.search("lighthouse", columns=["key"])] == ["u1"]
 
 
-def test_very_common_words_rank_only_the_first_matches(tmp_path, cli, monkeypatch):
+def test_very_common_words_rank_only_the_first_matches(sample_files, data_root, db_path, cli, monkeypatch):
     """Ranking every match of a word in nearly every caption is slow: past the cap, say so."""
     from indexer.inspect import search as search_module
 
-    db, root = tmp_path / "db.sqlite", tmp_path / "data"
-    root.mkdir()
+    root, db = data_root, db_path
     for i in range(12):
         words = "common word " + ("rare rare rare" if i == 9 else "filler")
-        (root / f"c{i:02d}.json").write_text(f'{{"short_caption": "{words}", "width": 8, "height": 8}}')
-        (root / f"c{i:02d}.png").write_bytes(b"")
+        sample_files.pair(root, f"c{i:02d}", short_caption=words)
     index_root(db, root, workers=1)
     hits, capped = search_module.search_hits(db, "common", limit=3, rank_cap=5)
     assert capped and len(hits) == 3
@@ -180,26 +160,22 @@ def test_very_common_words_rank_only_the_first_matches(tmp_path, cli, monkeypatc
     assert capped_cli.exit_code == 0 and "more than 5 samples match" in capped_cli.stderr
 
 
-def test_cli_takes_unquoted_words(tmp_path, cli):
-    db, root = tmp_path / "db.sqlite", tmp_path / "data"
-    root.mkdir()
+def test_cli_takes_unquoted_words(sample_files, data_root, db_path, cli):
+    root, db = data_root, db_path
     for key, caption in (("a", "red dragon over a stone castle"), ("b", "red fox")):
-        (root / f"{key}.json").write_text(f'{{"short_caption": "{caption}", "width": 8, "height": 8}}')
-        (root / f"{key}.png").write_bytes(b"")
+        sample_files.pair(root, key, short_caption=caption)
     index_root(db, root, workers=1)
     result = cli("search", "red", "dragon", "--db", db, "--json")
     assert result.exit_code == 0
     assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == ["a"]
 
 
-def test_an_edited_caption_is_not_found_by_its_old_words_before_the_sync(tmp_path):
+def test_an_edited_caption_is_not_found_by_its_old_words_before_the_sync(sample_files, data_root, db_path):
     """Between a caption edit and the run's sync, the FTS still holds the old words: the row is
     left out (queued as not searchable yet), never shown for words it no longer has."""
-    root = tmp_path / "data"
-    root.mkdir()
-    db = tmp_path / "s.sqlite"
-    write_sample(root, "one", "a red dragon")
-    write_sample(root, "two", "another dragon")
+    root, db = data_root, db_path
+    sample_files.pair(root, "one", short_caption="a red dragon")
+    sample_files.pair(root, "two", short_caption="another dragon")
     index_root(db, root, workers=1)
     conn = store.connect(db)
     with store.transaction(conn):  # as a run killed after writing, before its sync

@@ -3,7 +3,6 @@ what changed, duplicates and unsafe members reported, and offsets that point at 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sqlite3
@@ -28,25 +27,6 @@ def no_racy(monkeypatch):
     monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
-def make_shard(path: Path, members: dict[str, bytes], *, extra: list[tarfile.TarInfo] = ()) -> None:
-    """A tar of the given members (name -> bytes) plus any special members (links, ...)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info)
-
-
-def pair(gen, key: str, *, size=(640, 480), record: dict | None = None, ext: str = "png") -> dict[str, bytes]:
-    record = record if record is not None else {"width": size[0], "height": size[1],
-                                                "short_caption": f"caption of {key}"}
-    return {f"{key}.json": json.dumps(record).encode(), f"{key}.{ext}": gen.IMAGE_WRITERS[ext](*size)}
-
-
 def rows(db: Path) -> list[tuple]:
     conn = sqlite3.connect(db)
     try:
@@ -55,14 +35,14 @@ def rows(db: Path) -> list[tuple]:
         conn.close()
 
 
-def test_shards_in_place_hold_exactly_what_extracting_them_gives(tmp_path, gen):
+def test_shards_in_place_hold_exactly_what_extracting_them_gives(tmp_path, gen, sample_files):
     loose = tmp_path / "loose"
     gen.make_dataset(loose, 120, faults=0.2, seed=11, subfolders=3)
     files = sorted(p for p in loose.rglob("*") if p.is_file())
     shards = tmp_path / "shards"
     for number, start in enumerate(range(0, len(files), 90)):
-        make_shard(shards / f"data-{number:06d}.tar",
-                   {p.relative_to(loose).as_posix(): p.read_bytes() for p in files[start : start + 90]})
+        sample_files.shard(shards / f"data-{number:06d}.tar",
+                           {p.relative_to(loose).as_posix(): p.read_bytes() for p in files[start:start + 90]})
     in_place = index_root(tmp_path / "shards.sqlite", shards, workers=2)
     extracted = index_root(tmp_path / "loose.sqlite", loose, workers=1)
     assert in_place["samples"] == extracted["samples"] == 120
@@ -72,10 +52,11 @@ def test_shards_in_place_hold_exactly_what_extracting_them_gives(tmp_path, gen):
     assert in_place["shards"]["read"] == len(list(shards.iterdir())) and not in_place["shards"]["errors"]
 
 
-def test_offsets_point_at_the_members_bytes_and_the_header_size_is_read_by_offset(tmp_path, gen):
-    members = {**pair(gen, "sized"), **pair(gen, "unsized", size=(800, 600), record={"short_caption": "x"})}
+def test_offsets_point_at_the_members_bytes_and_the_header_size_is_read_by_offset(tmp_path, sample_files):
+    members = {**sample_files.members("sized"),
+               **sample_files.members("unsized", size=(800, 600), record={"short_caption": "x"})}
     shard = tmp_path / "shards" / "a.tar"
-    make_shard(shard, members)
+    sample_files.shard(shard, members)
     index_root(tmp_path / "db.sqlite", shard.parent, workers=1)
     conn = sqlite3.connect(tmp_path / "db.sqlite")
     found = conn.execute("SELECT key, image_ext, image_offset, image_size, json_ext, json_offset, json_size,"
@@ -85,20 +66,20 @@ def test_offsets_point_at_the_members_bytes_and_the_header_size_is_read_by_offse
         assert where == "a.tar"
         assert data[image_offset : image_offset + image_size] == members[f"{key}.{image_ext}"]
         assert data[json_offset : json_offset + json_size] == members[f"{key}.{json_ext}"]
-    assert [row[7:10] for row in found] == [(640, 480, "json"), (800, 600, "image")]
+    assert [row[7:10] for row in found] == [(1024, 768, "json"), (800, 600, "image")]
 
 
-def test_reruns_read_only_new_changed_and_removed_shards(tmp_path, gen):
+def test_reruns_read_only_new_changed_and_removed_shards(tmp_path, sample_files):
     shards = tmp_path / "shards"
-    make_shard(shards / "a.tar", {**pair(gen, "a1"), **pair(gen, "a2")})
-    make_shard(shards / "b.tar", pair(gen, "b1"))
+    sample_files.shard(shards / "a.tar", {**sample_files.members("a1"), **sample_files.members("a2")})
+    sample_files.shard(shards / "b.tar", sample_files.members("b1"))
     db = tmp_path / "db.sqlite"
     first = index_root(db, shards, workers=1)
     assert (first["added"], first["shards"]["read"]) == (3, 2)
     again = index_root(db, shards, workers=1)
     assert (again["added"], again["changed"], again["files_read"], again["shards"]["read"]) == (0, 0, 0, 0)
-    make_shard(shards / "a.tar", {**pair(gen, "a1", size=(1024, 1024))})  # a1 changed, a2 gone
-    make_shard(shards / "c.tar", pair(gen, "c1"))
+    sample_files.shard(shards / "a.tar", sample_files.members("a1", size=(1024, 1024)))  # a1 changed, a2 gone
+    sample_files.shard(shards / "c.tar", sample_files.members("c1"))
     (shards / "b.tar").unlink()
     changed = index_root(db, shards, workers=2)
     assert (changed["added"], changed["changed"], changed["removed"]) == (1, 1, 2)
@@ -108,10 +89,10 @@ def test_reruns_read_only_new_changed_and_removed_shards(tmp_path, gen):
     assert [r[0] for r in conn.execute("SELECT path FROM tar_shards ORDER BY path")] == ["a.tar", "c.tar"]
 
 
-def test_a_key_in_two_shards_is_reported_and_survives_its_owner(tmp_path, gen):
+def test_a_key_in_two_shards_is_reported_and_survives_its_owner(tmp_path, sample_files):
     shards = tmp_path / "shards"
-    make_shard(shards / "a.tar", pair(gen, "same", size=(100, 100)))
-    make_shard(shards / "b.tar", pair(gen, "same", size=(200, 200)))
+    sample_files.shard(shards / "a.tar", sample_files.members("same", size=(100, 100)))
+    sample_files.shard(shards / "b.tar", sample_files.members("same", size=(200, 200)))
     db = tmp_path / "db.sqlite"
     summary = index_root(db, shards, workers=1)
     assert summary["samples"] == 1 and summary["shards"]["duplicates_count"] == 1
@@ -122,13 +103,11 @@ def test_a_key_in_two_shards_is_reported_and_survives_its_owner(tmp_path, gen):
     assert after["samples"] == 1 and rows(db)[0][3:5] == (200, 200)  # b.tar's copy took over
 
 
-def test_unsafe_members_are_refused_and_never_indexed(tmp_path, gen):
-    link = tarfile.TarInfo("evil.json")
-    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    fifo = tarfile.TarInfo("pipe.png")
-    fifo.type = tarfile.FIFOTYPE
-    members = {**pair(gen, "fine"), "../escape.json": b"{}", "/abs.json": b"{}"}
-    make_shard(tmp_path / "shards" / "a.tar", members, extra=[link, fifo])
+def test_unsafe_members_are_refused_and_never_indexed(tmp_path, sample_files):
+    members = {**sample_files.members("fine"), "../escape.json": b"{}", "/abs.json": b"{}"}
+    sample_files.shard(tmp_path / "shards" / "a.tar", [
+        *members.items(), sample_files.special("evil.json", tarfile.SYMTYPE, "/etc/passwd"),
+        sample_files.special("pipe.png", tarfile.FIFOTYPE)])
     summary = index_root(tmp_path / "db.sqlite", tmp_path / "shards", workers=1)
     assert [row[0] for row in rows(tmp_path / "db.sqlite")] == ["fine"]
     assert summary["shards"]["refused"] == 4
@@ -137,8 +116,8 @@ def test_unsafe_members_are_refused_and_never_indexed(tmp_path, gen):
     assert {name for name, _reason in refusals} == {"evil.json", "pipe.png", "../escape.json", "/abs.json"}
 
 
-def test_file_exports_leave_shard_samples_out(tmp_path, gen):
-    make_shard(tmp_path / "shards" / "a.tar", pair(gen, "inside"))
+def test_file_exports_leave_shard_samples_out(tmp_path, sample_files):
+    sample_files.shard(tmp_path / "shards" / "a.tar", sample_files.members("inside"))
     index_root(tmp_path / "db.sqlite", tmp_path / "shards", workers=1)
     summary = export_jsonl(tmp_path / "db.sqlite", tmp_path / "m.jsonl")
     assert summary["rows"] == 0 and summary["excluded"] == {"in_tar_shard": 1}
@@ -151,7 +130,7 @@ SHARD_OPS = st.lists(st.tuples(st.sampled_from(["write", "remove"]), st.sampled_
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(SHARD_OPS, min_size=1, max_size=3))
-def test_incremental_index_of_shards_equals_a_fresh_one(gen, rounds):
+def test_incremental_index_of_shards_equals_a_fresh_one(sample_files, rounds):
     work = Path(tempfile.mkdtemp())
     try:
         shards = work / "shards"
@@ -164,8 +143,8 @@ def test_incremental_index_of_shards_equals_a_fresh_one(gen, rounds):
                     continue
                 members: dict[str, bytes] = {}
                 for key in keys:
-                    members.update(pair(gen, key, size=(64 * scale, 48 * scale)))
-                make_shard(path, members)
+                    members.update(sample_files.members(key, size=(64 * scale, 48 * scale)))
+                sample_files.shard(path, members)
             kept = index_root(work / "incremental.sqlite", shards, workers=1)["json_bytes"]
             fresh = work / "fresh.sqlite"
             index_root(fresh, shards, workers=1)
@@ -178,12 +157,12 @@ def test_incremental_index_of_shards_equals_a_fresh_one(gen, rounds):
         shutil.rmtree(work)
 
 
-def test_the_first_shard_in_path_order_owns_a_key_whatever_the_order_they_arrived(tmp_path, gen):
+def test_the_first_shard_in_path_order_owns_a_key_whatever_the_order_they_arrived(tmp_path, sample_files):
     shards = tmp_path / "shards"
-    make_shard(shards / "b.tar", pair(gen, "same", size=(200, 200)))
+    sample_files.shard(shards / "b.tar", sample_files.members("same", size=(200, 200)))
     db = tmp_path / "db.sqlite"
     index_root(db, shards, workers=1)
-    make_shard(shards / "a.tar", pair(gen, "same", size=(100, 100)))
+    sample_files.shard(shards / "a.tar", sample_files.members("same", size=(100, 100)))
     index_root(db, shards, workers=1)
     assert rows(db)[0][3:5] == (100, 100)
     (shards / "a.tar").unlink()
@@ -191,16 +170,16 @@ def test_the_first_shard_in_path_order_owns_a_key_whatever_the_order_they_arrive
     assert rows(db)[0][3:5] == (200, 200)
 
 
-def test_loose_files_own_a_key_before_any_shard(tmp_path, gen):
+def test_loose_files_own_a_key_before_any_shard(tmp_path, sample_files):
     root = tmp_path / "data"
-    make_shard(root / "a.tar", pair(gen, "same", size=(100, 100)))
+    sample_files.shard(root / "a.tar", sample_files.members("same", size=(100, 100)))
     db = tmp_path / "db.sqlite"
     index_root(db, root, workers=1)
-    for name, data in pair(gen, "same", size=(300, 300)).items():
+    for name, data in sample_files.members("same", size=(300, 300)).items():
         (root / name).write_bytes(data)
     index_root(db, root, workers=1)
     assert rows(db)[0][3:5] == (300, 300)
-    for name in pair(gen, "same"):
+    for name in sample_files.members("same"):
         (root / name).unlink()
     index_root(db, root, workers=1)
     assert rows(db)[0][3:5] == (100, 100)
@@ -216,15 +195,15 @@ def webshart_index(path: Path) -> dict:
     return index
 
 
-def test_webshart_indexes_hold_offsets_sizes_and_captions(tmp_path, gen, cli):
+def test_webshart_indexes_hold_offsets_sizes_and_captions(tmp_path, gen, sample_files, cli):
     from indexer.export.webshart import export_webshart
 
     shards = tmp_path / "shards"
     long_record = {"width": 1024, "height": 768, "short_caption": "caption of a2", "long_caption": "long a2"}
-    members = {**pair(gen, "a1"), **pair(gen, "a2", size=(1024, 768), record=long_record),
+    members = {**sample_files.members("a1"), **sample_files.members("a2", record=long_record),
                "a3.json": json.dumps({"short_caption": " several ", "long_caption": "long",
                                       "width": 10, "height": 20}).encode(), "a3.jpg": gen.jpeg_bytes(10, 20)}
-    make_shard(shards / "part" / "a.tar", members)
+    sample_files.shard(shards / "part" / "a.tar", members)
     db = tmp_path / "db.sqlite"
     index_root(db, shards, workers=1)
     first = export_webshart(db)
@@ -258,21 +237,23 @@ def test_webshart_indexes_hold_offsets_sizes_and_captions(tmp_path, gen, cli):
     assert entry["webshart"]["cache_dir"].startswith(str(tmp_path))
 
 
-def test_webshart_refuses_a_shard_changed_since_it_was_indexed(tmp_path, gen):
+def test_webshart_refuses_a_shard_changed_since_it_was_indexed(tmp_path, sample_files):
     from indexer.errors import IndexerError
     from indexer.export.webshart import export_webshart
 
-    make_shard(tmp_path / "shards" / "a.tar", pair(gen, "a1"))
+    sample_files.shard(tmp_path / "shards" / "a.tar", sample_files.members("a1"))
     db = tmp_path / "db.sqlite"
     index_root(db, tmp_path / "shards", workers=1)
-    make_shard(tmp_path / "shards" / "a.tar", {**pair(gen, "zz"), **pair(gen, "a1")})  # offsets moved
+    moved = {**sample_files.members("zz"), **sample_files.members("a1")}  # a1's offsets moved
+    sample_files.shard(tmp_path / "shards" / "a.tar", moved)
     with pytest.raises(IndexerError, match="changed since it was indexed"):
         export_webshart(db)
     assert not (tmp_path / "shards" / "a.json").exists()
 
 
-def test_export_webshart_prints_what_it_wrote_and_what_the_where_left_out(tmp_path, gen, cli):
-    make_shard(tmp_path / "shards" / "a.tar", {**pair(gen, "a1"), **pair(gen, "a2")})
+def test_export_webshart_prints_what_it_wrote_and_what_the_where_left_out(tmp_path, sample_files, cli):
+    sample_files.shard(tmp_path / "shards" / "a.tar",
+                       {**sample_files.members("a1"), **sample_files.members("a2")})
     db = tmp_path / "db.sqlite"
     index_root(db, tmp_path / "shards", workers=1)
     result = cli("export", "webshart", "--db", db, "--where", "key = 'a1'")
@@ -283,10 +264,9 @@ def test_export_webshart_prints_what_it_wrote_and_what_the_where_left_out(tmp_pa
     assert excluded == "  excluded: where 1"
 
 
-def test_index_prints_the_shards_it_read_and_the_members_it_refused(tmp_path, gen, cli):
-    link = tarfile.TarInfo("evil.png")
-    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    make_shard(tmp_path / "shards" / "a.tar", pair(gen, "a1"), extra=[link])
+def test_index_prints_the_shards_it_read_and_the_members_it_refused(tmp_path, sample_files, cli):
+    link = sample_files.special("evil.png", tarfile.SYMTYPE, "/etc/passwd")
+    sample_files.shard(tmp_path / "shards" / "a.tar", [*sample_files.members("a1").items(), link])
     result = cli("index", tmp_path / "shards", "--db", tmp_path / "db.sqlite", "--workers", "1")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,18 +22,15 @@ COMMANDS = ("index", "stats")
 
 
 @pytest.fixture
-def place(tmp_path: Path) -> Path:
+def place(new_folder: Callable[[str], Path]) -> Path:
     """A folder holding only the database under test, so any file left beside it shows."""
-    folder = tmp_path / "dbs"
-    folder.mkdir()
-    return folder
+    return new_folder("dbs")
 
 
 @pytest.fixture
-def root(tmp_path: Path, gen) -> Path:
-    folder = tmp_path / "data"
-    gen.make_dataset(folder, 3, faults=0.0, seed=5)
-    return folder
+def root(data_root: Path, gen) -> Path:
+    gen.make_dataset(data_root, 3, faults=0.0, seed=5)
+    return data_root
 
 
 def folder_state(folder: Path) -> dict[str, bytes | None]:

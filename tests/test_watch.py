@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
-from helpers_index import write_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,91 +76,194 @@ def lacks(db: Path, *keys: str):
 # -- the real thing: a watcher process following a folder ------------------------------------
 
 
-def test_watch_process_follows_the_folder_and_stops_cleanly(gen, tmp_path, data_root, db_path, cli):
-    write_pair(data_root, "a0", gen)
-    write_pair(data_root, "a1", gen)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "indexer", "watch", str(data_root), "--db", str(db_path), "--json",
-         "--settle", "0.5", "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+class WatchProcess:
+    """`indexer watch --json` running in its own process on a folder; its output is read as it
+    comes (events: the JSON lines of stdout so far)."""
+
+    def __init__(self, root: Path, db: Path) -> None:
+        self.root, self.db = root, db
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "indexer", "watch", str(root), "--db", str(db), "--json",
+             "--settle", "0.5", "--workers", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    @property
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in list(self.out)]
+
+    def wait(self, predicate: Callable[[], object], what: str) -> None:
+        """wait_for, failing at once (with the watcher's stderr) if the watcher has exited."""
+        wait_for(lambda: predicate() or self.proc.poll() is not None, what)
+        if self.proc.poll() is not None:
+            self._join()
+            raise AssertionError(f"the watcher exited ({self.proc.returncode}) while waiting for {what}: "
+                                 + "".join(self.err))
+
+    def stop(self) -> list[dict]:
+        """SIGTERM, as a service manager stops it: it must exit 0; returns every event it printed."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self._join()
+            raise AssertionError("the watcher did not stop within 15 s of SIGTERM; it printed:\n"
+                                 + "".join(self.out + self.err)) from None
+        self._join()
+        assert self.proc.returncode == 0, "".join(self.err)
+        return self.events
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+    def _join(self) -> None:
+        self.proc.wait()
+        for reader in self.readers:
+            reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def watcher(sample_files, data_root: Path, db_path: Path) -> Iterator[WatchProcess]:
+    """A watcher process on data_root, which held a0 and a1 when it started, once it has reported
+    its catch-up index of them."""
+    sample_files.pair(data_root, "a0")
+    sample_files.pair(data_root, "a1")
+    watching = WatchProcess(data_root, db_path)
     try:
-        wait_for(has(db_path, {"a0": "ok", "a1": "ok"}), "the catch-up index")
-
-        # a second writer is told who holds the database
-        locked = cli("index", data_root, "--db", db_path)
-        assert locked.exit_code == 75 and "indexer watch" in locked.stderr
-
-        for i in range(5):  # pairs copied in
-            write_pair(data_root, f"b{i}", gen)
-
-        # a JSON written in pieces over ~1.5 s is never recorded as bad_json
-        write_pair(data_root, "slow", gen, json_file=False)
-        text = json.dumps(gen.sample_json(random.Random(1), "slow", "png", (512, 512)))
-        pieces = [text[i * len(text) // 4:(i + 1) * len(text) // 4] for i in range(4)]
-        with open(data_root / "slow.json", "w", encoding="utf-8") as handle:
-            for piece in pieces:
-                handle.write(piece)
-                handle.flush()
-                deadline = time.monotonic() + 0.4
-                while time.monotonic() < deadline:
-                    assert statuses(db_path).get("slow") != "bad_json", "half-written JSON recorded"
-                    time.sleep(0.05)
-        wait_for(has(db_path, {f"b{i}": "ok" for i in range(5)} | {"slow": "ok"}), "copied pairs")
-
-        # the image arrives after its JSON has been indexed: the sample completes
-        write_pair(data_root, "late", gen, image=False)
-        wait_for(has(db_path, {"late": "missing_image"}), "the lone JSON")
-        write_pair(data_root, "late", gen, json_file=False)
-        # a JSON that is complete but broken is recorded as such once it settles
-        (data_root / "broken.json").write_text('{"short_caption": "cut', encoding="utf-8")
-        wait_for(has(db_path, {"late": "ok", "broken": "bad_json"}), "late image and broken JSON")
-
-        # deletion and rename (delete + add)
-        (data_root / "b0.json").unlink()
-        (data_root / "b0.png").unlink()
-        for ext in ("json", "png"):
-            os.rename(data_root / f"b1.{ext}", data_root / f"renamed.{ext}")
-        wait_for(lacks(db_path, "b0", "b1"), "deleted and renamed-away samples to go")
-        wait_for(has(db_path, {"renamed": "ok"}), "the renamed sample")
-
-        # a whole folder renamed into place, then renamed out again
-        stage = tmp_path / "stage" / "shard"
-        for i in range(3):
-            write_pair(stage, f"k{i}", gen)
-        write_pair(stage / "inner", "deep", gen)
-        os.rename(stage, data_root / "shard")
-        moved_in = {f"shard/k{i}": "ok" for i in range(3)} | {"shard/inner/deep": "ok"}
-        wait_for(has(db_path, moved_in), "the moved-in folder's samples")
-        os.rename(data_root / "shard", tmp_path / "gone")
-        wait_for(lacks(db_path, *moved_in), "the moved-out folder's samples to go")
-
-        # other processes keep reading and exporting while the watcher runs
-        reader = store.connect(db_path, readonly=True)
-        assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == len(statuses(db_path))
-        reader.close()
-        exported = cli("export", "captions", "--db", db_path, "--json")
-        assert exported.exit_code == 0, exported.stderr
-        assert (data_root / "a0.txt").is_file()  # a .txt beside a sample is not a sample: no batch
-
-        write_pair(data_root, "last", gen)
-        wait_for(has(db_path, {"last": "ok"}), "the last pair")
+        watching.wait(lambda: any(e.get("reason") == "catch-up" for e in watching.events), "the catch-up")
+        yield watching
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events[0]["event"] == "rescan" and events[0]["reason"] == "catch-up"
-    assert events[0]["added"] == 2
-    assert any(e["event"] == "batch" for e in events)
-    final = events[-1]
+        watching.close()
+
+
+def batches(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "batch"]
+
+
+def test_watch_indexes_what_is_there_when_it_starts(watcher: WatchProcess) -> None:
+    first = watcher.events[0]
+    assert first["event"] == "rescan" and first["reason"] == "catch-up" and first["added"] == 2
+    assert statuses(watcher.db) == {"a0": "ok", "a1": "ok"}
+
+
+def test_a_second_writer_is_told_who_holds_the_database(watcher: WatchProcess, cli) -> None:
+    locked = cli("index", watcher.root, "--db", watcher.db)
+    assert locked.exit_code == 75 and "indexer watch" in locked.stderr
+
+
+def test_pairs_copied_in_are_indexed_in_batches(watcher: WatchProcess, sample_files) -> None:
+    for i in range(5):
+        sample_files.pair(watcher.root, f"b{i}")
+    watcher.wait(has(watcher.db, {f"b{i}": "ok" for i in range(5)}), "copied pairs")
+    watcher.wait(lambda: sum(batch["added"] for batch in batches(watcher.events)) == 5,
+                 "batches that report the 5 pairs")
+
+
+def test_a_json_written_in_pieces_is_never_recorded_as_bad_json(watcher: WatchProcess, sample_files,
+                                                                gen) -> None:
+    """Written over ~1.6 s, each piece landing within the settle time (0.5 s) of the one before."""
+    sample_files.pair(watcher.root, "slow", json_file=False)
+    text = json.dumps(gen.sample_json(random.Random(1), "slow", "png", (512, 512)))
+    pieces = [text[i * len(text) // 4:(i + 1) * len(text) // 4] for i in range(4)]
+    with open(watcher.root / "slow.json", "w", encoding="utf-8") as handle:
+        for piece in pieces:
+            handle.write(piece)
+            handle.flush()
+            deadline = time.monotonic() + 0.4
+            while time.monotonic() < deadline:
+                assert statuses(watcher.db).get("slow") != "bad_json", "half-written JSON recorded"
+                time.sleep(0.05)
+    watcher.wait(has(watcher.db, {"slow": "ok"}), "the JSON written in pieces")
+
+
+def test_an_image_arriving_after_its_json_was_indexed_completes_the_sample(watcher: WatchProcess,
+                                                                           sample_files) -> None:
+    sample_files.pair(watcher.root, "late", image=False)
+    watcher.wait(has(watcher.db, {"late": "missing_image"}), "the lone JSON")
+    sample_files.pair(watcher.root, "late", json_file=False)
+    watcher.wait(has(watcher.db, {"late": "ok"}), "the late image")
+
+
+def test_a_complete_but_broken_json_is_recorded_as_such_once_it_settles(watcher: WatchProcess,
+                                                                         sample_files) -> None:
+    sample_files.json(watcher.root, "broken", '{"short_caption": "cut')
+    watcher.wait(has(watcher.db, {"broken": "bad_json"}), "the broken JSON")
+
+
+def test_deleted_and_renamed_samples_follow_their_files(watcher: WatchProcess, sample_files) -> None:
+    """A rename is a delete and an add; the run's totals add up to what is left."""
+    sample_files.pair(watcher.root, "gone")
+    sample_files.pair(watcher.root, "moved")
+    watcher.wait(has(watcher.db, {"gone": "ok", "moved": "ok"}), "the pairs to delete and rename")
+    (watcher.root / "gone.json").unlink()
+    (watcher.root / "gone.png").unlink()
+    for ext in ("json", "png"):
+        os.rename(watcher.root / f"moved.{ext}", watcher.root / f"renamed.{ext}")
+    watcher.wait(lacks(watcher.db, "gone", "moved"), "deleted and renamed-away samples to go")
+    watcher.wait(has(watcher.db, {"renamed": "ok"}), "the renamed sample")
+    final = watcher.stop()[-1]
+    assert set(statuses(watcher.db)) == {"a0", "a1", "renamed"}
+    assert (final["added"], final["removed"]) == (5, 2)  # a0, a1, gone, moved, renamed; gone, moved
+
+
+def test_a_folder_renamed_in_and_out_brings_and_takes_its_samples(watcher: WatchProcess, sample_files,
+                                                                  tmp_path: Path) -> None:
+    stage = tmp_path / "stage" / "shard"
+    for i in range(3):
+        sample_files.pair(stage, f"k{i}")
+    sample_files.pair(stage / "inner", "deep")
+    os.rename(stage, watcher.root / "shard")
+    moved_in = {f"shard/k{i}": "ok" for i in range(3)} | {"shard/inner/deep": "ok"}
+    watcher.wait(has(watcher.db, moved_in), "the moved-in folder's samples")
+    os.rename(watcher.root / "shard", tmp_path / "gone")
+    watcher.wait(lacks(watcher.db, *moved_in), "the moved-out folder's samples to go")
+    assert set(statuses(watcher.db)) == {"a0", "a1"}
+
+
+def test_other_processes_read_and_export_while_it_runs(watcher: WatchProcess, sample_files, cli) -> None:
+    reader = store.connect(watcher.db, readonly=True)
+    try:
+        assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == 2
+    finally:
+        reader.close()
+    exported = cli("export", "captions", "--db", watcher.db, "--json")
+    assert exported.exit_code == 0, exported.stderr
+    assert (watcher.root / "a0.txt").is_file() and (watcher.root / "a1.txt").is_file()
+    # A .txt beside a sample is not a sample: no batch takes it. A pair written after the export
+    # is batched after its events, so once the pair is in, those events have been seen.
+    sample_files.pair(watcher.root, "last")
+    watcher.wait(lambda: sum(batch["added"] for batch in batches(watcher.events)) == 1,
+                 "the batch of the pair written after the export")
+    assert sum(batch["paths"] for batch in batches(watcher.events)) == 2  # last.json and last.png only
+    assert set(statuses(watcher.db)) == {"a0", "a1", "last"}
+
+
+def test_a_stopped_watch_exits_cleanly_and_records_its_run(watcher: WatchProcess, sample_files) -> None:
+    sample_files.pair(watcher.root, "last")
+    watcher.wait(has(watcher.db, {"last": "ok"}), "the last pair")
+    final = watcher.stop()[-1]  # exit status 0 is checked by stop()
     assert final["event"] == "stopped" and final["status"] == "done"
-    expected = {"a0", "a1", "b2", "b3", "b4", "slow", "late", "broken", "renamed", "last"}
-    assert set(statuses(db_path)) == expected
-    assert final["added"] - final["removed"] == len(expected)
-    conn = sqlite3.connect(db_path)
-    run = conn.execute("SELECT command, status, finished_at FROM runs ORDER BY id DESC").fetchone()
-    conn.close()
+    assert final["added"] - final["removed"] == len(statuses(watcher.db)) == 3
+    conn = sqlite3.connect(watcher.db)
+    try:
+        run = conn.execute("SELECT command, status, finished_at FROM runs ORDER BY id DESC").fetchone()
+    finally:
+        conn.close()
     assert run[0] == "watch" and run[1] == "done" and run[2]
 
 
@@ -222,7 +326,7 @@ def session(db: Path, root: Path, **options):
     events.append(outcome["summary"])
 
 
-def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, tmp_path):
+def test_export_hooks_run_after_changing_batches_only(sample_files, data_root, db_path, tmp_path):
     calls: list[tuple[str, dict]] = []
 
     def fake_parquet(db, **options):
@@ -238,7 +342,7 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
                  captions=("long_caption", "short_caption"), where="width >= 512",
                  exporters={"parquet": fake_parquet, "captions": failing_captions}) as events:
         wait_for(lambda: len(calls) == 2, "the exports at start")
-        write_pair(data_root, "x", gen)
+        sample_files.pair(data_root, "x")
         wait_for(lambda: len(calls) == 4, "the exports after a batch")
         assert calls[2] == ("parquet", {"out": str(out), "dataset_id": "data",
                                         "captions": ("long_caption", "short_caption"),
@@ -256,20 +360,20 @@ def test_export_hooks_run_after_changing_batches_only(gen, data_root, db_path, t
     assert events[-1]["exports"] == 2
 
 
-def test_inotify_limit_falls_back_to_polling_with_advice(gen, data_root, db_path):
+def test_inotify_limit_falls_back_to_polling_with_advice(sample_files, data_root, db_path):
     def exhausted():
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
     with session(db_path, data_root, settle=0.1, observer_factory=exhausted) as events:
         warning = next(e["message"] for e in events if e["event"] == "warning")
         assert "fs.inotify.max_user_watches" in warning and "polling" in warning
-        write_pair(data_root, "polled", gen)
+        sample_files.pair(data_root, "polled")
         wait_for(has(db_path, {"polled": "ok"}), "the polled pair")
 
 
-def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
+def test_queue_overflow_triggers_a_rescan(sample_files, data_root, db_path):
     with session(db_path, data_root, settle=0.1, observer_factory=SilentObserver) as events:
-        write_pair(data_root, "unseen", gen)
+        sample_files.pair(data_root, "unseen")
         assert "unseen" not in statuses(db_path)  # no events, no periodic scan yet
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost")
@@ -281,10 +385,10 @@ def test_queue_overflow_triggers_a_rescan(gen, data_root, db_path):
     assert not any(e["event"] == "batch" for e in events[:events.index(overflow)])
 
 
-def test_periodic_rescan_catches_what_events_missed(gen, data_root, db_path):
+def test_periodic_rescan_catches_what_events_missed(sample_files, data_root, db_path):
     with session(db_path, data_root, settle=0.1, rescan_every=0.3,
                  observer_factory=SilentObserver) as events:
-        write_pair(data_root, "missed", gen)
+        sample_files.pair(data_root, "missed")
         wait_for(has(db_path, {"missed": "ok"}), "the periodic rescan")
     assert "periodic" in [e.get("reason") for e in events]
 
@@ -378,14 +482,14 @@ def test_inotify_limit_message_names_the_setting():
     assert "fs.inotify.max_user_instances" in inotify_limit_message(OSError(errno.EMFILE, "limit"))
 
 
-def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
+def test_real_exports_follow_the_index(sample_files, data_root, db_path, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "dataset.parquet"
-    write_pair(data_root, "first", gen)
+    sample_files.pair(data_root, "first")
     with session(db_path, data_root, settle=0.2, export_parquet=str(out), export_captions=True):
         wait_for(lambda: out.exists() and (data_root / "first.txt").exists(), "the first exports")
-        write_pair(data_root, "second", gen)
+        sample_files.pair(data_root, "second")
 
         def exported_both() -> bool:
             table = pq.read_table(out) if out.exists() else None
@@ -396,10 +500,10 @@ def test_real_exports_follow_the_index(gen, data_root, db_path, tmp_path):
     assert (data_root / "second.txt").read_text(encoding="utf-8") == caption
 
 
-def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tmp_path):
+def test_a_bad_export_option_stops_the_watch_at_once(sample_files, data_root, db_path, tmp_path):
     from indexer.errors import IndexerError
 
-    write_pair(data_root, "a", gen)
+    sample_files.pair(data_root, "a")
     with pytest.raises(IndexerError):
         watch(db_path, data_root, settle=0.1, workers=1, where="no_such_column >",
                    export_parquet=str(tmp_path / "out.parquet"), observer_factory=SilentObserver)
@@ -409,12 +513,12 @@ def test_a_bad_export_option_stops_the_watch_at_once(gen, data_root, db_path, tm
     conn.close()
 
 
-def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, data_root, db_path):
+def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(sample_files, data_root, db_path):
     from indexer.errors import IndexerError
     from indexer.export.captions import export_captions
 
     for number in range(24):
-        write_pair(data_root, f"m{number:02d}", gen)
+        sample_files.pair(data_root, f"m{number:02d}")
     with session(db_path, data_root, settle=0.2, export_captions=True) as events:
         wait_for(lambda: any(e["event"] == "export" for e in events), "the export at start")
         for number in range(13):
@@ -437,7 +541,8 @@ def test_the_mass_removal_guard_stops_the_watch_at_start_and_warns_later(gen, da
     assert export_captions(db_path)["removed"] == 0
 
 
-def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_root, db_path, tmp_path):
+def test_export_results_are_told_in_words_and_an_incomplete_one_warns(sample_files, data_root, db_path,
+                                                                      tmp_path):
     from indexer.render.runs import format_event
 
     def incomplete_captions(db, **options):
@@ -445,7 +550,7 @@ def test_export_results_are_told_in_words_and_an_incomplete_one_warns(gen, data_
                 "unchanged": 0, "adopted": 0, "removed": 0, "left_alone": 0, "failed": 1,
                 "complete": False, "errors": ["a.txt: Permission denied"]}
 
-    write_pair(data_root, "a", gen)
+    sample_files.pair(data_root, "a")
     out = tmp_path / "out.parquet"
     with session(db_path, data_root, settle=0.1, export_parquet=str(out), export_captions=True,
                  exporters={"captions": incomplete_captions}) as events:

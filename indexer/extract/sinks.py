@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 
+from indexer.extract.fileops import FS
 from indexer.extract.members import Refused, printable
 from indexer.extract.task import ShardOutcome, cannot_write
 from indexer.ingest.walk import STAGING_PREFIX
@@ -53,7 +54,7 @@ class Folders:
             cached = self.fds.get(path)
             if cached is None:
                 try:
-                    os.mkdir(part, 0o777, dir_fd=fd)
+                    FS.mkdir(part, 0o777, dir_fd=fd)
                 except FileExistsError:
                     pass
                 except OSError as exc:
@@ -62,7 +63,7 @@ class Folders:
                     raise Refused(f"cannot create folder {path} in the target folder: "
                                   f"{exc.strerror or exc}") from None
                 try:
-                    cached = os.open(part, DIR_FLAGS, dir_fd=fd)
+                    cached = FS.open(part, DIR_FLAGS, dir_fd=fd)
                 except OSError:
                     raise Refused(
                         f"{path} in the target folder is a symlink or a file, not a folder; "
@@ -108,7 +109,7 @@ class LinkSink:
     def create(self, parts: list[str], mode: int) -> int:
         parent = self.folders.open(parts[:-1])  # Refused when a symlink or file is in the way
         try:
-            fd = os.open(".", TMPFILE_FLAGS, mode, dir_fd=parent)
+            fd = FS.open(".", TMPFILE_FLAGS, mode, dir_fd=parent)
             self._open[fd] = (parent, None)
         except OSError as exc:
             if exc.errno in OUT_OF_SPACE:
@@ -119,7 +120,7 @@ class LinkSink:
             # (a rename out of the staging folder would cross filesystems)
             name = self._local_spare_name()
             try:
-                fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=parent)
+                fd = FS.open(name, NEW_FILE_FLAGS, mode, dir_fd=parent)
             except OSError as named_exc:
                 raise WriteFailed from named_exc
             self._open[fd] = (parent, name)
@@ -135,7 +136,7 @@ class LinkSink:
                 if staged is None:
                     self._link(fd, parent, parts[-1])
                 else:
-                    os.rename(staged, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
+                    FS.rename(staged, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as exc:
                 reason = f"cannot put it in place: {exc.strerror or exc}"
                 self.outcome.refusals.append((printable(member), reason))
@@ -171,19 +172,19 @@ class LinkSink:
     def _link(self, fd: int, parent: int, name: str) -> None:
         source = f"/proc/self/fd/{fd}"
         try:
-            os.link(source, name, dst_dir_fd=parent, follow_symlinks=True)
+            FS.link(source, name, dst_dir_fd=parent, follow_symlinks=True)
             return
         except FileExistsError:  # replace what is there (a file, or a planted symlink) atomically
             pass
         spare, spare_dir = self._spare_name(), self.staging_fd  # goes with the staging folder
         try:
-            os.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
+            FS.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             spare, spare_dir = self._local_spare_name(), parent  # another filesystem under the root
-            os.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
-        os.rename(spare, name, src_dir_fd=spare_dir, dst_dir_fd=parent)
+            FS.link(source, spare, dst_dir_fd=spare_dir, follow_symlinks=True)
+        FS.rename(spare, name, src_dir_fd=spare_dir, dst_dir_fd=parent)
 
     def close(self) -> None:
         self.folders.close()
@@ -195,11 +196,11 @@ def links_in_place(staging_fd: int) -> bool:
     if not TMPFILE_FLAGS & getattr(os, "O_TMPFILE", 0):
         return False
     try:
-        fd = os.open(".", TMPFILE_FLAGS, 0o600, dir_fd=staging_fd)
+        fd = FS.open(".", TMPFILE_FLAGS, 0o600, dir_fd=staging_fd)
     except OSError:
         return False
     try:
-        os.link(f"/proc/self/fd/{fd}", "probe", dst_dir_fd=staging_fd, follow_symlinks=True)
+        FS.link(f"/proc/self/fd/{fd}", "probe", dst_dir_fd=staging_fd, follow_symlinks=True)
         os.unlink("probe", dir_fd=staging_fd)
     except OSError:
         return False
@@ -231,7 +232,7 @@ class StagingSink:
     def create(self, parts: list[str], mode: int) -> int:
         name = f"{len(self.staged) + len(self._names):08d}"
         try:
-            fd = os.open(name, NEW_FILE_FLAGS, mode, dir_fd=self.staging_fd)
+            fd = FS.open(name, NEW_FILE_FLAGS, mode, dir_fd=self.staging_fd)
         except OSError as exc:
             raise WriteFailed from exc
         self._names[fd] = name
@@ -267,7 +268,7 @@ def place_staged(root_fd: int, root: str, sink: StagingSink, outcome: ShardOutco
                     folders.open(parts)
                 else:
                     parent = folders.open(parts[:-1])
-                    os.rename(staged_name, parts[-1], src_dir_fd=sink.staging_fd, dst_dir_fd=parent)
+                    FS.rename(staged_name, parts[-1], src_dir_fd=sink.staging_fd, dst_dir_fd=parent)
                     path = "/".join(parts)
                     placed[path] = None
                     if staged_name in sink.preloaded:

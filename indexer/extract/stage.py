@@ -11,6 +11,7 @@ import os
 import tarfile
 from collections.abc import Callable
 
+from indexer.extract.fileops import FS
 from indexer.extract.members import (
     Refused,
     extracted_parts,
@@ -131,8 +132,8 @@ def _copy_range(source_fd: int, target_fd: int, offset: int, size: int) -> None:
     """Copy in the kernel: copy_file_range (same filesystem type), else sendfile, else read/write."""
     end = offset + size
     try:
-        while offset < end and hasattr(os, "copy_file_range"):  # Linux only
-            copied = os.copy_file_range(source_fd, target_fd, end - offset, offset)
+        while offset < end and FS.copy_file_range is not None:  # Linux only
+            copied = FS.copy_file_range(source_fd, target_fd, end - offset, offset)
             if copied == 0:  # some filesystems copy nothing short of the end: read it instead
                 break
             offset += copied
