@@ -13,6 +13,7 @@ from indexer.cli.common import (
     show_progress,
     writer_options,
 )
+from indexer.errors import EXIT_INCOMPLETE
 from indexer.ingest.index import index_root
 from indexer.render.runs import format_index_summary
 
@@ -39,6 +40,8 @@ def index_command(root: str | None, db: str | None, dataset_id: str | None, work
         verify_images=verify_images, progress=show_progress(quiet, as_json),
     )
     show(summary, format_index_summary, as_json=as_json, quiet=quiet)
+    if summary.get("unread_count"):
+        raise SystemExit(EXIT_INCOMPLETE)  # what was read is recorded; a rerun reads the rest
 
 
 def register(group: click.Group) -> None:

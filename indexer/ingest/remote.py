@@ -80,6 +80,7 @@ class RemoteObject:
     fetch: Callable[[int, int], bytes]
     requests: int = 0
     bytes: int = 0
+    failure: str | None = None  # why a read failed (after retries): the object was not read whole
 
     @property
     def size(self) -> int:
@@ -89,7 +90,11 @@ class RemoteObject:
         count = min(count, self.info.size - offset)
         if count <= 0:
             return b""
-        data = _retrying(lambda: self.fetch(offset, count), self.name)
+        try:
+            data = _retrying(lambda: self.fetch(offset, count), self.name)
+        except RemoteError as exc:
+            self.failure = str(exc)
+            raise
         self.requests += 1
         self.bytes += len(data)
         return data
@@ -130,8 +135,6 @@ class RemoteRoot:
             if self.scheme in ("http", "https"):
                 return [_http_info(url, self._relative(url)) for url in self.urls]
             return _fsspec_listing(self.scheme, self._fs_path())
-        except RemoteError:
-            raise
         except Exception as exc:
             raise RemoteError(f"cannot list {self.display}: {_reason(exc)}; nothing was changed") from None
 

@@ -65,20 +65,24 @@ def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, c
     shards = {o.path: o for o in listing if is_shard_name(o.path)}
     indexes = {shard_index_path(path) for path in shards}
     loose = [o for o in listing if o.path not in indexes and split_sample_path(o.path) and is_utf8(o.path)]
-    _update_loose(recorder, root, loose, settings, progress)
+    unread = _update_loose(recorder, root, loose, settings, progress)
     shard_counts = _update_shards(recorder, root, shards, settings, progress)
     shard_counts.compressed = [o.path for o in listing if is_compressed_shard_name(o.path)]
     sync_search_index(conn)
+    unread += shard_counts.unread
     return {"dataset": dataset, "root": root.display, **recorder.summary(), "samples_before": before,
-            "objects_listed": len(listing), "shards": shard_counts.summary(), "readers": concurrency}
+            "objects_listed": len(listing), "shards": shard_counts.summary(), "readers": concurrency,
+            "unread": unread[:SHOWN_LIMIT], "unread_count": len(unread)}
 
 
 # --- loose pairs -------------------------------------------------------------------------------
 
 
 def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo], settings: ReadSettings,
-                  progress: bool) -> None:
-    """Re-read the keys whose objects changed, appeared or went away."""
+                  progress: bool) -> list[str]:
+    """Re-read the keys whose objects changed, appeared or went away; returns why objects could not
+    be read (the network, after retries)."""
+    unread: list[str] = []
     by_key: dict[str, dict[str, ObjectInfo]] = {}
     for info in loose:
         by_key.setdefault(split_sample_path(info.path)[0], {})[info.path] = info  # type: ignore[index]
@@ -88,7 +92,7 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
     changed = sorted(key for key in by_key.keys() | stored.keys()
                      if _signatures(by_key.get(key, {})) != stored.get(key, {}))
     with bar(progress, desc="read", unit=" samples", total=len(changed)) as read_bar:
-        calls = ((root, key, by_key.get(key, {}), settings.verify_images) for key in changed)
+        calls = ((root, key, by_key.get(key, {}), settings.verify_images, unread) for key in changed)
         pending: list[CompactResult] = []
         for result in map_in_order(_read_key, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
                                    recorder.counts.waited, pool_of=thread_pool):
@@ -98,17 +102,22 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
                 recorder.record(pending)
                 pending = []
         recorder.record(pending)
+    return unread
 
 
 def _signatures(objects: dict[str, ObjectInfo]) -> dict[str, int | None]:
     return {path: object_record(path, o.size, o.version, o.mtime_ns).signature for path, o in objects.items()}
 
 
-def _read_key(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo],
-              verify_images: bool) -> CompactResult:
-    """One key's objects read into its result, under the guard."""
+def _read_key(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], verify_images: bool,
+              unread: list[str]) -> CompactResult:
+    """One key's objects read into its result, under the guard (an object the network kept from
+    being read is recorded read_failed, to be read again next run, and listed in unread)."""
     try:
         return compact(*_read_objects(root, key, objects, verify_images))
+    except RemoteError as exc:
+        unread.append(str(exc))
+        return failed_sample(key, sorted(objects), exc)
     except Exception as exc:
         raise_if_environment(exc)
         return failed_sample(key, sorted(objects), exc)
@@ -123,20 +132,17 @@ def _read_objects(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], ve
     paths = sorted(objects)
     jsons = [p for p in paths if p[cut:].lower() == JSON_EXTENSION]
     images = [p for p in paths if p[cut:].lower() in IMAGE_EXTENSIONS]
-    json_data, json_error, reads = None, None, 0
+    json_data, reads = None, 0
     if jsons:
-        try:
-            json_data = root.open(objects[jsons[0]]).read_all()
-            reads += 1
-        except RemoteError as exc:
-            json_error = f"cannot read it ({exc}); run index again"
+        json_data = root.open(objects[jsons[0]]).read_all()
+        reads += 1
 
     def header(image: str) -> tuple[int, int] | str:
         info = objects[image]
         return header_size_of(root.open(info).pread(min(info.size, HEAD_BYTES), 0))
 
     sample, header_reads = build_sample(key, jsons[0] if jsons else None, jsons[1:], images, json_data,
-                                        json_error, verify_images, header)
+                                        None, verify_images, header)
     records = [object_record(p, o.size, o.version, o.mtime_ns) for p, o in sorted(objects.items())]
     return key, sample, records, reads + header_reads
 
@@ -169,7 +175,9 @@ def read_remote_shard(root: RemoteRoot, info: ObjectInfo, verify_images: bool) -
     source = root.open(info)
     found = read_shard_file(source, info.path, record, verify_images)
     found.requests, found.fetched = source.requests, source.bytes
-    if not found.error and not root.unchanged(info):
+    if source.failure is not None:  # the network, not the shard: nothing recorded, read again next run
+        found.stat, found.error = None, source.failure
+    elif not root.unchanged(info):
         found.stat = None
         found.error = f"{source.name}: the object changed while it was read; run index again"
     return found

@@ -202,6 +202,7 @@ class ShardCounts:
     requests: int = 0  # range requests remote shards took, this run
     fetched: int = 0  # bytes those requests fetched
     per_shard: list[dict] = field(default_factory=list)  # remote shards: requests and bytes each
+    unread: list[str] = field(default_factory=list)  # remote shards not read (network, or replaced)
 
     def add(self, shard: ShardRead, conflicts: list[tuple[str, str | None, str | None]]) -> None:
         """Count a shard just recorded, and the keys it met in other origins."""
@@ -278,7 +279,7 @@ def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCount
     A shard whose stat is None changed while it was read: nothing of it is recorded (its old
     samples stay, and the next run reads it again)."""
     if shard.stat is None:
-        shard_counts.errors.append(shard.error or f"{shard.path}: changed while read")
+        shard_counts.unread.append(shard.error or f"{shard.path}: changed while read")
         return
     conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
     results = list(shard.results)

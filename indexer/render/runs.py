@@ -62,6 +62,9 @@ def format_index_summary(summary: dict) -> str:
         lines.append(f"  warning: key {duplicate}")
     for error in shards.get("errors") or []:
         lines.append(f"  warning: {error}")
+    if summary.get("unread_count"):
+        lines.append(f"  error: {summary['unread_count']:,} remote object(s) could not be read (kept as they"
+                     f" were; run index again to retry): {'; '.join(summary['unread'][:3])}")
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
     return "\n".join(lines)
