@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from indexer.db.counts import sample_count
 from indexer.ingest.bulk import bulk_load
 from indexer.ingest.derived import defer_derived
+from indexer.ingest.engines import pool_for
+from indexer.ingest.guard import failed_sample
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.rows import CompactResult, Counts, ReadSettings, Task, read_task
@@ -100,4 +102,12 @@ def _run_tasks(tasks: Iterable[Task], settings: ReadSettings,
     counted in counts.waited_s)."""
     calls = ((task, settings) for task in tasks)
     yield from map_in_order(read_task, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
-                            counts.waited)
+                            counts.waited, pool_of=pool_for(settings.engine, settings.ray_address, False),
+                            on_error=_task_failed)
+
+
+def _task_failed(call: tuple, exc: Exception) -> list[CompactResult]:
+    """A read task that failed for good (a Ray task out of retries): each of its keys is recorded
+    read_failed, to be read again by the next run."""
+    task, _settings = call
+    return [failed_sample(key, paths.split("\0") if paths else [], exc) for key, paths in task]

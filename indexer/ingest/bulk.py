@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 
 from indexer.errors import IndexerError
+from indexer.ingest.engines import pool_for
+from indexer.ingest.guard import failed_sample
 from indexer.ingest.recorder import Recorder, ScratchBatch
 from indexer.ingest.records import SCRATCH_COLUMNS, json_bytes_in
 from indexer.ingest.rows import CompactResult, ReadSettings, Task, read_task
@@ -28,14 +30,47 @@ def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
     removes; committed tasks stand.
     """
     folder = scratch_folder(recorder.conn)
+    # Readers elsewhere (a Ray cluster) cannot write beside this database: they send the scratch
+    # database whole, as bytes, which this process writes where a local reader would have.
+    remote_readers = settings.engine != "local"
+    read = _read_into_bytes if remote_readers else _read_into_scratch
     try:
         calls = ((task, settings, _scratch_path(folder, n)) for n, task in enumerate(tasks))
-        for batch in map_in_order(_read_into_scratch, calls, settings.workers,
-                                  settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited):
+        for batch in map_in_order(read, calls, settings.workers, settings.workers * LARGE_TASKS_AHEAD,
+                                  recorder.counts.waited,
+                                  pool_of=pool_for(settings.engine, settings.ray_address, False),
+                                  on_error=_task_failed):
+            if isinstance(batch, list):  # a task that failed for good: its keys, read_failed
+                recorder.record(batch)
+                on_progress(len(batch))
+                continue
+            if remote_readers:
+                batch = _placed(batch)
             recorder.record_scratch(batch, fresh=True)
             on_progress(batch.keys)
     finally:
         remove_scratch_folder(folder)
+
+
+def _task_failed(call: tuple, exc: Exception) -> list[CompactResult]:
+    task = call[0]
+    return [failed_sample(key, paths.split("\0") if paths else [], exc) for key, paths in task]
+
+
+def _read_into_bytes(task: Task, settings: ReadSettings, path: str) -> tuple[bytes, ScratchBatch]:
+    """_read_into_scratch on a machine that cannot see path: the scratch database is built in
+    memory and sent back whole (SQLite's own file format: columnar enough, and the writer copies it
+    in with one INSERT ... SELECT, no row ever a Python object on its side)."""
+    results = read_task(task, settings)
+    rows, json_total, data = scratch_bytes(results)
+    return data, ScratchBatch(path, len(task), rows, sum(result[3] for result in results), json_total)
+
+
+def _placed(sent: tuple[bytes, ScratchBatch]) -> ScratchBatch:
+    data, batch = sent
+    with open(batch.path, "wb") as handle:
+        handle.write(data)
+    return batch
 
 
 SCRATCH_SUFFIX = "-scratch"
@@ -103,22 +138,36 @@ def write_scratch(path: str, results: Iterable[CompactResult]) -> tuple[int, int
     """Write the results that hold a sample to a new scratch database at path (no journal, no
     sync: it is thrown away once copied, and a crash only means reading again); returns (rows,
     their JSON bytes)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    scratch = sqlite3.connect(path, isolation_level=None)
+    try:
+        return _fill_scratch(scratch, results)
+    finally:
+        scratch.close()
+
+
+def scratch_bytes(results: Iterable[CompactResult]) -> tuple[int, int, bytes]:
+    """write_scratch in memory: (rows, their JSON bytes, the database file's bytes)."""
+    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        rows, json_total = _fill_scratch(scratch, results)
+        return rows, json_total, scratch.serialize()
+    finally:
+        scratch.close()
+
+
+def _fill_scratch(scratch: sqlite3.Connection, results: Iterable[CompactResult]) -> tuple[int, int]:
     rows = []
     json_total = 0
     for key, row, stats, _read in results:
         if row is not None:  # None: every file of the key vanished since the scan
             rows.append((key, *row, *stats))
             json_total += json_bytes_in(stats)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    scratch = sqlite3.connect(path, isolation_level=None)
-    try:
-        scratch.execute("PRAGMA journal_mode = OFF")
-        scratch.execute("PRAGMA synchronous = OFF")
-        scratch.execute(f"CREATE TABLE rows ({', '.join(SCRATCH_COLUMNS)})")
-        scratch.execute("BEGIN")
-        scratch.executemany(f"INSERT INTO rows VALUES ({', '.join('?' * len(SCRATCH_COLUMNS))})", rows)
-        scratch.execute("COMMIT")
-    finally:
-        scratch.close()
+    scratch.execute("PRAGMA journal_mode = OFF")
+    scratch.execute("PRAGMA synchronous = OFF")
+    scratch.execute(f"CREATE TABLE rows ({', '.join(SCRATCH_COLUMNS)})")
+    scratch.execute("BEGIN")
+    scratch.executemany(f"INSERT INTO rows VALUES ({', '.join('?' * len(SCRATCH_COLUMNS))})", rows)
+    scratch.execute("COMMIT")
     return len(rows), json_total

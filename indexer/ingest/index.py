@@ -16,8 +16,10 @@ from pathlib import Path
 from indexer import store
 from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
+from indexer.errors import IndexerError
 from indexer.ingest.apply import apply_changes
 from indexer.ingest.derived import defer_derived
+from indexer.ingest.engines import ENGINES, default_readers, run_report
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.remote import RemoteRoot, is_remote, shard_list_root
@@ -49,24 +51,31 @@ def index_root(
     command: str = "index",
     keys_per_commit: int = KEYS_PER_COMMIT,
     shard_list: str | os.PathLike[str] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Bring the index of `root` up to date and return the run summary (the --json object).
 
     root may be a folder, or a remote root (`s3://bucket/prefix`, `hf://datasets/ORG/NAME`); with
     shard_list (a file of https:// shard URLs) root is not needed. workers then counts objects read
     at once (remote_index.py), not processes."""
+    if engine not in ENGINES:
+        raise IndexerError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
     if shard_list is not None or is_remote(root):
         remote = shard_list_root(shard_list) if shard_list is not None else RemoteRoot(str(root))
         summary = index_remote(os.fspath(db_path), remote, dataset_id=dataset_id, workers=workers,
-                               verify_images=verify_images, progress=progress)
+                               verify_images=verify_images, progress=progress, engine=engine,
+                               ray_address=ray_address)
         summary["db_bytes"] = database_bytes(db_path)
         return summary
     started = time.monotonic()
     root_path = resolve_root(root)
     with writer_run(db_path, root_path, command, dataset_id) as run:
         summary = update_dataset(
-            run.conn, run.dataset, root_path, workers=workers or default_workers(),
+            run.conn, run.dataset, root_path,
+            workers=workers or default_readers(engine, ray_address, default_workers()),
             verify_images=verify_images, progress=progress, keys_per_commit=keys_per_commit,
+            engine=engine, ray_address=ray_address,
         )
         summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
         run.finish(summary)
@@ -83,9 +92,11 @@ def update_dataset(
     verify_images: bool = False,
     progress: bool = False,
     keys_per_commit: int = KEYS_PER_COMMIT,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Scan root, re-read every changed key and record the results (library entry point)."""
-    settings = ReadSettings(str(root), time.time_ns(), verify_images, workers)
+    settings = ReadSettings(str(root), time.time_ns(), verify_images, workers, engine, ray_address)
     started = time.perf_counter()
     recorder = Recorder(conn, dataset)
     before = sample_count(conn, dataset)
@@ -110,6 +121,7 @@ def update_dataset(
         "not_files": scanned.not_files[:SHOWN_LIMIT],
         "not_files_count": len(scanned.not_files),
         "readers": workers,
+        **run_report(engine),
         # share of the update's wall time the writer process was busy (not waiting for readers):
         # near 1.0, the single writer bounds the run; well below, the readers do
         "writer_busy": round(1 - recorder.counts.waited_s / wall, 3) if wall > 0 else None,

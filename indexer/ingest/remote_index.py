@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
 from indexer.ingest.change import object_record, object_shard_record
+from indexer.ingest.engines import default_readers, pool_for, run_report
 from indexer.ingest.guard import failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
@@ -33,10 +34,11 @@ from indexer.ingest.shards import (
     is_compressed_shard_name,
     is_shard_name,
     read_shard_file,
+    shard_task_failed,
     update_shards,
 )
 from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION, is_utf8, split_sample_path
-from indexer.ingest.workers import LARGE_TASKS_AHEAD, SMALL_TASKS_AHEAD, map_in_order, thread_pool
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, SMALL_TASKS_AHEAD, map_in_order
 from indexer.progress import bar
 
 DEFAULT_CONCURRENCY = 16  # objects read at once: enough to hide ~20 ms round trips
@@ -44,21 +46,25 @@ KEYS_PER_BATCH = 256
 
 
 def index_remote(db_path: str, root: RemoteRoot, *, dataset_id: str | None = None, workers: int | None = None,
-                 verify_images: bool = False, progress: bool = False) -> dict:
+                 verify_images: bool = False, progress: bool = False, engine: str = "local",
+                 ray_address: str | None = None) -> dict:
     """Bring the index of a remote root up to date and return the run summary."""
     started = time.monotonic()
+    concurrency = workers or default_readers(engine, ray_address, DEFAULT_CONCURRENCY)
     with writer_run(db_path, root, "index", dataset_id) as run:  # type: ignore[arg-type]
-        summary = update_remote(run.conn, run.dataset, root, concurrency=workers or DEFAULT_CONCURRENCY,
-                                verify_images=verify_images, progress=progress)
+        summary = update_remote(run.conn, run.dataset, root, concurrency=concurrency,
+                                verify_images=verify_images, progress=progress, engine=engine,
+                                ray_address=ray_address)
         summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
         run.finish(summary)
     return summary
 
 
 def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, concurrency: int,
-                  verify_images: bool = False, progress: bool = False) -> dict:
+                  verify_images: bool = False, progress: bool = False, engine: str = "local",
+                  ray_address: str | None = None) -> dict:
     """List the root once, then read what changed: loose pairs, then tar shards."""
-    settings = ReadSettings(root.display, time.time_ns(), verify_images, concurrency)
+    settings = ReadSettings(root.display, time.time_ns(), verify_images, concurrency, engine, ray_address)
     recorder = Recorder(conn, dataset)
     before = sample_count(conn, dataset)
     listing = root.listing()  # all or nothing: a failed listing changes nothing
@@ -72,7 +78,7 @@ def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, c
     unread += shard_counts.unread
     return {"dataset": dataset, "root": root.display, **recorder.summary(), "samples_before": before,
             "objects_listed": len(listing), "shards": shard_counts.summary(), "readers": concurrency,
-            "unread": unread[:SHOWN_LIMIT], "unread_count": len(unread)}
+            "unread": unread[:SHOWN_LIMIT], "unread_count": len(unread), **run_report(engine)}
 
 
 # --- loose pairs -------------------------------------------------------------------------------
@@ -95,7 +101,9 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
         calls = ((root, key, by_key.get(key, {}), settings.verify_images, unread) for key in changed)
         pending: list[CompactResult] = []
         for result in map_in_order(_read_key, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
-                                   recorder.counts.waited, pool_of=thread_pool):
+                                   recorder.counts.waited,
+                                   pool_of=pool_for(settings.engine, settings.ray_address, True),
+                                   on_error=lambda call, exc: failed_sample(call[1], sorted(call[2]), exc)):
             pending.append(result)
             read_bar.update(1)
             if len(pending) >= KEYS_PER_BATCH:
@@ -159,7 +167,9 @@ def _update_shards(recorder: Recorder, root: RemoteRoot, shards: dict[str, Objec
             calls = ((root, shards[path], settings.verify_images) for path in pending)
             for shard in map_in_order(read_remote_shard, calls, min(settings.workers, len(pending)),
                                       settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited,
-                                      pool_of=thread_pool):
+                                      pool_of=pool_for(settings.engine, settings.ray_address, True),
+                                      on_error=lambda call, exc: shard_task_failed((None, call[1].path),
+                                                                                   exc)):
                 shard_bar.update(1)
                 yield shard
 

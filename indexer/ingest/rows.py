@@ -58,6 +58,8 @@ class ReadSettings:
     scan_start_ns: int  # files younger than the racy window before this are re-read next run
     verify_images: bool = False
     workers: int = 1
+    engine: str = "local"  # where reading runs (engines.py): local, or ray
+    ray_address: str | None = None
 
 
 def read_task(task: Task, settings: ReadSettings) -> list[CompactResult]:

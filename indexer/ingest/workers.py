@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from indexer.db import lock
 
@@ -42,13 +43,13 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
 
 
 def in_order(pool: cf.Executor, function: Callable, calls: Iterable[tuple], ahead: int
-             ) -> Iterator[cf.Future]:
-    """Submit function(*call) for each call, `ahead` at a time, and hand the futures back in
+             ) -> Iterator[tuple[tuple, cf.Future]]:
+    """Submit function(*call) for each call, `ahead` at a time, and hand (call, future) back in
     submission order: the writer then records in the order it asked for (keys sorted, shards by
     path) whichever reader finishes first."""
-    in_flight: collections.deque[cf.Future] = collections.deque()
+    in_flight: collections.deque[tuple[tuple, cf.Future]] = collections.deque()
     for call in calls:
-        in_flight.append(pool.submit(function, *call))
+        in_flight.append((call, pool.submit(function, *call)))
         if len(in_flight) >= ahead:
             yield in_flight.popleft()
     while in_flight:
@@ -62,19 +63,27 @@ def thread_pool(workers: int) -> cf.ThreadPoolExecutor:
 
 def map_in_order(function: Callable, calls: Iterable[tuple], workers: int, ahead: int,
                  on_wait: Callable[[float], None] | None = None,
-                 pool_of: Callable[[int], cf.Executor] = process_pool) -> Iterator:
-    """function(*call) for each call, the results in call order: in this process for one worker,
-    else in `workers` readers (forked processes, or pool_of's executor), `ahead` calls in flight.
-    on_wait(seconds) hears how long this process waited for each result: the rest of its time is
-    its own work (`writer_busy`)."""
-    if workers <= 1:
+                 pool_of: Callable[[int], cf.Executor] | None = None,
+                 on_error: Callable[[tuple, Exception], Any] | None = None) -> Iterator:
+    """function(*call) for each call, the results in call order: by default in this process for
+    one worker, else in `workers` forked readers; in pool_of's executor when given (threads, Ray).
+    `ahead` calls are in flight. on_wait(seconds) hears how long this process waited for each
+    result: the rest of its time is its own work (`writer_busy`). on_error(call, exc) stands in
+    for the result of a call whose task failed for good (a Ray task out of retries); without it,
+    the failure ends the run."""
+    if pool_of is None and workers <= 1:
         for call in calls:
             yield function(*call)
         return
-    with pool_of(workers) as pool:
-        for future in in_order(pool, function, calls, ahead):
+    with (pool_of or process_pool)(workers) as pool:
+        for call, future in in_order(pool, function, calls, ahead):
             started = time.perf_counter()
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                result = on_error(call, exc)
             if on_wait is not None:
                 on_wait(time.perf_counter() - started)
             yield result

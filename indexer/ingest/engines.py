@@ -1,0 +1,117 @@
+"""Where reading runs: `local` (forked reader processes on this machine; threads for remote
+sources, which wait on the network) or `ray` (tasks on a Ray cluster, `--engine ray`).
+
+One seam: `pool_for(settings, io_bound)` gives the executor factory `workers.map_in_order` runs
+its calls in. Ray's tasks come back as concurrent.futures Futures (ObjectRef.future), so the writer
+side is the same for both engines: results in submission order, recorded by the one recorder in
+this process. Ray is started (or joined: `--ray-address`, else RAY_ADDRESS, else a new local
+instance) once per process, on first use, and a local instance this process started is stopped
+at its exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures as cf
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from indexer.errors import IndexerError
+from indexer.ingest.workers import thread_pool
+
+ENGINES = ("local", "ray")
+TASK_RETRIES = 3  # Ray runs a task again this many times when its worker dies
+INSTALL = "pip install 'indexer[ray]'"
+PoolFactory = Callable[[int], cf.Executor] | None
+
+
+def pool_for(engine: str, ray_address: str | None, io_bound: bool) -> PoolFactory:
+    """The executor factory for one map_in_order call of a run."""
+    if engine == "ray":
+        return lambda workers: RayExecutor(ray_address)
+    if engine != "local":
+        raise IndexerError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
+    return thread_pool if io_bound else None  # None: map_in_order's forked readers (inline for one)
+
+
+class RayExecutor(cf.Executor):
+    """Submits calls as Ray tasks; the futures resolve in this process. Counts where tasks ran."""
+
+    placements: ClassVar[collections.Counter[str]] = collections.Counter()  # node -> tasks, this process
+
+    def __init__(self, address: str | None) -> None:
+        self.ray = _ray(address)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        ref = _remote(fn).remote(*args, **kwargs)
+        outer: cf.Future = cf.Future()
+
+        def unwrap(inner: cf.Future) -> None:
+            try:
+                node, result = inner.result()
+            except BaseException as exc:
+                outer.set_exception(exc)
+                return
+            RayExecutor.placements[node] += 1
+            outer.set_result(result)
+
+        ref.future().add_done_callback(unwrap)
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The cluster outlives a call: it is left as it is (see _ray)."""
+
+
+_LOCK = threading.Lock()
+_STARTED_HERE: list[bool] = []
+
+
+def _ray(address: str | None) -> Any:
+    """The ray module, connected (once per process)."""
+    try:
+        import ray
+    except ImportError:
+        raise IndexerError(f"--engine ray needs Ray: {INSTALL}") from None
+    with _LOCK:
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except Exception as exc:
+                raise IndexerError(f"cannot start or join Ray ({' '.join(str(exc).split())[:300]}): check "
+                                   "--ray-address / RAY_ADDRESS, or run `ray start --head`") from None
+            _STARTED_HERE.append(True)
+            atexit.register(ray.shutdown)
+    return ray
+
+
+@functools.cache
+def _remote(fn: Callable) -> Any:
+    """fn as a Ray task that also says on which node it ran."""
+    import ray
+
+    @ray.remote(max_retries=TASK_RETRIES)
+    def task(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+        return ray.util.get_node_ip_address(), fn(*args, **kwargs)
+
+    return task
+
+
+def default_readers(engine: str, ray_address: str | None, local_default: int) -> int:
+    """How many reads to keep going at once: the cluster's CPUs on Ray, else local_default."""
+    if engine != "ray":
+        return local_default
+    return max(1, int(_ray(ray_address).cluster_resources().get("CPU", 1)))
+
+
+def run_report(engine: str) -> dict:
+    """What the run summary says about where reading ran: for Ray, the tasks each node ran since
+    the last report (one report a run)."""
+    if engine != "ray":
+        return {"engine": engine}
+    placed = dict(RayExecutor.placements)
+    RayExecutor.placements.clear()
+    return {"engine": engine, "tasks_by_node": placed}

@@ -1,0 +1,101 @@
+"""`--engine ray` against a real local Ray instance the tests start, on 127.0.0.1 only: a Ray run
+writes the database a local run writes, incremental equals fresh, and a task whose worker dies is
+run again (once: it succeeds; every time: its call's fallback stands in, the run goes on)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from indexer.ingest import change
+from indexer.ingest.engines import pool_for
+from indexer.ingest.index import index_root
+from indexer.ingest.workers import map_in_order
+
+ROW = "key, image_ext, json_ext, width, height, size_from, status, error, warning, meta, shard, json_offset"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance on loopback only (Ray 2.60 binds the machine's other address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    try:
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_racy(monkeypatch):
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+
+
+def rows(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT {ROW} FROM samples ORDER BY key").fetchall()
+    finally:
+        conn.close()
+
+
+def dataset(root: Path, gen, sample_files) -> Path:
+    gen.make_dataset(root / "loose", 300, faults=0.2, seed=5)
+    members = {n: b for i in range(20) for n, b in sample_files.members(f"m{i}", size=(64, 48)).items()}
+    sample_files.shard(root / "shards" / "s0.tar", members)
+    return root
+
+
+def test_a_ray_run_writes_what_a_local_run_writes_and_reruns_stay_equal(tmp_path, ray_local, gen,
+                                                                         sample_files):
+    root = dataset(tmp_path / "data", gen, sample_files)
+    local, on_ray = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
+    index_root(local, root, workers=1)
+    summary = index_root(on_ray, root, engine="ray", keys_per_commit=64)  # several tasks
+    assert rows(on_ray) == rows(local)
+    assert summary["engine"] == "ray" and set(summary["tasks_by_node"]) == {"127.0.0.1"}
+
+    for path in sorted((root / "loose").rglob("*.json"))[:40:4]:  # edit, remove, add
+        path.write_text('{"width": 9, "height": 9, "short_caption": "edited"}')
+    for path in sorted((root / "loose").rglob("*.png"))[5:8]:
+        path.unlink()
+    sample_files.pair(root / "loose", "new/one", size=(10, 10))
+    index_root(on_ray, root, engine="ray")
+    fresh = tmp_path / "fresh.sqlite"
+    index_root(fresh, root, workers=1)
+    assert rows(on_ray) == rows(fresh)
+
+
+def _die_once(marker: str, value: int) -> int:
+    """Kills its worker the first time it runs for a value with a marker path (Ray runs it again)."""
+    if marker and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)
+    return value * 2
+
+
+def _die_always(value: int) -> int:
+    if value == 3:
+        os._exit(1)
+    return value * 2
+
+
+def test_a_task_whose_worker_dies_runs_again_or_gives_way_to_its_fallback(tmp_path, ray_local):
+    ray_pool = pool_for("ray", None, io_bound=False)
+    calls = [(str(tmp_path / "died") if value == 2 else "", value) for value in range(5)]
+    assert list(map_in_order(_die_once, calls, 2, 4, pool_of=ray_pool)) == [0, 2, 4, 6, 8]
+    assert (tmp_path / "died").exists()  # the worker did die once
+
+    failed = list(map_in_order(_die_always, [(value,) for value in range(5)], 2, 4, pool_of=ray_pool,
+                               on_error=lambda call, exc: ("failed", call[0], type(exc).__name__)))
+    assert failed[:3] == [0, 2, 4] and failed[4] == 8
+    assert failed[3][:2] == ("failed", 3)
