@@ -81,7 +81,8 @@ def rows(db: Path) -> list[tuple]:
         conn.close()
 
 
-def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sample_files):
+def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sample_files, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     fs, name = bucket
     local = dataset_folder(tmp_path / "local", sample_files)
     upload(fs, name, local)
@@ -95,6 +96,12 @@ def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sam
     assert "s1.tar" in summary["shards"]["errors"][0] and "cut short" in summary["shards"]["errors"][0]
     per_shard = {entry["shard"]: entry for entry in summary["shards"]["per_shard"]}
     assert per_shard["shards/s0.tar"]["requests"] >= 1 and per_shard["shards/s0.tar"]["bytes"] > 0
+    # exports that write beside the samples (or paths a trainer opens) say to materialize first
+    refused = cli("export", "captions", "--db", tmp_path / "remote.sqlite")
+    assert refused.exit_code == 1 and f"lives at s3://{name}/data" in refused.stderr
+    assert "materialize" in refused.stderr and not (tmp_path / "s3:").exists()
+    parquet = cli("export", "parquet", tmp_path / "x.parquet", "--db", tmp_path / "remote.sqlite")
+    assert parquet.exit_code == 0, parquet.stderr
     # credentials reach neither the database nor what the run prints
     assert SECRET.encode() not in (tmp_path / "remote.sqlite").read_bytes()
     assert SECRET not in result.output + result.stderr

@@ -40,7 +40,7 @@ def export_jsonl(
     """
     selection = make_selection(captions, where, caption_mode=caption_mode)
     return write_json_lines(db_path, output_path(out, "jsonl"), "jsonl", selection, selection.options(),
-                            _imagefolder_lines, dataset_id=dataset_id, progress=progress)
+                            _imagefolder_lines, dataset_id=dataset_id, progress=progress, local_files=False)
 
 
 def _imagefolder_lines(_snapshot: ReadSnapshot, batch: list[tuple]) -> bytes:
@@ -59,6 +59,7 @@ def write_json_lines(
     dataset_id: str | None,
     progress: bool,
     counts: dict | None = None,
+    local_files: bool = True,
 ) -> dict:
     """Write the selected rows through `encode` to PATH (atomically), unless the last export of
     this kind there holds the same rows (same options, data and file); return the summary.
@@ -78,4 +79,5 @@ def write_json_lines(
                 progress_bar.update(len(batch))
         return rows
 
-    return export_file(db_path, path, kind, selection, options, write, dataset_id=dataset_id, counts=counts)
+    return export_file(db_path, path, kind, selection, options, write, dataset_id=dataset_id, counts=counts,
+                       local_files=local_files)

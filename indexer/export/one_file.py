@@ -28,6 +28,7 @@ def export_file(
     dataset_id: str | None,
     counts: dict | None = None,
     sized: bool = False,
+    local_files: bool = True,
 ) -> dict:
     """Write PATH through `write` unless the last export of this kind there holds the same rows
     (same options, data and file); return the summary.
@@ -38,7 +39,7 @@ def export_file(
     counts = {} if counts is None else counts
     started = time.monotonic()
     recorded = options_json(options)
-    with open_snapshot(db_path, dataset_id) as snapshot:
+    with open_snapshot(db_path, dataset_id, local_files=local_files) as snapshot:
         check_selection(snapshot, selection)
         previous = previous_export(snapshot.conn, snapshot.dataset, kind, path)
         up_to_date = is_up_to_date(previous, recorded, snapshot.data_version, path)

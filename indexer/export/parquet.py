@@ -47,7 +47,7 @@ def export_parquet(
     selection = make_selection(captions, where, columns, caption_mode)
     return export_file(db_path, output_path(out, "parquet"), "parquet", selection, selection.options(),
                        lambda snapshot, temp: write_parquet(snapshot, selection, temp, progress),
-                       dataset_id=dataset_id, sized=True)
+                       dataset_id=dataset_id, sized=True, local_files=False)
 
 
 def parquet_schema(snapshot: ReadSnapshot, selection: Selection) -> tuple[pa.Schema, list[str], dict]:

@@ -123,8 +123,13 @@ def column_sql(name: str, number: int, params: dict) -> tuple[str, pa.DataType]:
 
 
 @contextlib.contextmanager
-def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> Iterator[ReadSnapshot]:
-    """A query-only connection holding one read transaction for the whole selection."""
+def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None, *,
+                  local_files: bool = True) -> Iterator[ReadSnapshot]:
+    """A query-only connection holding one read transaction for the whole selection.
+
+    local_files: the export writes files beside the samples, or paths a trainer opens, so it
+    refuses a dataset indexed in place in a bucket, on the Hub or behind URLs (its root is a URL:
+    a relative path of it would land in the current folder) and says what to do instead."""
     if not os.path.exists(db_path):
         raise IndexerError(
             f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
@@ -132,6 +137,13 @@ def open_snapshot(db_path: str | os.PathLike[str], dataset_id: str | None) -> It
     conn, _guard = connect_readonly(db_path, upgrade=True, cache_kib=SNAPSHOT_CACHE_KIB)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
+        if local_files and not root.is_absolute():  # local roots are stored resolved; URLs are not
+            [(url,)] = conn.execute("SELECT root FROM datasets WHERE id = ?", (dataset,)).fetchall()
+            raise IndexerError(
+                f"dataset {dataset} lives at {url}: this export needs the files on a local disk; fetch"
+                f" the samples you want with `indexer materialize DIR --id {dataset} [--where ...]` and"
+                " export DIR's dataset (`export parquet` and `export jsonl`, whose paths are relative,"
+                " work here as they are)")
         conn.execute("BEGIN")
         version = conn.execute("SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
         yield ReadSnapshot(conn, dataset, root, int(version))

@@ -67,7 +67,7 @@ def export_webshart(
     selection = make_selection(captions, where, caption_mode=caption_mode)
     written = unchanged = rows = 0
     cleared = {"index_copies": 0, "bucket_files": 0}
-    with open_snapshot(db_path, dataset_id) as snapshot:
+    with open_snapshot(db_path, dataset_id, local_files=metadata is None) as snapshot:
         root = snapshot.root
         target = metadata_folder(metadata, root)
         check_selection(snapshot, selection)

@@ -75,7 +75,7 @@ def map_in_order(function: Callable, calls: Iterable[tuple], workers: int, ahead
         for call in calls:
             yield function(*call)
         return
-    with (pool_of or process_pool)(workers) as pool:
+    with (pool_of or process_pool)(max(1, workers)) as pool:
         for call, future in in_order(pool, function, calls, ahead):
             started = time.perf_counter()
             try:
