@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,76 @@ def range_server(folder: Path) -> Iterator[tuple[str, Faults]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def hub_server(repo: str, folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """A stand-in for the three Hub endpoints huggingface_hub's HfFileSystem calls to list and read
+    a dataset repo (as its source and a run against it show): the repo's info
+    (`GET /api/datasets/REPO[/revision/REV]`), its tree (`GET /api/datasets/REPO/tree/REV/PATH?
+    recursive=true`, one page), and file bytes by range (`GET /datasets/REPO/resolve/REV/PATH`).
+    Serves folder's files as the repo's; yields (endpoint URL for HF_ENDPOINT, the requests seen)."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(f"GET {self.path} {self.headers.get('Range', '')}")
+            path = self.path.split("?", 1)[0]
+            api = f"/api/datasets/{repo}"
+            if path == api or path.startswith(f"{api}/revision/"):
+                self._json({"id": repo, "sha": "0" * 40, "siblings": []})
+            elif path.startswith(f"{api}/tree/"):
+                under = path.removeprefix(f"{api}/tree/").partition("/")[2]
+                self._json(_tree(folder, under))
+            elif path.startswith(f"/datasets/{repo}/resolve/"):
+                self._range(folder / path.removeprefix(f"/datasets/{repo}/resolve/").partition("/")[2])
+            else:
+                self._reply(404, b"{}")
+
+        def _json(self, value: object) -> None:
+            self._reply(200, json.dumps(value).encode(), [("Content-Type", "application/json")])
+
+        def _range(self, file: Path) -> None:
+            data = file.read_bytes()
+            first, _, last = self.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+            start, stop = int(first), min(int(last or len(data) - 1), len(data) - 1)
+            self._reply(206, data[start:stop + 1], [("Content-Range", f"bytes {start}-{stop}/{len(data)}")])
+
+        def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]] = ()) -> None:
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tree(folder: Path, under: str) -> list[dict]:
+    """The Hub's tree entries for the files below `under`, with their blob and LFS ids."""
+    entries = []
+    for file in sorted((folder / under).rglob("*")):
+        rel = file.relative_to(folder).as_posix()
+        if file.is_dir():
+            entries.append({"type": "directory", "oid": "d" * 40, "size": 0, "path": rel})
+            continue
+        data = file.read_bytes()
+        lfs = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        entries.append({"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
+                        "path": rel, "lfs": lfs})
+    return entries
 
 
 @contextmanager

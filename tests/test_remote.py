@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from servers import range_server, s3_server
+from servers import hub_server, range_server, s3_server
 
 from indexer.errors import EXIT_INCOMPLETE
 from indexer.ingest import change, remote
@@ -199,3 +199,23 @@ def test_a_remote_root_needs_the_extra_only_when_used_and_says_what_is_wrong(tmp
     (tmp_path / "u.txt").write_text("ftp://nope/a.tar\n")
     wrong = cli("index", "--shard-list", tmp_path / "u.txt", "--db", tmp_path / "db.sqlite")
     assert wrong.exit_code == 1 and "one http:// or https:// URL a line" in wrong.stderr
+
+
+def test_a_hub_dataset_through_huggingface_hubs_own_filesystem(tmp_path, cli, sample_files, monkeypatch):
+    local = dataset_folder(tmp_path / "repo" / "data", sample_files)
+    index_root(tmp_path / "local.sqlite", local, workers=1)
+    with hub_server("org/name", tmp_path / "repo") as (endpoint, seen):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setenv("HF_TOKEN", SECRET)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        remote._FILESYSTEMS.clear()
+        db = tmp_path / "hub.sqlite"
+        result = cli("index", "hf://datasets/org/name/data", "--db", db, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert rows(db) == rows(tmp_path / "local.sqlite")
+        ranges = [line for line in seen if "/resolve/" in line]
+        assert ranges and all("bytes=" in line for line in ranges)  # read by range, never whole
+        again = json.loads(cli("index", "hf://datasets/org/name/data", "--db", db, "--json").output)
+        assert (again["files_read"], again["shards"]["read"]) == (0, 0)
+        assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
+    remote._FILESYSTEMS.clear()

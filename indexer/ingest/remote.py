@@ -146,6 +146,8 @@ class RemoteRoot:
                                 lambda offset, count: _http_range(url, offset, count, info.version))
         path = f"{self._fs_path().rstrip('/')}/{info.path}"
         fs = _filesystem(self.scheme)
+        if self.scheme == "hf":
+            return RemoteObject(info, name, _hub_fetcher(fs, path))
         return RemoteObject(info, name, lambda offset, count: fs.cat_file(path, start=offset,
                                                                             end=offset + count))
 
@@ -281,9 +283,8 @@ def _version(info: dict) -> str:
         if info.get(key):
             return str(info[key]).strip('"')
     lfs = info.get("lfs")
-    if isinstance(lfs, dict) and lfs.get("sha256"):
-        return str(lfs["sha256"])
-    return str(info.get("blob_id") or "")
+    sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+    return str(sha256 or info.get("blob_id") or "")
 
 
 def _mtime_ns(info: dict) -> int:
@@ -294,6 +295,25 @@ def _mtime_ns(info: dict) -> int:
     if hasattr(stamp, "timestamp"):
         return int(stamp.timestamp() * 1_000_000) * 1000
     return 0
+
+
+def _hub_fetcher(fs: Any, path: str) -> Callable[[int, int], bytes]:
+    """Exact byte ranges of a Hub file, through huggingface_hub's own session and headers (token,
+    endpoint). Not fs.cat_file: fsspec's buffered file would fetch a whole 5 MB block a read."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = fs.url(path)
+    headers = build_hf_headers(token=fs.token)
+
+    def fetch(offset: int, count: int) -> bytes:
+        wanted = {**headers, "Range": f"bytes={offset}-{offset + count - 1}"}
+        response = get_session().get(url, headers=wanted, follow_redirects=True, timeout=TIMEOUT_S)
+        if response.status_code in TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {response.status_code}")
+        hf_raise_for_status(response)
+        return response.content
+
+    return fetch
 
 
 # --- HTTP(S) with the standard library --------------------------------------------------------
