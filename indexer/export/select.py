@@ -248,7 +248,7 @@ def where_error(where: str | None, exc: Exception) -> IndexerError:
 
 def select_rows(
     snapshot: ReadSnapshot, selection: Selection, extra_sql: Sequence[str] = (),
-    extra_params: dict | None = None, in_shards: bool = False, shard: str | None = None,
+    extra_params: dict | None = None, in_shards: bool = False, by_shard: bool = False,
     caption_lists: bool = False,
 ) -> Iterator[list[tuple]]:
     """Batches of exported rows: (key, image, width, height, caption, *extra) in key order.
@@ -258,8 +258,9 @@ def select_rows(
     is one string, the captions joined with "\n", or with `caption_lists` the list itself, for
     formats that hold several captions apart (a caption may hold a line break). Samples inside
     tar shards have no file a trainer could open by path: only an export for tar readers
-    (in_shards=True, webshart) takes them, and it takes nothing else; `shard` keeps one shard's.
-    """
+    (in_shards=True, webshart) takes them, and it takes nothing else. by_shard: only samples in
+    shards, in (shard, key) order: one ordered pass serves every shard (a query per shard would
+    read the table once a shard: samples x shards)."""
     params: dict = {"dataset": snapshot.dataset, **(extra_params or {})}
     keep = f"CASE WHEN ({selection.where}) THEN 1 ELSE 0 END" if selection.where else "1"
     sql = (
@@ -267,11 +268,9 @@ def select_rows(
         " samples.key, samples.image, samples.width, samples.height"
         + "".join(f", {expr}" for expr in extra_sql)
         + " FROM samples WHERE samples.dataset = :dataset"
-        + (" AND samples.shard = :shard" if shard is not None else "")
-        + " ORDER BY samples.key"
+        + (" AND samples.shard IS NOT NULL ORDER BY samples.shard, samples.key" if by_shard
+           else " ORDER BY samples.key")
     )
-    if shard is not None:
-        params["shard"] = shard
     cursor = execute_where(snapshot.conn, sql, params, selection.where)
     excluded = snapshot.excluded
     joined = selection.caption_mode == "all" and bool(selection.captions)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -49,7 +49,7 @@ from indexer.progress import bar
 
 # The image member's data, then its JSON sidecar's (a sample with status ok has both).
 MEMBER_SQL = ["samples.image_offset", "samples.image_size", "samples.json", "samples.json_offset",
-              "samples.json_size"]
+              "samples.json_size", "samples.shard"]
 
 
 def export_webshart(
@@ -74,8 +74,13 @@ def export_webshart(
         shards = indexed_shards(snapshot)
         caches, notes = find_caches(snapshot.conn, snapshot.dataset, root)
         with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar:
+            selected = shard_files_in_order(snapshot, selection)
+            pending = next(selected, None)
             for shard, *recorded in shards:
-                files = shard_files(snapshot, selection, shard)
+                files: dict[str, dict] = {}
+                if pending is not None and pending[0] == shard:
+                    files = pending[1]
+                    pending = next(selected, None)
                 index = {"path": Path(shard).name, "filesize": current_size(root, shard, tuple(recorded)),
                          "files": files}
                 rows += len(files)
@@ -120,20 +125,29 @@ def indexed_shards(snapshot: ReadSnapshot) -> list[tuple]:
     return shards
 
 
-def shard_files(snapshot: ReadSnapshot, selection: Selection, shard: str) -> dict[str, dict]:
-    """The index's `files`: each selected image member of the shard with its size, its captions
-    (a list in all mode, each caption as it is, line breaks kept) and where its JSON sidecar is."""
+def shard_files_in_order(snapshot: ReadSnapshot,
+                         selection: Selection) -> Iterator[tuple[str, dict[str, dict]]]:
+    """(shard, the index's `files`) for every shard with selected samples, in shard path order, from
+    one pass over the table: each selected image member with its size, its captions (a list in all
+    mode, each caption as it is, line breaks kept) and where its JSON sidecar is."""
+    shard: str | None = None
     files: dict[str, dict] = {}
-    batches = select_rows(snapshot, selection, MEMBER_SQL, in_shards=True, shard=shard, caption_lists=True)
+    batches = select_rows(snapshot, selection, MEMBER_SQL, in_shards=True, by_shard=True, caption_lists=True)
     for batch in batches:
-        for _key, image, width, height, caption, offset, length, json_path, json_offset, json_length in batch:
+        for _key, image, width, height, caption, offset, length, json_path, json_offset, json_length, \
+                row_shard in batch:
+            if row_shard != shard:
+                if shard is not None:
+                    yield shard, files
+                shard, files = row_shard, {}
             entry: dict = {"offset": offset, "length": length, "width": int(width), "height": int(height)}
             if caption is not None:
                 entry["captions"] = caption
             if json_offset is not None:
                 entry.update(json_path=json_path, json_offset=json_offset, json_length=json_length)
             files[image] = entry
-    return files
+    if shard is not None:
+        yield shard, files
 
 
 def current_size(root: Path, shard: str, recorded: tuple[int, int, int, int]) -> int:
