@@ -81,6 +81,9 @@ class RemoteObject:
     requests: int = 0
     bytes: int = 0
     failure: str | None = None  # why a read failed (after retries): the object was not read whole
+    # The first read after a jump over image data: a header, a DALLE-3-sized JSON (~1.5 KB) and the
+    # next header in one request; a larger JSON costs a second one.
+    jump_read: int = 3 << 10
 
     @property
     def size(self) -> int:

@@ -32,7 +32,7 @@ from indexer.ingest.read import build_sample, header_size_of, with_warnings
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import member_stats
 from indexer.ingest.rows import ReadSettings
-from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members_in
+from indexer.ingest.tar_members import BLOCK, JUMP_READ, Member, TarDamaged, TarReadError, iter_members_in
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
@@ -131,7 +131,8 @@ def _sample_members(shard: ShardFile, found: ShardRead) -> dict[str, dict[str, M
     keys: dict[str, dict[str, Member]] = collections.defaultdict(dict)
     position = 0  # where the last complete member ends
     try:
-        for member in iter_members_in(shard.pread, shard.name, shard.size, want_data=_want):
+        for member in iter_members_in(shard.pread, shard.name, shard.size, want_data=_want,
+                                      jump_read=getattr(shard, "jump_read", JUMP_READ)):
             position = member.data_offset + member.size
             found.members += 1
             found.bytes_read += BLOCK + len(member.data or b"")

@@ -127,19 +127,22 @@ def iter_members(path: str | os.PathLike[str], *, want_data: Callable[[str], int
 Pread = Callable[[int, int], bytes]  # (count, offset) -> up to count bytes at offset
 
 
-def iter_members_in(pread: Pread, name: str, size: int, *,
-                    want_data: Callable[[str], int]) -> Iterator[Member]:
+def iter_members_in(pread: Pread, name: str, size: int, *, want_data: Callable[[str], int],
+                    jump_read: int = JUMP_READ) -> Iterator[Member]:
     """iter_members over any byte source of a known size: a local file, or an object in a bucket
-    read by range requests (one request a read: the reader's read-ahead then decides how many)."""
-    yield from _members(_Reader(pread, name, size), name, size, want_data)
+    read by range requests (one request a read: the reader's read-ahead then decides how many).
+    jump_read: how much the first read after a jump takes (a remote source pays for every byte,
+    so it asks for about a header, a JSON member and the next header)."""
+    yield from _members(_Reader(pread, name, size, jump_read), name, size, want_data)
 
 
 class _Reader:
     """pread-backed buffer: exact byte ranges by absolute offset, read ahead in growing chunks."""
 
-    __slots__ = ("buf", "end", "path", "pread", "readahead", "reads", "start", "stop")
+    __slots__ = ("buf", "end", "jump_read", "path", "pread", "readahead", "reads", "start", "stop")
 
-    def __init__(self, pread: Pread, path: str, end: int) -> None:
+    def __init__(self, pread: Pread, path: str, end: int, jump_read: int = JUMP_READ) -> None:
+        self.jump_read = jump_read
         self.pread = pread
         self.path = path
         self.end = end  # the source's size: no read is asked past it
@@ -147,7 +150,7 @@ class _Reader:
         self.buf = b""
         self.start = 0
         self.stop = 0
-        self.readahead = JUMP_READ
+        self.readahead = jump_read
 
     def read(self, offset: int, length: int) -> bytes:
         """`length` bytes at `offset`, fewer only where the file ends."""
@@ -162,8 +165,8 @@ class _Reader:
             kept = self.buf[offset - self.start:]
             buf = kept + self._pread(max(length - len(kept), self.readahead), self.stop)
         else:  # a jump over skipped data: start small, the next member may well be skipped too
-            self.readahead = JUMP_READ
-            buf = self._pread(max(length, JUMP_READ), offset)
+            self.readahead = self.jump_read
+            buf = self._pread(max(length, self.jump_read), offset)
         self.buf, self.start, self.stop = buf, offset, offset + len(buf)
         return buf[:length]
 
