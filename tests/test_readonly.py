@@ -105,6 +105,7 @@ def test_every_export_works_from_a_read_only_mount_and_records_nothing(copies, t
     parquet = str(out / "x.parquet")
     exports = [
         ["parquet", parquet], ["jsonl", str(out / "m.jsonl")], ["kohya", str(out / "k.jsonl")],
+        ["musubi", str(out / "u.jsonl"), "--config", str(out / "u.toml")],
         ["captions"], ["aitk"], ["webshart"],
         ["config", str(out / "c.json"), "--parquet", parquet],
         ["config", str(out / "w.json"), "--backend", "webshart"],
@@ -123,7 +124,8 @@ def test_every_export_works_from_a_read_only_mount_and_records_nothing(copies, t
     assert folder_state(share) == before
     assert ro_files == rw_files and any(name.endswith(".txt") for name in ro_files)
     names = {Path(name).name for name in ro_files if not name.endswith(".txt")}
-    assert names == {"x.parquet", "m.jsonl", "k.jsonl", "c.json", "w.json", "shard.json", ".aitk_size.json"}
+    assert names == {"x.parquet", "m.jsonl", "k.jsonl", "u.jsonl", "u.toml", "c.json", "w.json", "shard.json",
+                     ".aitk_size.json"}
     for ro, rw in zip(ro_summaries, rw_summaries, strict=True):
         assert "read-only" in ro.pop("not_recorded") and "not_recorded" not in rw
         assert ro.get("rows") == rw.get("rows") and ro.get("excluded") == rw.get("excluded")
