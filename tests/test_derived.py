@@ -5,10 +5,8 @@ answer without them and say why."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sqlite3
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -105,15 +103,12 @@ def test_a_build_stopped_half_way_is_finished_by_the_next_writing_run(data_root,
     check.close()
 
 
-def test_a_first_extract_builds_them_before_it_ends(tmp_path, db_path, gen):
+def test_a_first_extract_builds_them_before_it_ends(tmp_path, db_path, sample_files):
     shard = tmp_path / "a.tar"
-    with tarfile.open(shard, "w") as tar:
-        for i in range(5):
-            for name, data in ((f"k{i}.json", json.dumps({"short_caption": f"lantern {i}"}).encode()),
-                               (f"k{i}.png", gen.png_bytes(8, 8))):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members: dict[str, bytes] = {}
+    for i in range(5):
+        members.update(sample_files.members(f"k{i}", short_caption=f"lantern {i}"))
+    sample_files.shard(shard, members)
     extract_shards(db_path, [shard], tmp_path / "out", workers=1)
     assert not deferred_names(db_path) and "samples_file_hash" in names(db_path, "index")
     assert len(search.search(db_path, "lantern")) == 5 and fts_in_sync(db_path)

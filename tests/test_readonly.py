@@ -5,11 +5,9 @@ bind mount (tests/readonly_media.py), which binds root too."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sqlite3
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,19 +28,15 @@ def no_racy(monkeypatch):
 
 
 @pytest.fixture
-def copies(gen, tmp_path: Path) -> tuple[Path, Path]:
+def copies(gen, sample_files, tmp_path: Path) -> tuple[Path, Path]:
     """(live, published): a cleanly closed database of loose samples (faults mixed in) and a tar
     shard read in place, and a copy of it alone in a folder that tests mount read-only."""
     root = tmp_path / "data"
     gen.make_dataset(root, 60, faults=0.3, seed=11)
-    with tarfile.open(root / "shard.tar", "w", format=tarfile.GNU_FORMAT) as tar:
-        for key in SHARD_KEYS:
-            record = {"width": 640, "height": 480, "short_caption": f"stone castle number {key[-1]}"}
-            members = {f"{key}.json": json.dumps(record).encode(), f"{key}.png": gen.png_bytes(8, 6)}
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members: dict[str, bytes] = {}
+    for key in SHARD_KEYS:
+        members.update(sample_files.members(key, short_caption=f"stone castle number {key[-1]}"))
+    sample_files.shard(root / "shard.tar", members)
     live = tmp_path / "live" / "index.sqlite"
     live.parent.mkdir()
     index_root(live, root, workers=1)
