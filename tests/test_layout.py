@@ -104,7 +104,7 @@ INGEST_FOR = {
     "export": {"walk": {"STAGING_PREFIX"}, "change": {"NS_PER_SECOND"}},
     "inspect": {"derived": {"deferred_status"}},
     "render": {},
-    "cli": {"index": {"index_root"}},
+    "cli": {"index": {"index_root"}, "engines": {"ENGINES"}},
 }
 
 
