@@ -14,12 +14,12 @@ import re
 import sqlite3
 import stat
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from indexer import media
 from indexer.errors import IndexerError
 
 DEFAULT_DB = "indexer.sqlite"
@@ -58,7 +58,8 @@ def connect(db_path: str | os.PathLike[str], *, readonly: bool = False) -> sqlit
     db_path = os.fspath(db_path)
     fresh = identify(db_path, readonly=readonly)
     if readonly:
-        return _open(_uri(db_path, mode="ro"), uri=True)
+        return _open(media.read_uri(db_path), uri=True)
+    media.refuse_read_only(db_path, fresh)
     conn = _open(db_path)
     try:
         if fresh:
@@ -105,9 +106,10 @@ def identify(db_path: str, *, readonly: bool = False) -> bool:
     if readonly and version == 0:
         raise IndexerError(f"database {db_path} is empty: run `indexer index ROOT --db {db_path}` first")
     if readonly and version < latest:
+        where = " on a writable copy (this one is read-only)" if media.read_only_reason(db_path) else ""
         raise IndexerError(
             f"database {db_path} has schema version {version}, this indexer needs {latest}: "
-            "run any writing command (e.g. `indexer index`) once to upgrade it"
+            f"run any writing command (e.g. `indexer index`) once{where} to upgrade it"
         )
     return version == 0
 
@@ -148,13 +150,14 @@ def _probe(db_path: str) -> int:
     """Check what the database is without writing anything; its user_version (0: empty, create it).
 
     Without a -wal file the main file holds every committed page, so it is read as immutable (no
-    -shm created either); with one, a plain read-only connection sees the WAL's pages too. (A
+    -shm created either); with one, a connection as `read_uri` opens it sees the WAL's pages too. (A
     writer that starts in between can only make this read stale or fail, never write.)
     """
-    immutable = not os.path.exists(db_path + "-wal")
+    uri = media.uri(db_path, mode="ro", immutable=True)
+    if os.path.exists(db_path + "-wal"):
+        uri = media.read_uri(db_path)
     try:
-        probe = sqlite3.connect(_uri(db_path, mode="ro", immutable=immutable), uri=True,
-                                timeout=BUSY_TIMEOUT_MS / 1000)
+        probe = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.DatabaseError as exc:
         raise IndexerError(f"cannot open database {db_path}: {exc}") from exc
     try:
@@ -234,13 +237,6 @@ def _quote(name: str) -> str:
 
 def _printable(name: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in name)
-
-
-def _uri(db_path: str, **params: str | bool) -> str:
-    """A file: URI for db_path; quoting keeps a '?' or '#' in a folder name from ending the path."""
-    query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in params.items()
-                     if v is not False)
-    return "file:" + urllib.parse.quote(Path(db_path).resolve().as_posix()) + "?" + query
 
 
 def _open(target: str, uri: bool = False) -> sqlite3.Connection:

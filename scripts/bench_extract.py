@@ -182,7 +182,8 @@ def main() -> None:
             shard_info = place["shards"]
             print(f"indexer index in place    {place_seconds:7.2f} s   peak RSS {place_rss:5d} MiB"
                   f"   ({place['samples']:,} samples from {shard_info['read']} shards,"
-                  f" {shard_info['bytes_read'] / max(place['samples'], 1):,.0f} bytes read per sample,"
+                  f" {shard_info['bytes_read'] / max(place['samples'], 1):,.0f} bytes read per sample"
+                  f" ({shard_info.get('bytes_used', 0) / max(place['samples'], 1):,.0f} used),"
                   f" {written} bytes written beside the shards)")
             print(f"in place vs tar loop + compile.py: {base_seconds / place_seconds:.2f}x faster"
                   f" (target >= 3x with realistic images); vs indexer extract:"

@@ -88,9 +88,11 @@ def main() -> None:
         if read_floor:
             floor_note = f"{first.seconds / read_floor:.2f}x the read floor ({read_floor:.2f} s)"
         print(row("index, first run", first, base, floor_note))
+        derived = first_summary.get("derived") or {}
         print(f"  that run: {first_summary['readers']} readers, writer busy "
-              f"{100 * first_summary['writer_busy']:.0f}% of its wall time")
-        print(row("stats, first use (builds indexes)", stats_first, base))
+              f"{100 * first_summary['writer_busy']:.0f}% of its wall time, "
+              f"{derived.get('seconds', 0):.2f} s of it building the stats indexes and search index")
+        print(row("stats, first after the index", stats_first, base))
         print(row("stats, afterwards", stats_again, base))
         print(row("search castle dragon, afterwards", search_again, base))
         print(row("index, rerun, nothing changed", again, base,
@@ -105,7 +107,7 @@ def main() -> None:
         checks = [
             ("first run >= 2x faster than baseline", base.seconds / first.seconds >= 2),
             ("first run <= 2x read floor", bool(read_floor) and first.seconds <= 2 * read_floor),
-            ("stats and search < 2 s after first use", max(stats_again.seconds, search_again.seconds) < 2),
+            ("stats and search < 2 s after an index", max(stats_again.seconds, search_again.seconds) < 2),
             ("no-change rerun >= 6x faster than baseline", base.seconds / again.seconds >= 6),
             ("no-change rerun <= 1.5x stat floor", again.seconds <= 1.5 * floor.seconds),
             ("1% rerun <= 1.3x no-change rerun", changed.seconds <= 1.3 * again.seconds),

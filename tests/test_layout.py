@@ -12,7 +12,7 @@ import indexer
 
 PACKAGE = Path(indexer.__file__).resolve().parent
 # What each part may import (besides itself): the stages below it in the flow, never one after it.
-BASE = {"errors", "wording", "progress", "store", "atomic"}
+BASE = {"errors", "wording", "progress", "store", "media", "atomic"}
 ALLOWED = {
     "base": {"base"},
     "db": {"base"},
@@ -92,17 +92,17 @@ INGEST_FOR = {
         "tar_policy": {"*"}, "pipeline": {"KEYS_PER_COMMIT"},
         "walk": {"JSON_EXTENSION", "SAMPLE_EXTENSIONS", "STAGING_PREFIX", "is_utf8", "split_sample_path"},
         "workers": {"default_workers", "init_worker"}, "run": {"resolve_root", "writer_run"},
-        "derived": {"defer_derived"},
+        "derived": {"build_derived", "defer_derived"},
         "bulk": {"SCRATCH_SUFFIX", "remove_scratch_folder", "scratch_folder", "scratch_path",
                  "write_scratch"},
     },
     "watch": {
-        "change": {"*"}, "derived": {"build_derived"}, "index": {"update_dataset", "update_paths"},
+        "change": {"*"}, "index": {"update_dataset", "update_paths"},
         "run": {"resolve_root", "writer_run"}, "walk": {"STAGING_PREFIX", "split_sample_path", "walk"},
         "workers": {"default_workers"},
     },
     "export": {"walk": {"STAGING_PREFIX"}, "change": {"NS_PER_SECOND"}},
-    "inspect": {"derived": {"ensure_derived"}},
+    "inspect": {"derived": {"deferred_status"}},
     "render": {},
     "cli": {"index": {"index_root"}, "engines": {"ENGINES"}},
 }

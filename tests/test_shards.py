@@ -52,6 +52,38 @@ def test_shards_in_place_hold_exactly_what_extracting_them_gives(tmp_path, gen, 
     assert in_place["shards"]["read"] == len(list(shards.iterdir())) and not in_place["shards"]["errors"]
 
 
+def test_bytes_read_counts_what_the_kernel_returned_and_bytes_used_what_samples_took(tmp_path, sample_files,
+                                                                                    monkeypatch):
+    """Every os.pread of the run is counted in bytes_read, read-ahead included (a read after each
+    jump over image data is JUMP_READ whether or not the next member needs it all); bytes_used is
+    the headers, JSON and image heads the samples were made of."""
+    import os
+
+    from indexer.ingest.tar_members import BLOCK, JUMP_READ
+
+    members: dict[str, bytes] = {}
+    for i in range(20):
+        members.update(sample_files.members(f"k{i:02d}"))
+        members[f"k{i:02d}.png"] += bytes(64 << 10)  # 64 KiB of image data to jump over
+    members.update(sample_files.members("unsized", record={"short_caption": "size from the header"}))
+    sample_files.shard(tmp_path / "shards" / "a.tar", members)
+    returned = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, count: int, offset: int) -> bytes:
+        data = real_pread(fd, count, offset)
+        returned.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    shards = index_root(tmp_path / "db.sqlite", tmp_path / "shards", workers=1)["shards"]
+    json_size = sum(len(data) for name, data in members.items() if name.endswith(".json"))
+    used = BLOCK * len(members) + json_size  # one header block a member, and the JSON
+    head = len(members["unsized.png"])  # read by offset for its size
+    assert shards["bytes_read"] == sum(returned) and shards["bytes_used"] == used + head
+    assert shards["bytes_read"] >= 20 * JUMP_READ > 2 * shards["bytes_used"]
+
+
 def test_offsets_point_at_the_members_bytes_and_the_header_size_is_read_by_offset(tmp_path, sample_files):
     members = {**sample_files.members("sized"),
                **sample_files.members("unsized", size=(800, 600), record={"short_caption": "x"})}

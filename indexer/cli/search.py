@@ -40,8 +40,9 @@ def search_command(words: tuple[str, ...], db: str | None, dataset_id: str | Non
     with quiet_broken_pipe():
         for rank, hit in enumerate(hits, 1):
             show(hit, functools.partial(hit_lines, rank), as_json=as_json)
+    state = search.search_state(db_path)
     for note in search_notes(text, hits=len(hits), capped=capped, rank_cap=search.RANK_CAP,
-                             pending=search.search_status(db_path)):
+                             pending=state["pending"], derived=state["derived"]):
         click.echo(note, err=True)
 
 

@@ -11,7 +11,6 @@ from indexer.cli.common import (
     quiet_broken_pipe,
     resolve_db,
     show,
-    show_progress,
 )
 from indexer.inspect import stats
 from indexer.render.html import write_report
@@ -29,8 +28,7 @@ from indexer.render.stats import format_stats
 def stats_command(db: str | None, dataset_id: str | None, as_json: bool, min_mp: float,
                   max_mp: float) -> None:
     """One screen of figures about a dataset: statuses, sources, sizes, captions, duplicates, runs."""
-    figures = stats.dataset_stats(resolve_db(db), dataset_id, min_megapixels=min_mp, max_megapixels=max_mp,
-                                  progress=show_progress(False, as_json))
+    figures = stats.dataset_stats(resolve_db(db), dataset_id, min_megapixels=min_mp, max_megapixels=max_mp)
     with quiet_broken_pipe():
         show(figures, format_stats, as_json=as_json)
 

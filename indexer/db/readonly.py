@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 
-from indexer import store
+from indexer import media, store
 
 # Pragmas whose argument is a name to look at, not a value to set: they read even with one.
 NAME_ARGUMENT_PRAGMAS = frozenset({
@@ -85,10 +85,12 @@ def connect_readonly(db_path: str | os.PathLike[str], *, upgrade: bool = False,
     """A connection that can only read, and its guard (which names what it refused).
 
     `upgrade`: for a command that also writes elsewhere (an export records itself), so an older
-    schema is upgraded first, as writing commands do; a reading command refuses it instead.
+    schema is upgraded first, as writing commands do; a reading command refuses it instead, and so
+    does an export of a read-only database (read where it lies, never written).
     `cache_kib` sets the page cache before the guard is on (one pass in key order needs little).
     """
-    conn = store.connect(db_path, readonly=not upgrade)
+    writable = upgrade and media.read_only_reason(db_path) is None
+    conn = store.connect(db_path, readonly=not writable)
     try:
         conn.execute("PRAGMA query_only = ON")
         if cache_kib is not None:

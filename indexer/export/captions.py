@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from indexer import store
+from indexer import media, store
 from indexer.db.counts import sample_count
 from indexer.db.status import Status
 from indexer.errors import IndexerError
@@ -64,10 +64,14 @@ def caption_hash(data: bytes) -> str:
 
 
 class RecordWriter:
-    """Batches caption_files changes into short write transactions on their own connection."""
+    """Batches caption_files changes into short write transactions on their own connection.
+
+    A read-only database records nothing: files are then written only where no file is, or
+    where the records it already holds say so, and nothing new becomes this tool's to remove.
+    """
 
     def __init__(self, db_path: str | os.PathLike[str], dataset: str) -> None:
-        self.conn = store.connect(db_path)
+        self.conn = None if media.read_only_reason(db_path) else store.connect(db_path)
         self.dataset = dataset
         self.upserts: list[tuple] = []
         self.deletes: list[tuple] = []
@@ -85,6 +89,10 @@ class RecordWriter:
             self.flush()
 
     def flush(self) -> None:
+        if self.conn is None:  # a read-only database: nothing is recorded
+            self.upserts.clear()
+            self.deletes.clear()
+            return
         if not self.upserts and not self.deletes:
             return
         with store.transaction(self.conn):
@@ -100,7 +108,8 @@ class RecordWriter:
         self.deletes.clear()
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from indexer import store
 from indexer.atomic import atomic_file
+from indexer.db.readonly import connect_readonly
 from indexer.db.status import Status
 from indexer.errors import IndexerError
 from indexer.export.discovery import ImageScan, scan_images
@@ -70,7 +71,7 @@ def export_config(
         )
     if options.backend == "webshart":
         return export_webshart_config(db_path, path, dataset_id, options)
-    conn = store.connect(db_path)
+    conn, _guard = connect_readonly(db_path, upgrade=True)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
         check_exportable(dataset, root, sample_reasons(conn, dataset), db_path, path)
@@ -104,7 +105,7 @@ def export_config(
 def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_id: str | None,
                            options: ConfigOptions) -> dict:
     """The `type: webshart` entry for a dataset of tar shards, pointing at its webshart indexes."""
-    conn = store.connect(db_path)
+    conn, _guard = connect_readonly(db_path, upgrade=True)
     try:
         dataset, root = store.resolve_dataset(conn, dataset_id)
         last = conn.execute(

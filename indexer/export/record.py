@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from indexer import store
+from indexer import media, store
 from indexer.errors import IndexerError
 
 
@@ -68,7 +68,13 @@ def record_export(
     """Upsert the exports row in one short write transaction (never the indexer's writer lock).
 
     `failed` counts files the export could not write: while it is not 0 the export is stale.
+    A read-only database is exported from where it lies and never written: nothing is recorded,
+    and `summary["not_recorded"]` says why (its next run cannot be "up to date").
     """
+    read_only = media.read_only_reason(db_path)
+    if read_only:
+        summary["not_recorded"] = f"the database is read-only ({read_only})"
+        return
     size = mtime_ns = None
     if file_path is not None:
         st = os.stat(file_path)

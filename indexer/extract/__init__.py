@@ -49,7 +49,7 @@ from indexer.extract.worker import (
 )
 from indexer.extract.writer import begin_shard, record_shard, run_error, run_summary
 from indexer.ingest.bulk import SCRATCH_SUFFIX, remove_scratch_folder, scratch_folder, scratch_path
-from indexer.ingest.derived import defer_derived
+from indexer.ingest.derived import build_derived, defer_derived
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX
@@ -143,7 +143,7 @@ def _extract_all(
     scratch = scratch_folder(conn)
     tasks, skipped = plan(conn, dataset, root, shard_paths, reserved, scan_start_ns, scratch)
     if tasks and not conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone():
-        defer_derived(conn)  # a first extract is a bulk write: build them on first use instead
+        defer_derived(conn)  # a first extract is a bulk write: built at its end instead
     _remove_orphan_staging(conn, dataset, root, {task.staging for task in tasks})
     recorder = Recorder(conn, dataset)
     outcomes: list[ShardOutcome] = []
@@ -156,6 +156,7 @@ def _extract_all(
                 outcomes.append(outcome)
     finally:
         remove_scratch_folder(scratch)
+    build_derived(conn, progress)  # what this bulk write deferred, or a stopped run left
     return run_summary(recorder, root, shard_paths, skipped, outcomes)
 
 

@@ -30,7 +30,7 @@ def apply_changes(recorder: Recorder, settings: ReadSettings, *, progress: bool,
     if not total:
         return
     if total >= BULK_MIN_KEYS and total * 2 >= sample_count(conn, dataset):
-        defer_derived(conn)  # built again on first use, off the critical path
+        defer_derived(conn)  # built at the end of this run, in one sorted pass each (derived.py)
     # A dataset with no stored sample yet (a first run) has nothing to merge with or replace.
     fresh = conn.execute("SELECT 1 FROM samples WHERE dataset = ? LIMIT 1", (dataset,)).fetchone() is None
     with bar(progress, desc="read", unit=" samples", total=total) as read_bar:

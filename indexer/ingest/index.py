@@ -18,7 +18,7 @@ from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.ingest.apply import apply_changes
-from indexer.ingest.derived import defer_derived
+from indexer.ingest.derived import build_derived, defer_derived
 from indexer.ingest.engines import ENGINES, default_readers, run_report
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
@@ -105,6 +105,9 @@ def update_dataset(
     apply_changes(recorder, settings, progress=progress, keys_per_commit=keys_per_commit)
     shard_counts = _update_shards(recorder, root, scanned, settings, first_contact=not before)
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
+    build_started = time.perf_counter()
+    built = build_derived(conn, progress)  # what a bulk write deferred, or a stopped run left
+    build_seconds = time.perf_counter() - build_started
     wall = time.perf_counter() - started
     tars = [p for p in scanned.archives if is_shard_name(p)]
     return {
@@ -125,6 +128,7 @@ def update_dataset(
         # share of the update's wall time the writer process was busy (not waiting for readers):
         # near 1.0, the single writer bounds the run; well below, the readers do
         "writer_busy": round(1 - recorder.counts.waited_s / wall, 3) if wall > 0 else None,
+        "derived": {"built": built, "seconds": round(build_seconds, 3)},
     }
 
 
@@ -190,6 +194,7 @@ def update_paths(
     recorder = Recorder(conn, dataset)
     apply_changes(recorder, settings, progress=False)
     sync_search_index(conn)  # captions of new/changed samples into the FTS, in bulk
+    build_derived(conn)  # a batch big enough to be a bulk write deferred them
     return recorder.counts
 
 

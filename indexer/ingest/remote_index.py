@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
 from indexer.ingest.change import object_record, object_shard_record
+from indexer.ingest.derived import build_derived
 from indexer.ingest.engines import default_readers, pool_for, run_report
 from indexer.ingest.guard import failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of
@@ -75,6 +76,7 @@ def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, c
     shard_counts = _update_shards(recorder, root, shards, settings, progress)
     shard_counts.compressed = [o.path for o in listing if is_compressed_shard_name(o.path)]
     sync_search_index(conn)
+    build_derived(conn, progress)  # what a stopped run left deferred: every writing run finishes it
     unread += shard_counts.unread
     return {"dataset": dataset, "root": root.display, **recorder.summary(), "samples_before": before,
             "objects_listed": len(listing), "shards": shard_counts.summary(), "readers": concurrency,
@@ -185,6 +187,7 @@ def read_remote_shard(root: RemoteRoot, info: ObjectInfo, verify_images: bool) -
     source = root.open(info)
     found = read_shard_file(source, info.path, record, verify_images)
     found.requests, found.fetched = source.requests, source.bytes
+    found.bytes_read = source.bytes  # what the reads returned, as for a local shard
     if source.failure is not None:  # the network, not the shard: nothing recorded, read again next run
         found.stat, found.error = None, source.failure
     elif not root.unchanged(info):

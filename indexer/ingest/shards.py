@@ -50,7 +50,8 @@ class ShardRead:
     results: list[tuple] = field(default_factory=list)  # CompactResult per key, sorted by key
     members: int = 0
     json_read: int = 0
-    bytes_read: int = 0  # bytes of headers, JSON and image heads used
+    bytes_read: int = 0  # what the shard's reads returned, read-ahead included
+    bytes_used: int = 0  # of it, the headers, JSON and image heads the samples were made of
     refusals: list[list[str]] = field(default_factory=list)
     error: str | None = None
     requests: int | None = None  # range requests a remote shard took (None: a local file)
@@ -74,9 +75,12 @@ class LocalShard:
     name: str
     fd: int
     size: int
+    bytes: int = 0  # what its reads returned (as remote.RemoteObject counts what it fetched)
 
     def pread(self, count: int, offset: int) -> bytes:
-        return os.pread(self.fd, count, offset)
+        data = os.pread(self.fd, count, offset)
+        self.bytes += len(data)
+        return data
 
 
 def _want(name: str) -> int:
@@ -98,7 +102,10 @@ def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
         if not stat.S_ISREG(st.st_mode):
             return ShardRead(rel, shard_record(st), error=f"{full}: not a regular file; give the path of a"
                              " .tar shard")
-        return read_shard_file(LocalShard(full, fd, st.st_size), rel, shard_record(st), verify_images)
+        local = LocalShard(full, fd, st.st_size)
+        found = read_shard_file(local, rel, shard_record(st), verify_images)
+        found.bytes_read = local.bytes
+        return found
     finally:
         os.close(fd)
 
@@ -135,7 +142,7 @@ def _sample_members(shard: ShardFile, found: ShardRead) -> dict[str, dict[str, M
                                       jump_read=getattr(shard, "jump_read", JUMP_READ)):
             position = member.data_offset + member.size
             found.members += 1
-            found.bytes_read += BLOCK + len(member.data or b"")
+            found.bytes_used += BLOCK + len(member.data or b"")
             if member.refusal is not None:
                 found.refusals.append([member.name, member.refusal])
                 continue
@@ -169,7 +176,7 @@ def _member_sample(shard: str, key: str, members: dict[str, Member], source: Sha
     def header(image: str) -> tuple[int, int] | str:
         member = members[image]
         head = source.pread(min(member.size, HEAD_BYTES), member.data_offset)
-        found.bytes_read += len(head)
+        found.bytes_used += len(head)
         return header_size_of(head)
 
     sample, _header_reads = build_sample(key, json_name, jsons[1:], images, json_data, None,
@@ -197,6 +204,7 @@ class ShardCounts:
     removed: int = 0
     members: int = 0
     bytes_read: int = 0
+    bytes_used: int = 0
     refused: int = 0
     duplicates: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -211,6 +219,7 @@ class ShardCounts:
         self.read += 1
         self.members += shard.members
         self.bytes_read += shard.bytes_read
+        self.bytes_used += shard.bytes_used
         self.refused += len(shard.refusals)
         self.duplicates += [f"{key}: in {loser or 'loose files'} and in {owner or 'loose files'};"
                             f" using {owner or 'the loose files'}" for key, loser, owner in conflicts]
@@ -223,7 +232,7 @@ class ShardCounts:
         remote = {"requests": self.requests, "fetched_bytes": self.fetched, "per_shard": self.per_shard} \
             if self.per_shard else {}
         return {"seen": self.seen, "read": self.read, "removed": self.removed, "members": self.members,
-                "bytes_read": self.bytes_read, "refused": self.refused,
+                "bytes_read": self.bytes_read, "bytes_used": self.bytes_used, "refused": self.refused,
                 "duplicates": self.duplicates[:SHOWN_LIMIT], "duplicates_count": len(self.duplicates),
                 "errors": self.errors, "compressed": self.compressed, **remote}
 

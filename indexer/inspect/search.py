@@ -6,16 +6,18 @@ in `meta`; the writers keep it current through db/fts.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from indexer import store
-from indexer.db.fts import pending_count
+from indexer import media, store
+from indexer.db.fts import fts_deferred, pending_count, temporary_search_index
 from indexer.db.readonly import reading
 from indexer.errors import IndexerError
-from indexer.ingest.derived import ensure_derived
+from indexer.ingest.derived import deferred_status
 
 DEFAULT_LIMIT = 20
 # bm25 costs ~10 us a match: a word in nearly every caption ("the") would take 10 s on 1M samples.
@@ -53,18 +55,19 @@ def build_match(text: str) -> tuple[str, list[str]]:
 
 
 def _candidates(conn: sqlite3.Connection, text: str, raw: bool, dataset: str,
-                scored: bool = True) -> tuple[str, dict]:
+                scored: bool = True, stale: bool = True) -> tuple[str, dict]:
     """SQL yielding (id, score) of every match, reading sample rows only when it must.
 
     Ranking touches every match, so the row is joined only to tell datasets apart (when the
     database holds several) or to check a quoted phrase; the caption columns of the hits are read
-    after the LIMIT, for the few rows shown.
+    after the LIMIT, for the few rows shown. `stale`: the FTS may hold old text of some rows
+    (search_stale), as the database's own does; a temporary one holds the current text only.
     """
     match, phrases = (text, []) if raw else build_match(text)
     params: dict = {"match": match}
     score = f"bm25(samples_fts, {SHORT_WEIGHT}, {LONG_WEIGHT})" if scored else "NULL"
     several = conn.execute("SELECT count(*) > 1 FROM datasets").fetchone()[0]
-    fresh = "samples_fts.rowid NOT IN (SELECT id FROM search_stale)"  # their FTS text is the old one
+    fresh = "samples_fts.rowid NOT IN (SELECT id FROM search_stale)" if stale else "1"
     if not phrases and not several:
         return (f"SELECT rowid AS id, {score} AS score FROM samples_fts WHERE samples_fts MATCH :match"
                 f" AND {fresh}", params)
@@ -92,17 +95,16 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
     """(hits, capped): capped means more than rank_cap samples matched and only the first
     rank_cap of them were ranked (add words to narrow the search).
 
-    The first search after a bulk index builds the full-text index (see derived.py).
+    Only reads: while the database's FTS awaits its build, the search runs on a temporary one
+    (db/fts.py), with the same answers; `search_state` says so.
     """
     rank_cap = RANK_CAP if rank_cap is None else rank_cap
-    ensure_derived(db_path, progress)
-    with reading(db_path) as conn:
-        dataset, root = store.resolve_dataset(conn, dataset_id)
-        unscored, params = _candidates(conn, text, raw, dataset, scored=False)
+    with _searchable(db_path, dataset_id, progress) as (conn, dataset, root, own):
+        unscored, params = _candidates(conn, text, raw, dataset, scored=False, stale=own)
         params["cap"] = rank_cap
         capped = _run(conn, text, raw, f"SELECT count(*) FROM ({unscored} LIMIT :cap + 1)",
                       params)[0][0] > rank_cap
-        candidates, params = _candidates(conn, text, raw, dataset)
+        candidates, params = _candidates(conn, text, raw, dataset, stale=own)
         params.update(limit=limit, cap=rank_cap)
         first = f"SELECT * FROM ({candidates} LIMIT :cap)" if capped else candidates
         rows = _run(conn, text, raw, f"""
@@ -114,20 +116,43 @@ def search_hits(db_path: str | os.PathLike[str], text: str, *, dataset_id: str |
 
 def count_matches(db_path: str | os.PathLike[str], text: str, *, dataset_id: str | None = None,
                   raw: bool = False) -> int:
-    ensure_derived(db_path)
-    with reading(db_path) as conn:
-        dataset, _root = store.resolve_dataset(conn, dataset_id)
-        candidates, params = _candidates(conn, text, raw, dataset)
+    with _searchable(db_path, dataset_id) as (conn, dataset, _root, own):
+        candidates, params = _candidates(conn, text, raw, dataset, stale=own)
         return _run(conn, text, raw, f"SELECT count(*) FROM ({candidates})", params)[0][0]
+
+
+@contextlib.contextmanager
+def _searchable(db_path: str | os.PathLike[str], dataset_id: str | None, progress: bool = False
+                ) -> Iterator[tuple[sqlite3.Connection, str, Path, bool]]:
+    """(connection, dataset, root, own): the database's read-only connection when its FTS is
+    built (own), else one on a temporary FTS of the same captions (db/fts.py)."""
+    with reading(db_path) as conn:
+        dataset, root = store.resolve_dataset(conn, dataset_id)
+        if not fts_deferred(conn):
+            yield conn, dataset, root, True
+            return
+        samples = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    with temporary_search_index(db_path, samples, progress) as temp:
+        yield temp, dataset, root, False
 
 
 def search_status(db_path: str | os.PathLike[str]) -> int | None:
     """Samples not searchable yet (an index run is going on, or one was killed before its end);
-    None when the whole full-text index awaits its build (a running bulk index holds the database)."""
+    None when the whole full-text index awaits its build (searches then use a temporary one)."""
+    state = search_state(db_path)
+    return None if state["derived"] else state["pending"]
+
+
+def search_state(db_path: str | os.PathLike[str]) -> dict:
+    """What a search's notes say about the index: `pending` samples not searchable yet, and
+    `derived` (ingest/derived.py's deferred_status, with `read_only`) when the FTS awaits its
+    build and searches run on a temporary copy."""
     with reading(db_path) as conn:
-        if conn.execute("SELECT 1 FROM deferred_structures WHERE type = 'trigger'").fetchone():
-            return None
-        return pending_count(conn)
+        deferred = deferred_status(conn) if fts_deferred(conn) else None
+        pending = pending_count(conn)
+    if deferred is not None:
+        deferred["read_only"] = media.read_only_reason(db_path)
+    return {"pending": 0 if deferred else pending, "derived": deferred}
 
 
 def _run(conn: sqlite3.Connection, text: str, raw: bool, sql: str, params: dict) -> list[tuple]:

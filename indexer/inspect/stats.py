@@ -16,10 +16,10 @@ from collections.abc import Iterable
 
 import orjson
 
-from indexer import store
+from indexer import media, store
 from indexer.db.counts import status_counts
 from indexer.db.readonly import reading
-from indexer.ingest.derived import ensure_derived
+from indexer.ingest.derived import deferred_status
 
 CAPTION_FIELDS = ("short_caption", "long_caption")  # the caption columns with a length index
 HASH_FIELDS = {"file_hash": "md5_file_hash", "pil_hash": "md5_pil_hash"}
@@ -42,17 +42,23 @@ TOP_SIZES = 10
 
 def dataset_stats(db_path: str | os.PathLike[str], dataset_id: str | None, *,
                   min_megapixels: float = MIN_MEGAPIXELS,
-                  max_megapixels: float = MAX_MEGAPIXELS, progress: bool = False) -> dict:
+                  max_megapixels: float = MAX_MEGAPIXELS) -> dict:
     """All stats figures of one dataset (the `stats --json` object).
 
-    The narrow indexes the figures come from are built here if a bulk index deferred them.
+    Only reads. When the narrow indexes the figures come from are not built (the writing run
+    that deferred them is going on, or stopped before its end), the same figures come from full
+    scans, and `derived` says why (`derived_ready` is False), with `read_only` naming why the
+    database cannot be written here (None when it can: the next writing run builds them).
     """
-    derived_ready = ensure_derived(db_path, progress)
     with reading(db_path) as conn:
         dataset, _root = store.resolve_dataset(conn, dataset_id)
         figures = collect_stats(conn, dataset, min_megapixels=min_megapixels,
                                 max_megapixels=max_megapixels)
-    figures["derived_ready"] = derived_ready
+        deferred = deferred_status(conn)
+    if deferred is not None:
+        deferred["read_only"] = media.read_only_reason(db_path)
+    figures["derived_ready"] = deferred is None
+    figures["derived"] = deferred
     return figures
 
 

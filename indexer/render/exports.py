@@ -132,4 +132,10 @@ SUMMARY_LINES: dict[str, Callable[[dict], list[str]]] = {
 
 def export_text(summary: dict) -> str:
     """The `indexer export KIND` summary, from the summary's own `kind`."""
-    return "\n".join(SUMMARY_LINES[summary["kind"]](summary))
+    lines = SUMMARY_LINES[summary["kind"]](summary)
+    if summary.get("not_recorded"):
+        owned = ", and the .txt files it wrote are not recorded as its own" \
+            if summary["kind"] == "captions" else ""
+        lines.append(f"  not recorded: {summary['not_recorded']}; a rerun cannot tell it is up to"
+                     f" date{owned}")
+    return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from indexer.render.stats import deferred_note
+
 SEARCH_CAPTION_CHARS = 100
 
 
@@ -27,17 +29,19 @@ def hit_lines(rank: int, hit: dict) -> str:
     return f"{rank:>3}. {hit['path'] or hit['json']}\n     {caption}"
 
 
-def search_notes(text: str, *, hits: int, capped: bool, rank_cap: int, pending: int | None) -> list[str]:
-    """What a user must know about a search's answer: nothing found, ranking capped, index behind."""
+def search_notes(text: str, *, hits: int, capped: bool, rank_cap: int, pending: int,
+                 derived: dict | None = None) -> list[str]:
+    """What a user must know about a search's answer: nothing found, ranking capped, index behind
+    (`derived`: the whole index awaits its build, so this search built a temporary one)."""
     notes = []
     if not hits:
         notes.append(f"no sample matches {text!r}")
     if capped:
         notes.append(f"note: more than {rank_cap:,} samples match: these are the best of the first"
                      f" {rank_cap:,}; add words to narrow the search")
-    if pending is None:
-        notes.append("note: the search index is built on first use and a running index/watch/extract holds"
-                     " the database: results may miss samples; search again when it is done")
+    if derived:
+        notes.append(deferred_note(derived, "the search index is",
+                                   "this search built a temporary one (same answers, slower)"))
     elif pending:
         notes.append(f"note: {pending:,} samples are not searchable yet (an index run is going on or was"
                      " stopped; run `indexer index` again)")

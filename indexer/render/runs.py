@@ -30,6 +30,10 @@ def format_index_summary(summary: dict) -> str:
     lines += [f"  note: {note}" for note in summary.get("notes") or []]
     lines.append(f"  problems: {counts_text(problems)}"
                  + ("  (see `indexer problems` or the samples.error column)" if problems else ""))
+    derived = summary.get("derived") or {}
+    if derived.get("built"):
+        lines.append(f"  built the stats indexes and search index a bulk write deferred"
+                     f" ({derived['seconds']:.1f} s of the run)")
     if summary.get("json_bytes"):
         ratio = summary["db_bytes"] / summary["json_bytes"]
         lines.append(
@@ -49,7 +53,8 @@ def format_index_summary(summary: dict) -> str:
     shards = summary.get("shards") or {}
     if shards.get("seen"):
         lines.append(f"  tar shards {shards['seen']:,}: read {shards['read']:,} ({shards['members']:,}"
-                     f" members, {human_bytes(shards['bytes_read'])} read), removed {shards['removed']:,}")
+                     f" members, {human_bytes(shards['bytes_read'])} read"
+                     f"{shard_bytes_used(shards)}), removed {shards['removed']:,}")
     if shards.get("per_shard"):
         read = max(shards["read"], 1)
         lines.append(f"  remote shards: {shards['requests']:,} range requests,"
@@ -68,6 +73,12 @@ def format_index_summary(summary: dict) -> str:
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
     return "\n".join(lines)
+
+
+def shard_bytes_used(shards: dict) -> str:
+    """Of the bytes read, those the samples used (headers, JSON, image heads): the rest is read ahead
+    by each read after a jump over image data."""
+    return f", {human_bytes(shards['bytes_used'])} of it used" if "bytes_used" in shards else ""
 
 
 def format_extract_summary(summary: dict) -> str:

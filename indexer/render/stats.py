@@ -71,10 +71,30 @@ def format_stats(figures: dict) -> str:
     for export in figures["exports"]:
         state = export_state(export, figures["data_version"])
         lines.append(f"  {export['kind']:<9} {export['path']}  {export['exported_at']}  {state}")
-    if figures.get("derived_ready") is False:
-        lines.append("note: the stats indexes are built on first use, and a running index/watch/extract"
-                     " holds the database: these figures were computed without them (slower)")
+    if figures.get("derived"):
+        lines.append(deferred_note(figures["derived"], "the stats indexes are",
+                                   "these figures were computed without them (slower)"))
     if figures.get("search_pending"):
         lines.append(f"search: {figures['search_pending']:,} samples not searchable yet (an index run is"
                      " going on, or was stopped: run `indexer index` again)")
     return "\n".join(lines)
+
+
+def deferred_note(derived: dict, what: str, meanwhile: str) -> str:
+    """Why the derived structures a reader wanted are not built (the writing run that deferred them
+    is going on, or stopped before its end), what the reader did instead, and what builds them."""
+    last = derived.get("last_run") or {}
+    run = f"`indexer {last.get('command')}` run #{last.get('id')}"
+    if last.get("status") == "running":
+        why = f"{run} (started {last['started_at']}) deferred them and is still going on, or was killed"
+    elif last.get("status") in ("failed", "interrupted"):
+        why = f"{run} stopped before building them ({last['status']}: {last.get('error')})"
+    else:
+        why = "a bulk write deferred them"
+    if derived.get("read_only"):
+        fix = (f"this database is read-only ({derived['read_only']}): build them on a writable copy"
+               " (`indexer index ROOT --db COPY`) before publishing it")
+    else:
+        fix = ("the writing run builds them at its end; when none is running, `indexer index ROOT` builds"
+               " them (it re-reads nothing unchanged)")
+    return f"note: {what} not built yet: {why}; {meanwhile}; {fix}"

@@ -14,7 +14,6 @@ from indexer import store
 from indexer.db.counts import problem_counts, sample_count
 from indexer.errors import IndexerError
 from indexer.ingest import change
-from indexer.ingest.derived import build_derived
 from indexer.ingest.index import update_dataset, update_paths
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX, split_sample_path, walk
@@ -207,9 +206,6 @@ class Watcher:
         began = time.monotonic()
         try:
             summary = update_dataset(self.conn, self.dataset, self.root, workers=self.workers)
-            # A bulk catch-up deferred the stats indexes and search; the watcher holds the writer
-            # lock, so nobody else could build them while it runs: do it now, once.
-            build_derived(self.conn)
         finally:
             self.phase = previous
         self.totals.rescans += 1
