@@ -23,6 +23,7 @@ after (whatever a running trainer cached from the old index in between goes too)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from indexer.atomic import atomic_file
+from indexer.atomic import AtomicBatch
 from indexer.errors import IndexerError
 from indexer.export import DEFAULT_CAPTIONS
 from indexer.export.record import record_export
@@ -73,7 +74,10 @@ def export_webshart(
         check_selection(snapshot, selection)
         shards = indexed_shards(snapshot)
         caches, notes = find_caches(snapshot.conn, snapshot.dataset, root)
-        with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar:
+        batch, written_shards = AtomicBatch(), []
+        with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar, \
+                contextlib.ExitStack() as cleanup:
+            cleanup.callback(batch.discard)  # whatever stops the loop: no temp file is left
             selected = shard_files_in_order(snapshot, selection)
             pending = next(selected, None)
             for shard, *recorded in shards:
@@ -84,11 +88,15 @@ def export_webshart(
                 index = {"path": Path(shard).name, "filesize": current_size(root, shard, tuple(recorded)),
                          "files": files}
                 rows += len(files)
-                if write_index(index_path(target, shard), orjson.dumps(index), caches, shard, cleared):
+                if write_index(index_path(target, shard), orjson.dumps(index), caches, shard, cleared,
+                               batch):
                     written += 1
+                    written_shards.append(shard)
                 else:
                     unchanged += 1
                 progress_bar.update(1)
+            batch.commit()
+        add_counts(cleared, clear_caches(caches, written_shards))
         excluded = excluded_summary(snapshot.excluded)
     summary = {
         "kind": "webshart", "dataset": snapshot.dataset, "path": str(target), "rows": rows,
@@ -172,9 +180,10 @@ def index_path(target: Path, shard: str) -> Path:
 
 
 def write_index(path: Path, data: bytes, caches: list[WebshartCache], shard: str,
-                cleared: dict[str, int]) -> bool:
-    """Write the shard's index atomically unless the file already holds exactly `data`; what the
-    caches hold of the old index goes before and after the write (counted into `cleared`)."""
+                cleared: dict[str, int], batch: AtomicBatch) -> bool:
+    """Queue the shard's index in the batch (written whole at its commit) unless the file already
+    holds exactly `data`; what the caches hold of the old index goes now, and again after the
+    commit (counted into `cleared`)."""
     try:
         if path.read_bytes() == data:
             return False
@@ -182,9 +191,7 @@ def write_index(path: Path, data: bytes, caches: list[WebshartCache], shard: str
         pass
     add_counts(cleared, clear_caches(caches, [shard]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as temp:
-        temp.write_bytes(data)
-    add_counts(cleared, clear_caches(caches, [shard]))
+    batch.add(path, data)
     return True
 
 

@@ -253,13 +253,14 @@ def update_shards(recorder: Recorder, current: dict[str, ShardRecord], read_in_o
             if loser is not None:
                 note_duplicate(conn, dataset, loser, key, owner)
     pending, removed = diff(stored_shards(conn, dataset), current)
+    holding = shards_holding_samples(conn, dataset)
     for rel in removed:
         if not rel.startswith(skipped_prefixes):  # a folder that could not be listed: not gone
             _forget_shard(recorder, rel)
             shard_counts.removed += 1
     for _round in range(2):  # the second round: shards whose duplicate keys lost their owner
         for shard in read_in_order(pending):
-            _record_shard(recorder, shard, shard_counts)
+            _record_shard(recorder, shard, shard_counts, holding)
         pending = sorted(set(_orphaned_duplicates(conn, dataset)) & set(current))
         if not pending:
             break
@@ -293,7 +294,15 @@ def shard_task_failed(call: tuple, exc: Exception) -> ShardRead:
     return ShardRead(rel, None, error=f"{rel}: its read task failed ({describe(exc)}); run index again")
 
 
-def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCounts) -> None:
+def shards_holding_samples(conn: sqlite3.Connection, dataset: str) -> set[str]:
+    """The shards some sample row names, in one pass (after a bulk run the (dataset, shard) index
+    is not there yet, and a lookup a shard would scan the table once a shard)."""
+    return {shard for (shard,) in conn.execute(
+        "SELECT DISTINCT shard FROM samples WHERE dataset = ? AND shard IS NOT NULL", (dataset,))}
+
+
+def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCounts,
+                  holding: set[str]) -> None:
     """Write a shard's samples in batches, then its tar_shards row (a kill in between: read again).
     A shard whose stat is None changed while it was read: nothing of it is recorded (its old
     samples stay, and the next run reads it again)."""
@@ -303,9 +312,12 @@ def _record_shard(recorder: Recorder, shard: ShardRead, shard_counts: ShardCount
     conn, dataset, counts = recorder.conn, recorder.dataset, recorder.counts
     results = list(shard.results)
     fresh = {result[0] for result in results}
-    results += [(key, None, None, 0) for (key,) in conn.execute(
-        "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path)) if key not in fresh]
+    if shard.path in holding:  # keys it held that it no longer has: removed
+        results += [(key, None, None, 0) for (key,) in conn.execute(
+            "SELECT key FROM samples WHERE dataset = ? AND shard = ?", (dataset, shard.path))
+            if key not in fresh]
     results.sort(key=lambda result: result[0])
+    holding.add(shard.path)
     seen_conflicts = len(counts.conflicts)
     recorder.record(results, origin=shard.path)
     conflicts = counts.conflicts[seen_conflicts:]
