@@ -4,6 +4,7 @@ checked, recorded (a following index reads nothing), resumable, and as safe as `
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 from servers import range_server, s3_server
 
 from indexer.errors import EXIT_INCOMPLETE, EXIT_REFUSED_MEMBERS
+from indexer.extract.fileops import FS
 from indexer.ingest import change, remote
 from indexer.ingest.index import index_root
 from indexer.ingest.walk import STAGING_PREFIX
@@ -280,3 +282,31 @@ def test_mistakes_are_refused_before_anything_is_written(tmp_path, cli, sample_f
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT id FROM datasets").fetchall() == [("shards",)]
     conn.close()
+
+
+def test_a_full_disk_stops_the_run_with_what_was_placed_recorded(tmp_path, cli, sample_files):
+    source = source_folder(tmp_path / "shards", sample_files, shards=1, per_shard=4)
+    db, out = tmp_path / "db.sqlite", tmp_path / "out"
+    index_root(db, source, workers=1)
+    real_open = FS.open
+    files_opened: list[str] = []
+
+    def full_after_three_files(path: str, flags: int, *args, **kwargs) -> int:
+        if flags & os.O_WRONLY:  # a file opened for writing (never a folder)
+            files_opened.append(path)
+            if len(files_opened) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args, **kwargs)
+
+    FS.open = full_after_three_files
+    try:
+        full = cli("materialize", out, "--db", db, "--workers", "1")
+    finally:
+        FS.reset()
+    assert full.exit_code == 1 and "No space left" in full.stderr and "materialize again" in full.stderr
+    placed = tree(out)
+    assert 0 < len(placed) < 12
+    assert index_root(db, out)["files_read"] == 0  # what was placed is recorded
+    rerun = json.loads(cli("materialize", out, "--db", db, "--json").output)
+    assert rerun["in_place"] == len(placed) // 2 and rerun["in_place"] + rerun["fetched"] == 6
+    assert tree(out) == untarred(source, tmp_path / "untarred")

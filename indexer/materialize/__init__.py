@@ -44,6 +44,7 @@ from indexer.progress import bar
 REMOTE_WORKERS = 16  # samples fetched at once from a remote source: enough to hide ~20 ms round trips
 LOCAL_WORKERS = 4
 SAMPLES_PER_BATCH = 256  # written, then recorded in one transaction
+BATCH_BYTES = 64 << 20  # or fewer, when their files weigh this much (DALLE-3 images: ~2 MB each)
 
 
 def materialize(db_path: str | os.PathLike[str], to: str | os.PathLike[str], *, dataset_id: str | None = None,
@@ -110,7 +111,7 @@ def _materialize(conn: sqlite3.Connection, dataset: str, root: Path, source: Sou
                                             total=len(todo)) as sample_bar:
         fetched_all = map_in_order(reader.fetch, todo, workers, workers * LARGE_TASKS_AHEAD,
                                    recorder.counts.waited, pool_of=thread_pool)
-        for batch in _batches(fetched_all, SAMPLES_PER_BATCH):
+        for batch in _batches(fetched_all):
             error = _place(target, recorder, batch, scan_start_ns, totals, failed, refused)
             sample_bar.update(len(batch))
             if error:
@@ -156,13 +157,17 @@ def _place(target: Target, recorder: Recorder, batch: list[Fetched], scan_start_
     return placed.error
 
 
-def _batches(items: Iterable[Fetched], size: int) -> Iterator[list[Fetched]]:
+def _batches(items: Iterable[Fetched]) -> Iterator[list[Fetched]]:
+    """Fetched samples in batches of SAMPLES_PER_BATCH, or of BATCH_BYTES of files: what is in
+    memory at once."""
     batch: list[Fetched] = []
+    weight = 0
     for item in items:
         batch.append(item)
-        if len(batch) >= size:
+        weight += sum(map(len, item.data.values()))
+        if len(batch) >= SAMPLES_PER_BATCH or weight >= BATCH_BYTES:
             yield batch
-            batch = []
+            batch, weight = [], 0
     if batch:
         yield batch
 

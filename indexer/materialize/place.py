@@ -19,7 +19,7 @@ from pathlib import Path
 
 from indexer.extract.members import Refused
 from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed, links_in_place, place_staged
-from indexer.extract.task import ShardOutcome, cannot_write
+from indexer.extract.task import ShardOutcome
 from indexer.extract.worker import DIR_FLAGS, read_placed, remove_staging
 from indexer.extract.writer import with_partners
 from indexer.ingest.recorder import Recorder
@@ -86,7 +86,8 @@ def place_batch(target: Target, recorder: Recorder, batch: list[Fetched], scan_s
             placed, json_data, stats = list(sink.placed), sink.json_data, sink.stats
         else:
             placed, json_data = place_staged(target.root_fd, str(target.root), sink, outcome)
-            error = error or outcome.error
+            if outcome.error is not None:  # extract's words: say it in ours
+                error = error or cannot_write(str(target.root), None)
     finally:
         if isinstance(sink, LinkSink):
             sink.close()
@@ -114,8 +115,14 @@ def _write_files(sink: LinkSink | StagingSink, batch: list[Fetched], outcome: Sh
             except Refused as exc:
                 outcome.refusals.append((name, str(exc)))
             except WriteFailed as exc:
-                return cannot_write(root, exc.__cause__)  # type: ignore[arg-type]
+                return cannot_write(root, exc.__cause__)
     return None
+
+
+def cannot_write(root: str, exc: BaseException | None) -> str:
+    reason = getattr(exc, "strerror", None) or exc or "a write failed"
+    return (f"cannot write into {root} ({reason}); free some space or fix its permissions, then run"
+            " materialize again")
 
 
 def _write(sink: LinkSink | StagingSink, name: str, data: bytes, mtime_ns: int, keep: bool) -> None:
