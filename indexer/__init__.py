@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 API = {
     "index_root": "indexer.ingest.index",
     "extract_shards": "indexer.extract",
+    # `indexer.materialize` is the package (Python sets it once it is imported), so the function
+    # is offered under a name of its own
+    "materialize_samples": "indexer.materialize",
     "watch_root": "indexer.watch",
     "follow_up_exports": "indexer.export.registry",
     "run_export": "indexer.export.registry",

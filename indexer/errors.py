@@ -9,9 +9,10 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a real failure: ROOT missing, database unusable, bad option value
 EXIT_USAGE = 2  # click's own code for bad command-line usage
-EXIT_REFUSED_MEMBERS = 3  # extract finished but refused unsafe tar members
-EXIT_INCOMPLETE = 4  # an export finished but could not write (or remove) some files, or a remote index
-                     # could not read some objects; a rerun retries them
+EXIT_REFUSED_MEMBERS = 3  # extract (or materialize) finished but refused unsafe member names
+EXIT_INCOMPLETE = 4  # an export finished but could not write (or remove) some files, a remote index
+                     # could not read some objects, or materialize could not fetch some samples; a
+                     # rerun retries them
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, as shells report it)
 EXIT_LOCKED = 75  # another writer holds the database (EX_TEMPFAIL: try again later)
 

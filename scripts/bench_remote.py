@@ -19,6 +19,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -85,11 +86,12 @@ def main() -> None:
     parser.add_argument("--image-kb", type=int, default=300)
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     args = parser.parse_args()
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    # moto in a process of its own: in this one its request handling would share the GIL with the
+    # readers it serves
+    host, port = "127.0.0.1", free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(host, port)
     os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
     import s3fs
 
@@ -132,7 +134,23 @@ def main() -> None:
               f" {total / 1e6:,.0f} MB)")
         print(f"ratio: in place is {whole / in_place:.1f}x faster and fetches {total / max(fetched, 1):.0f}x"
               " fewer bytes (targets: <= 3 KB and <= 1.2 requests a sample; 0 object reads on a rerun)")
-    server.stop()
+    server.terminate()
+    server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(host: str, port: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"moto's server did not start on {host}:{port}")
 
 
 if __name__ == "__main__":

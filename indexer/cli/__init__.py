@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "problems": "problems",
     "search": "search",
     "extract": "extract",
+    "materialize": "materialize",
 }
 
 

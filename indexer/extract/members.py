@@ -51,6 +51,17 @@ def extracted_parts(member: Member, root: str, reserved: frozenset[str] = frozen
     return parts
 
 
+def file_parts(name: str, reserved: frozenset[str] = frozenset()) -> list[str]:
+    """The path components a file named `name` (root-relative, '/'-separated) is written at, by the
+    rules members are written by; raises Refused. For writers that take names from elsewhere than a
+    tar header (`materialize` takes them from the index)."""
+    parts = _name_parts(name)
+    if not parts:
+        raise Refused(tar_policy.NO_NAME)
+    _refuse_reserved(parts, reserved)
+    return parts
+
+
 def _refuse_reserved(parts: list[str], reserved: frozenset[str]) -> None:
     """The database's files and its scratch folder (and anything under it) are never written,
     whatever the case of the member's name (a case-insensitive folder takes `DB.SQLITE` for it)."""
