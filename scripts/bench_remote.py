@@ -3,34 +3,35 @@
 
     python scripts/bench_remote.py [--shards 20] [--samples 250] [--image-kb 300] [--rtt-ms 20]
 
-Starts moto's S3 server on 127.0.0.1 behind a TCP proxy (also on 127.0.0.1) that delays every
-chunk by half the round trip each way, uploads DALLE-3-shaped shards (a ~1.5 KB JSON and an image
-of --image-kb per sample), then measures: `indexer index s3://...` (wall time, range requests and
-bytes a sample), a no-change rerun (object reads), and the baseline: every shard downloaded whole
-through the same proxy, then `indexer index` of the local copy. Prints ratios. Loopback only.
+Serves DALLE-3-shaped shards (a ~1.5 KB JSON and an image of --image-kb per sample) from an HTTP
+server with Range support on 127.0.0.1, behind a TCP proxy (also on 127.0.0.1) that delays every
+chunk by half the round trip each way, then measures: `indexer index --shard-list` (wall time,
+range requests and bytes a sample), a no-change rerun (object reads), and the baseline: every
+shard downloaded whole through the same proxy, then `indexer index` of the local copy. Prints
+ratios. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
+import http.server
 import io
 import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample import png_bytes
-
-os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
 
 
 def delayed_proxy(target: tuple[str, int], delay_s: float) -> int:
@@ -78,6 +79,42 @@ def shard_bytes(number: int, samples: int, image_kb: int, rng: random.Random) ->
     return buffer.getvalue()
 
 
+def range_server(folder: Path) -> int:
+    """A threaded HTTP server on 127.0.0.1 that answers HEAD and single-range GETs with pread
+    (moto keeps objects in memory and copies a whole object for every range read: with shards of
+    tens of MB it, not the client, would be what is measured). Returns its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            path = folder / self.path.lstrip("/")
+            st = path.stat()
+            first, last, status = 0, st.st_size - 1, 200
+            if self.command == "GET" and self.headers.get("Range"):
+                start, _, stop = self.headers["Range"].removeprefix("bytes=").partition("-")
+                first, last, status = int(start), min(int(stop), st.st_size - 1), 206
+            self.send_response(status)
+            length = st.st_size if self.command == "HEAD" else last - first + 1
+            self.send_header("Content-Length", str(length))
+            self.send_header("ETag", f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+            self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+            self.end_headers()
+            if self.command == "GET":
+                with open(path, "rb") as handle:
+                    self.wfile.write(os.pread(handle.fileno(), last - first + 1, first))
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,47 +123,43 @@ def main() -> None:
     parser.add_argument("--image-kb", type=int, default=300)
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     args = parser.parse_args()
-    # moto in a process of its own: in this one its request handling would share the GIL with the
-    # readers it serves
-    host, port = "127.0.0.1", free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(host, port)
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir("bench")
-    rng = random.Random(7)
-    total = 0
-    for number in range(args.shards):
-        data = shard_bytes(number, args.samples, args.image_kb, rng)
-        total += len(data)
-        fs.pipe(f"bench/data/{number:04d}.tar", data)
-    samples = args.shards * args.samples
-    print(f"{args.shards} shards x {args.samples} samples, {total / 1e6:,.0f} MB in moto on 127.0.0.1,"
-          f" +{args.rtt_ms:g} ms round trip through a proxy")
-    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{delayed_proxy((host, port), args.rtt_ms / 2000)}"
     from indexer.ingest.index import index_root
 
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as scratch:
+        served = Path(scratch) / "served"
+        served.mkdir()
+        rng = random.Random(7)
+        total = 0
+        for number in range(args.shards):
+            data = shard_bytes(number, args.samples, args.image_kb, rng)
+            total += len(data)
+            (served / f"{number:04d}.tar").write_bytes(data)
+        port = delayed_proxy(("127.0.0.1", range_server(served)), args.rtt_ms / 2000)
+        urls = Path(scratch) / "urls.txt"
+        urls.write_text("".join(f"http://127.0.0.1:{port}/{number:04d}.tar\n"
+                                for number in range(args.shards)))
+        samples = args.shards * args.samples
+        print(f"{args.shards} shards x {args.samples} samples, {total / 1e6:,.0f} MB served on 127.0.0.1,"
+              f" +{args.rtt_ms:g} ms round trip through a proxy")
         db = Path(scratch) / "remote.sqlite"
         started = time.perf_counter()
-        summary = index_root(db, "s3://bench/data")
+        summary = index_root(db, "", shard_list=urls)
         in_place = time.perf_counter() - started
         requests, fetched = summary["shards"]["requests"], summary["shards"]["fetched_bytes"]
         print(f"in place: {in_place:6.2f} s, {requests / samples:.2f} requests and"
               f" {fetched / samples / 1024:.2f} KB a sample ({fetched / 1e6:.1f} MB fetched,"
-              f" {fetched / total:.2%} of the shards)")
+              f" {fetched / total:.2%} of the shards); one shard's walk alone:"
+              f" {args.samples * args.rtt_ms / 1000:.1f} s of round trips")
         started = time.perf_counter()
-        again = index_root(db, "s3://bench/data")
+        again = index_root(db, "", shard_list=urls)
         print(f"no-change rerun: {time.perf_counter() - started:6.2f} s,"
               f" {again['shards']['requests']} object reads, {again['files_read']} files read")
         started = time.perf_counter()
         local = Path(scratch) / "copy"
         local.mkdir()
-        remote_fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        remote_fs.get("bench/data/", str(local), recursive=True)
+        for number in range(args.shards):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{number:04d}.tar") as response:
+                (local / f"{number:04d}.tar").write_bytes(response.read())
         downloaded = time.perf_counter() - started
         index_root(Path(scratch) / "local.sqlite", local)
         whole = time.perf_counter() - started
@@ -134,23 +167,6 @@ def main() -> None:
               f" {total / 1e6:,.0f} MB)")
         print(f"ratio: in place is {whole / in_place:.1f}x faster and fetches {total / max(fetched, 1):.0f}x"
               " fewer bytes (targets: <= 3 KB and <= 1.2 requests a sample; 0 object reads on a rerun)")
-    server.terminate()
-    server.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(host: str, port: int, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"moto's server did not start on {host}:{port}")
 
 
 if __name__ == "__main__":
