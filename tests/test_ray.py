@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from indexer.extract import extract_shards
 from indexer.ingest import change
 from indexer.ingest.engines import pool_for
 from indexer.ingest.index import index_root
@@ -73,6 +74,23 @@ def test_a_ray_run_writes_what_a_local_run_writes_and_reruns_stay_equal(tmp_path
     fresh = tmp_path / "fresh.sqlite"
     index_root(fresh, root, workers=1)
     assert rows(on_ray) == rows(fresh)
+
+
+def test_extract_on_ray_places_and_records_what_a_local_extract_does(tmp_path, ray_local, sample_files):
+    shards = []
+    for n in range(3):
+        members = {k: v for i in range(5)
+                   for k, v in sample_files.members(f"s{n}/k{i}", size=(64, 48)).items()}
+        shards.append(tmp_path / f"s{n}.tar")
+        sample_files.shard(shards[-1], members)
+    local = extract_shards(tmp_path / "local.sqlite", shards, tmp_path / "local")
+    on_ray = extract_shards(tmp_path / "ray.sqlite", shards, tmp_path / "ray", engine="ray")
+    assert on_ray["failures"] == [] and on_ray["tasks_by_node"] == {"127.0.0.1": 3}
+    assert rows(tmp_path / "ray.sqlite") == rows(tmp_path / "local.sqlite") and local["samples"] == 15
+    def placed(folder: Path) -> dict:
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    assert placed(tmp_path / "ray") == placed(tmp_path / "local")
 
 
 def _die_once(marker: str, value: int) -> int:

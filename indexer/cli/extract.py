@@ -7,6 +7,7 @@ import click
 from indexer.cli.common import json_option, quiet_option, resolve_db, show, show_progress, writer_options
 from indexer.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED_MEMBERS
 from indexer.extract import extract_shards
+from indexer.ingest.engines import ENGINES
 from indexer.render.runs import extract_problem_lines, format_extract_summary
 
 
@@ -16,10 +17,16 @@ from indexer.render.runs import extract_problem_lines, format_extract_summary
               help="Folder the members land in, as `tar xf SHARD -C DIR` puts them (created if missing).")
 @writer_options("Dataset id (default: DIR's folder name, the id `indexer index DIR` uses).",
                 "Shards extracted at once, one process each (default: CPU count).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="Where shards are extracted: local worker processes, or Ray tasks (DIR must then be a "
+                   "path every node sees).")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="The Ray cluster to join (default: RAY_ADDRESS, else a new local instance).")
 @quiet_option
 @json_option
 def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id: str | None,
-                    workers: int | None, quiet: bool, as_json: bool) -> None:
+                    workers: int | None, engine: str, ray_address: str | None, quiet: bool,
+                    as_json: bool) -> None:
     """Extract webdataset tar shards into DIR safely, and index their samples in the same pass.
 
     Finished shards are skipped on a rerun; a shard a killed run left half-way is done again.
@@ -27,7 +34,7 @@ def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id
     could not be read to its end; everything else is extracted either way.
     """
     summary = extract_shards(resolve_db(db), shards, to, dataset_id=dataset_id, workers=workers,
-                             progress=show_progress(quiet, as_json))
+                             progress=show_progress(quiet, as_json), engine=engine, ray_address=ray_address)
     show(summary, format_extract_summary, as_json=as_json, quiet=quiet)
     if not as_json:
         for line in extract_problem_lines(summary):

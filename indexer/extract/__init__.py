@@ -28,6 +28,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -50,10 +52,11 @@ from indexer.extract.worker import (
 from indexer.extract.writer import begin_shard, record_shard, run_error, run_summary
 from indexer.ingest.bulk import SCRATCH_SUFFIX, remove_scratch_folder, scratch_folder, scratch_path
 from indexer.ingest.derived import build_derived, defer_derived
+from indexer.ingest.engines import default_readers, pool_for, run_report
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX
-from indexer.ingest.workers import default_workers
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, default_workers, map_in_order
 from indexer.progress import bar
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
@@ -67,8 +70,13 @@ def extract_shards(
     dataset_id: str | None = None,
     workers: int | None = None,
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Extract the shards into `to` and record their samples; returns the run summary.
+
+    engine "ray": each shard is a Ray task; `to` must then be a path every node sees (a shared
+    filesystem), and the database stays here, written by this process.
 
     Refused members and damaged shards are reported in the summary (`refusals`, `failures`),
     never raised: the caller picks the exit code after everything else was done.
@@ -79,9 +87,10 @@ def extract_shards(
     with writer_run(db_path, root, "extract", dataset_id) as run:
         summary = _extract_all(
             run.conn, run.dataset, root, shard_paths, reserved_paths(db_path, root),
-            workers=workers or default_workers(), progress=progress,
+            workers=workers or default_readers(engine, ray_address, default_workers()), progress=progress,
+            engine=engine, ray_address=ray_address,
         )
-        summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
+        summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3), **run_report(engine))
         run.finish(summary, status="failed" if summary["failures"] else "done", error=run_error(summary))
     return summary
 
@@ -138,6 +147,8 @@ def _extract_all(
     *,
     workers: int,
     progress: bool,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     scan_start_ns = time.time_ns()
     scratch = scratch_folder(conn)
@@ -150,7 +161,8 @@ def _extract_all(
     try:
         with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
                  total=sum(task.size for task in tasks)) as bytes_bar:
-            for outcome in _run_tasks(conn, dataset, tasks, workers, bytes_bar.update):
+            run = _run_tasks if engine == "local" else functools.partial(_run_on_ray, ray_address=ray_address)
+            for outcome in run(conn, dataset, tasks, workers, bytes_bar.update):
                 record_shard(recorder, root, outcome, scan_start_ns)
                 outcome.results = []  # recorded: free the memory
                 outcomes.append(outcome)
@@ -235,6 +247,27 @@ def _run_tasks(
             for future in done:
                 yield future.result()
         _drain(progress_queue, report)
+
+
+def _run_on_ray(conn: sqlite3.Connection, dataset: str, tasks: list[ShardTask], workers: int,
+                report: Callable[[int], object], ray_address: str | None) -> Iterator[ShardOutcome]:
+    """Extract shards as Ray tasks, in order, each marked 'extracting' as it is submitted. Their
+    samples come back as results (a scratch database beside this one is out of a remote worker's
+    reach), and a shard's bytes count as it finishes."""
+
+    def calls() -> Iterator[tuple[ShardTask]]:
+        for task in tasks:
+            begin_shard(conn, dataset, task)
+            yield (dataclasses.replace(task, scratch=None),)
+
+    def failed(call: tuple[ShardTask], exc: Exception) -> ShardOutcome:
+        return ShardOutcome(call[0].path, error=f"{call[0].path}: its extract task failed ({exc}); run"
+                            " extract again")
+
+    for outcome in map_in_order(extract_shard, calls(), workers, workers * LARGE_TASKS_AHEAD,
+                                pool_of=pool_for("ray", ray_address, io_bound=False), on_error=failed):
+        report(outcome.bytes)
+        yield outcome
 
 
 def _drain(progress_queue, report: Callable[[int], object]) -> None:
