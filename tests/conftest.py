@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 from helpers_samples import SampleFiles
 
+from indexer.ingest import change
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,3 +73,9 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def no_racy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by the test before a scan count as settled (the real racy window is 3 s)."""
+    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)

@@ -12,13 +12,8 @@ import pytest
 
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
-from indexer.ingest import change, pipeline, recorder
+from indexer.ingest import pipeline, recorder
 from indexer.ingest.index import index_root
-
-
-@pytest.fixture
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
 def _ok_count(db: Path) -> int:

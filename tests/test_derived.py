@@ -21,10 +21,7 @@ from indexer.inspect import search, stats
 from indexer.render.html import write_report
 from indexer.render.stats import format_stats
 
-
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def names(db: Path, kind: str) -> set[str]:

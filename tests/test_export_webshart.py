@@ -15,7 +15,6 @@ from helpers_export import write_shard
 
 from indexer.errors import IndexerError
 from indexer.export.webshart import export_webshart
-from indexer.ingest import change
 from indexer.ingest.index import index_root
 
 BUCKET_FILES = ("aspect_ratio_bucket_indices_shards.json", "aspect_ratio_bucket_metadata_shards.json",
@@ -24,9 +23,7 @@ BUCKET_FILES = ("aspect_ratio_bucket_indices_shards.json", "aspect_ratio_bucket_
 OTHER_FILES = ("aspect_ratio_bucket_indices_other.json", "vae/x.pt", "notes.json")
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def pair(gen, key: str, caption: str | None = None, size=(640, 480)) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from indexer.extract import extract_shards
-from indexer.ingest import change, tar_policy
+from indexer.ingest import tar_policy
 
 SEEDS = int(os.environ.get("INDEXER_FUZZ_SEEDS", "40"))
 FORMATS = (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT)
@@ -36,9 +36,7 @@ SHARED_REASONS = (tar_policy.NUL_IN_NAME, tar_policy.ABSOLUTE, tar_policy.PARENT
                   tar_policy.NO_NAME, tar_policy.NOT_UTF8, tar_policy.ONLY_FILES)
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def sidecar(rng: random.Random, key: str) -> bytes:

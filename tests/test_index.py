@@ -16,14 +16,8 @@ from helpers_index import files, same_files, samples
 from indexer import store
 from indexer.db import lock
 from indexer.errors import IndexerError
-from indexer.ingest import change, scan, walk
+from indexer.ingest import scan, walk
 from indexer.ingest.index import index_root
-
-
-@pytest.fixture
-def no_racy(monkeypatch):
-    """Files written by the test before a scan count as settled (the real window is 3 s)."""
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
 
 
 def run(db, root, **kwargs):

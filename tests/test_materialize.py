@@ -19,7 +19,7 @@ from servers import range_server, s3_server
 
 from indexer.errors import EXIT_INCOMPLETE, EXIT_REFUSED_MEMBERS
 from indexer.extract.fileops import FS
-from indexer.ingest import change, remote
+from indexer.ingest import remote
 from indexer.ingest.index import index_root
 from indexer.ingest.walk import STAGING_PREFIX
 from indexer.materialize import materialize, place
@@ -27,9 +27,7 @@ from indexer.materialize import materialize, place
 SUBSET = "width % 2 = 0"  # every other sample: widths 32, 33, 34, ...
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def sample(sample_files, key: str, width: int, **fields) -> dict[str, bytes]:

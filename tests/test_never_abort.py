@@ -24,9 +24,7 @@ DEEP = '{"short_caption": "deep", "width": 64, "height": 48, "nest": ' + "[" * 4
 YEAR_2300_NS = 10_413_792_000 * 1_000_000_000  # past 2**63 ns (2262-04-11)
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def pair_members(gen, key: str, record: dict | None = None) -> list[tuple[str, bytes]]:

@@ -5,14 +5,13 @@ run again (once: it succeeds; every time: its call's fallback stands in, the run
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_index import sample_rows
 
 from indexer.extract import extract_shards
-from indexer.ingest import change
 from indexer.ingest.engines import pool_for
 from indexer.ingest.index import index_root
 from indexer.ingest.workers import map_in_order
@@ -36,17 +35,11 @@ def ray_local():
         ray.shutdown()
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def rows(db: Path) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT {ROW} FROM samples ORDER BY key").fetchall()
-    finally:
-        conn.close()
+    return sample_rows(db, tuple(ROW.split(", ")), order="key")
 
 
 def dataset(root: Path, gen, sample_files) -> Path:

@@ -15,16 +15,13 @@ import pytest
 from readonly_media import folder_state, run_readonly, run_writable
 
 from indexer import store
-from indexer.ingest import change
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.index import index_root
 
 SHARD_KEYS = [f"shard/s{i}" for i in range(6)]
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 from pathlib import Path
 
 import pytest
+from helpers_index import sample_rows
 from servers import hub_server, range_server, s3_server
 
 from indexer.errors import EXIT_INCOMPLETE
-from indexer.ingest import change, remote
+from indexer.ingest import remote
 from indexer.ingest.index import index_root
 
 ROW = ("key, image_ext, json_ext, width, height, size_from, status, warning, meta, shard, json_offset,"
@@ -44,9 +44,7 @@ def bucket(endpoint, monkeypatch, request):
     remote._FILESYSTEMS.clear()
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def pairs(sample_files, prefix: str, count: int) -> dict[str, bytes]:
@@ -74,11 +72,7 @@ def upload(fs, bucket: str, folder: Path) -> None:
 
 
 def rows(db: Path) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT {ROW} FROM samples ORDER BY key").fetchall()
-    finally:
-        conn.close()
+    return sample_rows(db, tuple(ROW.split(", ")), order="key")
 
 
 def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sample_files, monkeypatch):

@@ -11,28 +11,22 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers_index import sample_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexer.export.jsonl import export_jsonl
-from indexer.ingest import change
 from indexer.ingest.index import index_root
 from indexer.ingest.pipeline import json_bytes
 
 CONTENT = "key, image_ext, json_ext, width, height, size_from, status, error, warning, meta"
 
 
-@pytest.fixture(autouse=True)
-def no_racy(monkeypatch):
-    monkeypatch.setattr(change, "RACY_WINDOW_NS", 0)
+pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
 def rows(db: Path) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT {CONTENT} FROM samples ORDER BY key").fetchall()
-    finally:
-        conn.close()
+    return sample_rows(db, tuple(CONTENT.split(", ")), order="key")
 
 
 def test_shards_in_place_hold_exactly_what_extracting_them_gives(tmp_path, gen, sample_files):
