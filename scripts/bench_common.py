@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import resource
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 MEASURE = r"""
 import resource, subprocess, sys, time
@@ -53,3 +57,19 @@ def self_peak_mb() -> float:
 def row(label: str, step: Step, baseline: Step | None = None, note: str = "") -> str:
     ratio = f"{baseline.seconds / step.seconds:6.2f}x faster" if baseline else " " * 13
     return f"{label:<34} {step.seconds:8.2f} s {step.peak_rss_mb:8.1f} MB  {ratio}  {note}"
+
+
+def write_small_shards(folder: Path, samples: int, shards: int) -> None:
+    """`samples` small pairs (a 64x48 PNG and its JSON) spread over `shards` uncompressed tars."""
+    from make_sample import png_bytes
+
+    folder.mkdir(parents=True)
+    image, per_shard = png_bytes(64, 48), -(-samples // shards)
+    for number in range(shards):
+        with tarfile.open(folder / f"data-{number:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+            for i in range(number * per_shard, min(samples, (number + 1) * per_shard)):
+                sidecar = json.dumps({"width": 64, "height": 48, "short_caption": f"caption {i}"}).encode()
+                for name, data in ((f"{i:08d}.json", sidecar), (f"{i:08d}.png", image)):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime = len(data), 1_700_000_000
+                    tar.addfile(info, io.BytesIO(data))

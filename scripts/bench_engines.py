@@ -12,33 +12,18 @@ databases hold the same rows, and prints the ratios ray/local. Loopback only.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import sqlite3
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sample import make_dataset, png_bytes
+from bench_common import write_small_shards
+from make_sample import make_dataset
 
 ROWS = "SELECT key, status, width, height, meta, shard, json_offset FROM samples ORDER BY key"
-
-
-def shards(folder: Path, samples: int, count: int) -> None:
-    folder.mkdir(parents=True)
-    image, per_shard = png_bytes(64, 48), -(-samples // count)
-    for number in range(count):
-        with tarfile.open(folder / f"{number:05d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
-            for i in range(number * per_shard, min(samples, (number + 1) * per_shard)):
-                sidecar = json.dumps({"width": 64, "height": 48, "short_caption": f"caption {i}"}).encode()
-                for name, data in ((f"{i:08d}.json", sidecar), (f"{i:08d}.png", image)):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime = len(data), 1_700_000_000
-                    tar.addfile(info, io.BytesIO(data))
 
 
 def rows(db: Path) -> list[tuple]:
@@ -63,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as scratch:
         loose, tars = Path(scratch) / "loose", Path(scratch) / "tars"
         make_dataset(loose, args.n, faults=0.0, seed=3)
-        shards(tars, args.n, args.shards)
+        write_small_shards(tars, args.n, args.shards)
         started = time.perf_counter()
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         nodes = [node["NodeManagerAddress"] for node in ray.nodes()]

@@ -11,33 +11,16 @@ many/few (target: within 1.5x). Nothing leaves the machine.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sample import png_bytes
+from bench_common import write_small_shards
 
 from indexer.export.webshart import export_webshart
 from indexer.ingest.index import index_root
-
-
-def write_shards(folder: Path, samples: int, shards: int) -> None:
-    folder.mkdir(parents=True)
-    image = png_bytes(64, 48)
-    per_shard = -(-samples // shards)
-    for number in range(shards):
-        with tarfile.open(folder / f"data-{number:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
-            for i in range(number * per_shard, min(samples, (number + 1) * per_shard)):
-                sidecar = json.dumps({"width": 64, "height": 48, "short_caption": f"caption {i}"}).encode()
-                for name, data in ((f"{i:08d}.json", sidecar), (f"{i:08d}.png", image)):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime = len(data), 1_700_000_000
-                    tar.addfile(info, io.BytesIO(data))
 
 
 def timed_export(folder: Path, db: Path) -> tuple[float, float, int]:
@@ -60,7 +43,7 @@ def main() -> None:
         results = {}
         for shards in (args.few, args.many):
             folder = Path(scratch) / f"shards-{shards}"
-            write_shards(folder, args.samples, shards)
+            write_small_shards(folder, args.samples, shards)
             results[shards] = timed_export(folder, Path(scratch) / f"{shards}.sqlite")
             indexed, exported, rows = results[shards]
             print(f"{args.samples:,} samples in {shards:>5,} shards: index {indexed:6.2f} s,"
