@@ -96,6 +96,15 @@ def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sam
     assert "materialize" in refused.stderr and not (tmp_path / "s3:").exists()
     parquet = cli("export", "parquet", tmp_path / "x.parquet", "--db", tmp_path / "remote.sqlite")
     assert parquet.exit_code == 0, parquet.stderr
+    # webshart's indexes of the remote shards go to a local folder, the same as for the local copy
+    for source in ("remote", "local"):
+        (tmp_path / f"meta-{source}").mkdir()
+        made = cli("export", "webshart", "--metadata", tmp_path / f"meta-{source}", "--db",
+                   tmp_path / f"{source}.sqlite")
+        assert made.exit_code == 0, made.stderr
+    for index in ("shards/s0.json", "shards/s1.json"):
+        remote_index = (tmp_path / "meta-remote" / index).read_bytes()
+        assert remote_index == (tmp_path / "meta-local" / index).read_bytes()
     # credentials reach neither the database nor what the run prints
     assert SECRET.encode() not in (tmp_path / "remote.sqlite").read_bytes()
     assert SECRET not in result.output + result.stderr

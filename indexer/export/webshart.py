@@ -160,7 +160,11 @@ def shard_files_in_order(snapshot: ReadSnapshot,
 
 def current_size(root: Path, shard: str, recorded: tuple[int, int, int, int]) -> int:
     """The shard's size now. A shard that changed since it was indexed (size, mtime, ctime or inode
-    moved, as the index itself decides) has stale offsets."""
+    moved, as the index itself decides) has stale offsets. A remote shard (the root is a URL) has
+    the size its listing gave when it was indexed: `indexer index URL` right before the export
+    checks it against the listing again."""
+    if not root.is_absolute():
+        return recorded[0]
     try:
         st = os.stat(root / shard)
     except OSError as exc:
