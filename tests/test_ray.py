@@ -5,7 +5,10 @@ run again (once: it succeeds; every time: its call's fallback stands in, the run
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,41 @@ def test_extract_on_ray_places_and_records_what_a_local_extract_does(tmp_path, r
         return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
     assert placed(tmp_path / "ray") == placed(tmp_path / "local")
+
+
+def test_a_driver_killed_mid_run_then_run_again_ends_as_a_fresh_run(tmp_path, ray_local, gen):
+    root = tmp_path / "data"
+    gen.make_dataset(root, 3000, faults=0.1, seed=9)
+    db = tmp_path / "ray.sqlite"
+    code = ("import sys; from indexer.ingest.index import index_root;"
+            " index_root(sys.argv[1], sys.argv[2], engine='ray', keys_per_commit=32, workers=2)")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", code, str(db), str(root)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and driver.poll() is None and not _committed(db):
+        time.sleep(0.02)
+    driver.kill()
+    driver.wait()
+    [(status,)] = sqlite3.connect(db).execute("SELECT status FROM runs").fetchall()
+    assert status == "running"  # killed mid-run: a kill records nothing
+    assert 0 < len(rows(db)) < 3000
+
+    index_root(db, root, engine="ray")
+    index_root(tmp_path / "fresh.sqlite", root, workers=1)
+    assert rows(db) == rows(tmp_path / "fresh.sqlite")
+
+
+def _committed(db: Path) -> bool:
+    """Whether a batch of samples is in the database yet (False while it is being created)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return conn.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
 
 
 def _die_once(marker: str, value: int) -> int:
