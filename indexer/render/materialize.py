@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from indexer.render.runs import REFUSALS_SHOWN, human_bytes
+from indexer.render.runs import REFUSALS_SHOWN, dataset_line, human_bytes
 from indexer.wording import counts_text
 
 
 def format_materialize_summary(summary: dict) -> str:
     problems = summary.get("problems") or {}
     return "\n".join([
-        f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
-        f" in {summary['seconds']:.1f} s",
+        dataset_line(summary),
         f"  from {summary['source']} ({summary['source_root']}): {summary['selected']:,} selected,"
         f" {summary['fetched']:,} fetched, {summary['in_place']:,} already in place,"
         f" {summary['failed_count']:,} failed, {summary['refused_count']:,} file(s) refused",

@@ -17,10 +17,15 @@ def human_bytes(count: float) -> str:
     return f"{count} B"
 
 
+def dataset_line(summary: dict) -> str:
+    """The first line of every writing run's summary: the dataset, where it is, its size, the time."""
+    return (f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
+            f" in {summary['seconds']:.1f} s")
+
+
 def format_index_summary(summary: dict) -> str:
     lines = [
-        f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
-        f" in {summary['seconds']:.1f} s",
+        dataset_line(summary),
         f"  added {summary['added']:,}  changed {summary['changed']:,}"
         f"  removed {summary['removed']:,}  unchanged {summary['unchanged']:,}",
         (f"  files seen {summary['files_seen']:,}, read {summary['files_read']:,}" if "files_seen" in summary
@@ -84,8 +89,7 @@ def shard_bytes_used(shards: dict) -> str:
 def format_extract_summary(summary: dict) -> str:
     problems = summary.get("problems") or {}
     return "\n".join([
-        f"dataset {summary['dataset']} ({summary['root']}): {summary['samples']:,} samples"
-        f" in {summary['seconds']:.1f} s",
+        dataset_line(summary),
         f"  shards: {summary['shards_done']} extracted, {summary['shards_skipped']} skipped (finished"
         f" before), {summary['shards_failed']} failed; {summary['members']:,} members,"
         f" {human_bytes(summary['bytes'])} read, {summary['refused']:,} refused",
