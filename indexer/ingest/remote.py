@@ -24,6 +24,7 @@ without user info or query.
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import os
 import threading
@@ -175,7 +176,12 @@ class RemoteRoot:
         return plain[len(base):] if plain.startswith(base) else plain.rsplit("/", 1)[-1]
 
     def _url_of(self, rel: str) -> str:
-        return next(url for url in self.urls if self._relative(url) == rel)
+        return self._urls_by_path[rel]
+
+    @functools.cached_property
+    def _urls_by_path(self) -> dict[str, str]:
+        """Each shard URL by its path under the root (one lookup an open, whatever the list's length)."""
+        return {self._relative(url): url for url in self.urls}
 
 
 def shard_list_root(list_file: str | os.PathLike[str]) -> RemoteRoot:
