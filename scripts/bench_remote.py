@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=250)
     parser.add_argument("--image-kb", type=int, default=300)
     parser.add_argument("--rtt-ms", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="objects read at once (default: indexer's own)")
     args = parser.parse_args()
     from indexer.ingest.index import index_root
 
@@ -143,7 +145,7 @@ def main() -> None:
               f" +{args.rtt_ms:g} ms round trip through a proxy")
         db = Path(scratch) / "remote.sqlite"
         started = time.perf_counter()
-        summary = index_root(db, "", shard_list=urls)
+        summary = index_root(db, "", shard_list=urls, workers=args.workers)
         in_place = time.perf_counter() - started
         requests, fetched = summary["shards"]["requests"], summary["shards"]["fetched_bytes"]
         print(f"in place: {in_place:6.2f} s, {requests / samples:.2f} requests and"
@@ -151,7 +153,7 @@ def main() -> None:
               f" {fetched / total:.2%} of the shards); one shard's walk alone:"
               f" {args.samples * args.rtt_ms / 1000:.1f} s of round trips")
         started = time.perf_counter()
-        again = index_root(db, "", shard_list=urls)
+        again = index_root(db, "", shard_list=urls, workers=args.workers)
         print(f"no-change rerun: {time.perf_counter() - started:6.2f} s,"
               f" {again['shards']['requests']} object reads, {again['files_read']} files read")
         started = time.perf_counter()

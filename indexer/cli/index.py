@@ -22,7 +22,7 @@ from indexer.render.runs import format_index_summary
 @click.command("index")
 @click.argument("root", required=False, metavar="ROOT")
 @writer_options(ROOT_ID_HELP, "Reader processes (default: CPU count); for a remote ROOT, objects read at"
-                " once (default: 16).")
+                " once (default: 32).")
 @click.option("--shard-list", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
               help="A text file of https:// shard URLs, one a line (HTTP cannot list a folder); "
                    "then no ROOT.")

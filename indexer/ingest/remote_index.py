@@ -42,7 +42,7 @@ from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION, is_utf8, split
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, SMALL_TASKS_AHEAD, map_in_order
 from indexer.progress import bar
 
-DEFAULT_CONCURRENCY = 16  # objects read at once: enough to hide ~20 ms round trips
+DEFAULT_CONCURRENCY = 32  # objects read at once: 20 shards over a 20 ms proxy, 26.5 s with 16, 13.8 s with 32
 KEYS_PER_BATCH = 256
 
 
