@@ -117,7 +117,7 @@ def test_a_rerun_reads_only_what_the_listing_says_changed(tmp_path, bucket, cli,
     url = f"s3://{name}/data"
     assert cli("index", url, "--db", db).exit_code == 0
 
-    again = json.loads(cli("index", url, "--db", db, "--json").output)
+    again = json.loads(cli("index", url + "/", "--db", db, "--json").output)  # the same dataset
     assert (again["files_read"], again["shards"]["read"], again["added"], again["changed"]) == (0, 0, 0, 0)
     assert again["shards"]["requests"] == 0
 

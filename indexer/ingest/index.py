@@ -62,7 +62,8 @@ def index_root(
     if engine not in ENGINES:
         raise IndexerError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
     if shard_list is not None or is_remote(root):
-        remote = shard_list_root(shard_list) if shard_list is not None else RemoteRoot(str(root))
+        # one dataset whether or not the URL ends in a slash
+        remote = shard_list_root(shard_list) if shard_list is not None else RemoteRoot(str(root).rstrip("/"))
         summary = index_remote(os.fspath(db_path), remote, dataset_id=dataset_id, workers=workers,
                                verify_images=verify_images, progress=progress, engine=engine,
                                ray_address=ray_address)
