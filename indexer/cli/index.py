@@ -20,7 +20,7 @@ from indexer.render.runs import format_index_summary
 
 
 @click.command("index")
-@click.argument("root", required=False, metavar="ROOT")
+@click.argument("root", required=False, metavar="[ROOT]")
 @writer_options(ROOT_ID_HELP, "Reader processes (default: CPU count); for a remote ROOT, objects read at"
                 " once (default: 32).")
 @click.option("--shard-list", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
