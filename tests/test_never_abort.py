@@ -247,3 +247,22 @@ def test_the_environment_failing_still_stops_the_run(tmp_path, cli, gen, monkeyp
     monkeypatch.setattr(read, "build_sample", full_disk)
     result = cli("index", data, "--db", tmp_path / "db.sqlite", "--workers", "1")
     assert result.exit_code != 0 and "No space left on device" in result.stderr
+
+
+def test_a_reader_process_killed_locally_stops_the_run_instead_of_failing_every_sample(
+        tmp_path, cli, gen, monkeypatch, sample_files):
+    data = tmp_path / "data"
+    for i in range(40):
+        sample_files.pair(data, f"k{i:02d}", size=(64, 48))
+
+    def killed(*_args, **_kwargs):
+        os._exit(9)  # the reader process dies (out of memory, say): the environment, not the data
+
+    monkeypatch.setattr(read, "build_sample", killed)  # the forked readers inherit it
+    result = cli("index", data, "--db", tmp_path / "db.sqlite", "--workers", "2")
+    assert result.exit_code != 0
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        assert conn.execute("SELECT count(*) FROM samples WHERE status = 'read_failed'").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from indexer.db.counts import sample_count
 from indexer.ingest.bulk import bulk_load
 from indexer.ingest.derived import defer_derived
-from indexer.ingest.engines import pool_for
+from indexer.ingest.engines import fallback_for, pool_for
 from indexer.ingest.guard import failed_sample
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import Recorder
@@ -103,7 +103,7 @@ def _run_tasks(tasks: Iterable[Task], settings: ReadSettings,
     calls = ((task, settings) for task in tasks)
     yield from map_in_order(read_task, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
                             counts.waited, pool_of=pool_for(settings.engine, settings.ray_address, False),
-                            on_error=_task_failed)
+                            on_error=fallback_for(settings.engine, _task_failed))
 
 
 def _task_failed(call: tuple, exc: Exception) -> list[CompactResult]:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 
 from indexer.errors import IndexerError
-from indexer.ingest.engines import pool_for
+from indexer.ingest.engines import fallback_for, pool_for
 from indexer.ingest.guard import failed_sample
 from indexer.ingest.recorder import Recorder, ScratchBatch
 from indexer.ingest.records import SCRATCH_COLUMNS, json_bytes_in
@@ -39,7 +39,7 @@ def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
         for batch in map_in_order(read, calls, settings.workers, settings.workers * LARGE_TASKS_AHEAD,
                                   recorder.counts.waited,
                                   pool_of=pool_for(settings.engine, settings.ray_address, False),
-                                  on_error=_task_failed):
+                                  on_error=fallback_for(settings.engine, _task_failed)):
             if isinstance(batch, list):  # a task that failed for good: its keys, read_failed
                 recorder.record(batch)
                 on_progress(len(batch))

@@ -100,6 +100,14 @@ def _remote(fn: Callable) -> Any:
     return task
 
 
+def fallback_for(engine: str, fallback: Callable[[tuple, Exception], Any]) -> Callable | None:
+    """map_in_order's on_error for this engine: on Ray, a task that failed for good (its worker
+    died through every retry) gives way to fallback(call, exc) and the run goes on; locally there is
+    none, so a broken reader pool (a reader killed, out of memory) stops the run, as the
+    environment failing does, instead of marking every remaining sample failed."""
+    return fallback if engine == "ray" else None
+
+
 def default_readers(engine: str, ray_address: str | None, local_default: int) -> int:
     """How many reads to keep going at once: the cluster's CPUs on Ray, else local_default."""
     if engine != "ray":

@@ -19,7 +19,7 @@ from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
 from indexer.ingest.change import object_record, object_shard_record
 from indexer.ingest.derived import build_derived
-from indexer.ingest.engines import default_readers, pool_for, run_report
+from indexer.ingest.engines import default_readers, fallback_for, pool_for, run_report
 from indexer.ingest.guard import failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
@@ -105,7 +105,7 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
         for result in map_in_order(_read_key, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
                                    recorder.counts.waited,
                                    pool_of=pool_for(settings.engine, settings.ray_address, True),
-                                   on_error=lambda call, exc: failed_sample(call[1], sorted(call[2]), exc)):
+                                   on_error=fallback_for(settings.engine, _key_task_failed)):
             pending.append(result)
             read_bar.update(1)
             if len(pending) >= KEYS_PER_BATCH:
@@ -113,6 +113,14 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
                 pending = []
         recorder.record(pending)
     return unread
+
+
+def _key_task_failed(call: tuple, exc: Exception) -> CompactResult:
+    return failed_sample(call[1], sorted(call[2]), exc)
+
+
+def _shard_task_failed(call: tuple, exc: Exception) -> ShardRead:
+    return shard_task_failed((None, call[1].path), exc)
 
 
 def _signatures(objects: dict[str, ObjectInfo]) -> dict[str, int | None]:
@@ -170,8 +178,7 @@ def _update_shards(recorder: Recorder, root: RemoteRoot, shards: dict[str, Objec
             for shard in map_in_order(read_remote_shard, calls, min(settings.workers, len(pending)),
                                       settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited,
                                       pool_of=pool_for(settings.engine, settings.ray_address, True),
-                                      on_error=lambda call, exc: shard_task_failed((None, call[1].path),
-                                                                                   exc)):
+                                      on_error=fallback_for(settings.engine, _shard_task_failed)):
                 shard_bar.update(1)
                 yield shard
 

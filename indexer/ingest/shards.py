@@ -26,7 +26,7 @@ import orjson
 
 from indexer import store
 from indexer.ingest.change import NS_PER_SECOND, ShardRecord, clamp_int64, diff, fits_int64, shard_record
-from indexer.ingest.engines import pool_for
+from indexer.ingest.engines import fallback_for, pool_for
 from indexer.ingest.guard import REPORT, describe, failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of, with_warnings
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
@@ -285,7 +285,7 @@ def read_local_in_order(shards: list[str], settings: ReadSettings) -> Iterator[S
     yield from map_in_order(read_shard, calls, min(settings.workers, len(shards)),
                             settings.workers * LARGE_TASKS_AHEAD,
                             pool_of=pool_for(settings.engine, settings.ray_address, False),
-                            on_error=shard_task_failed)
+                            on_error=fallback_for(settings.engine, shard_task_failed))
 
 
 def shard_task_failed(call: tuple, exc: Exception) -> ShardRead:
