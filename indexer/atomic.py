@@ -7,6 +7,7 @@ Both the exports and `indexer report` write their files through here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -91,6 +92,14 @@ class AtomicBatch:
 
 def _sync(files: list[Path]) -> None:
     """Make files durable: syncfs once per filesystem where Linux has it, else fsync each."""
+    try:
+        _sync_all(files)
+    except OSError as exc:
+        raise IndexerError(f"cannot sync {files[0].parent if files else 'the output'} to disk"
+                           f" ({exc.strerror or exc}); the previous files are unchanged") from exc
+
+
+def _sync_all(files: list[Path]) -> None:
     syncfs = getattr(_libc(), "syncfs", None)
     devices: dict[int, Path] = {}
     for file in files:
@@ -109,6 +118,7 @@ def _sync(files: list[Path]) -> None:
             os.close(fd)
 
 
+@functools.cache
 def _libc() -> object | None:
     try:
         import ctypes

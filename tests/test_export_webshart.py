@@ -8,6 +8,7 @@ The cache layout used here is webshart 0.6.0's and SimpleTuner 4.10.1's; scripts
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,21 @@ def test_all_mode_keeps_each_caption_whole(exported, shards: Path) -> None:
     files = json.loads((shards / "part" / "a.json").read_text())["files"]
     assert files["a2.png"]["captions"] == ["one\ntwo", "long a2"]
     assert files["a1.png"]["captions"] == ["caption of a1", "long a1"]
+
+
+def test_samples_of_a_shard_without_its_row_leave_the_other_indexes_whole(tmp_path, sample_files):
+    """A kill between a shard's samples and its tar_shards row leaves samples naming a shard with
+    no row: the shards after it in path order still get every file."""
+    data = tmp_path / "data"
+    for n in range(3):
+        members = {k: v for i in range(2) for k, v in sample_files.members(f"k{n}{i}", size=(64, 48)).items()}
+        sample_files.shard(data / f"s{n}.tar", members)
+    db = tmp_path / "db.sqlite"
+    index_root(db, data, workers=1)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM tar_shards WHERE path = 's0.tar'")
+    conn.close()
+    export_webshart(db)
+    for n in (1, 2):
+        assert set(json.loads((data / f"s{n}.json").read_bytes())["files"]) == {f"k{n}0.png", f"k{n}1.png"}

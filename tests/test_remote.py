@@ -222,3 +222,19 @@ def test_a_hub_dataset_through_huggingface_hubs_own_filesystem(tmp_path, cli, sa
         assert (again["files_read"], again["shards"]["read"]) == (0, 0)
         assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
     remote._FILESYSTEMS.clear()
+
+
+def test_an_empty_listing_of_an_indexed_bucket_changes_nothing(tmp_path, bucket, cli, sample_files):
+    fs, name = bucket
+    upload(fs, name, dataset_folder(tmp_path / "local", sample_files))
+    db = tmp_path / "remote.sqlite"
+    assert cli("index", f"s3://{name}/data", "--db", db).exit_code == 0
+    kept = rows(db)
+    fs.rm(f"{name}/data", recursive=True)  # or a wrong endpoint that shows an empty bucket
+    empty = cli("index", f"s3://{name}/data", "--db", db)
+    assert empty.exit_code == 1 and "lists no object" in empty.stderr and rows(db) == kept
+
+
+def test_an_https_root_asks_for_a_shard_list(tmp_path, cli):
+    result = cli("index", "https://example.invalid/shards/", "--db", tmp_path / "db.sqlite")
+    assert result.exit_code == 1 and "--shard-list FILE" in result.stderr

@@ -82,6 +82,8 @@ def export_webshart(
             pending = next(selected, None)
             for shard, *recorded in shards:
                 files: dict[str, dict] = {}
+                while pending is not None and pending[0] < shard:  # samples of a shard with no row
+                    pending = next(selected, None)  # (a kill between its samples and its row)
                 if pending is not None and pending[0] == shard:
                     files = pending[1]
                     pending = next(selected, None)

@@ -52,7 +52,8 @@ from indexer.extract.worker import (
 from indexer.extract.writer import begin_shard, record_shard, run_error, run_summary
 from indexer.ingest.bulk import SCRATCH_SUFFIX, remove_scratch_folder, scratch_folder, scratch_path
 from indexer.ingest.derived import build_derived, defer_derived
-from indexer.ingest.engines import default_readers, pool_for, run_report
+from indexer.ingest.engines import default_readers, fallback_for, pool_for, run_report
+from indexer.ingest.guard import describe
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX
@@ -261,11 +262,12 @@ def _run_on_ray(conn: sqlite3.Connection, dataset: str, tasks: list[ShardTask], 
             yield (dataclasses.replace(task, scratch=None),)
 
     def failed(call: tuple[ShardTask], exc: Exception) -> ShardOutcome:
-        return ShardOutcome(call[0].path, error=f"{call[0].path}: its extract task failed ({exc}); run"
-                            " extract again")
+        return ShardOutcome(call[0].path, error=f"{call[0].path}: its extract task failed ({describe(exc)});"
+                            " run extract again")
 
     for outcome in map_in_order(extract_shard, calls(), workers, workers * LARGE_TASKS_AHEAD,
-                                pool_of=pool_for("ray", ray_address, io_bound=False), on_error=failed):
+                                pool_of=pool_for("ray", ray_address, io_bound=False),
+                                on_error=fallback_for("ray", failed)):
         report(outcome.bytes)
         yield outcome
 

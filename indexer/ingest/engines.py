@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from indexer.errors import IndexerError
+from indexer.ingest.guard import raise_if_environment
 from indexer.ingest.workers import thread_pool
 
 ENGINES = ("local", "ray")
@@ -105,7 +106,14 @@ def fallback_for(engine: str, fallback: Callable[[tuple, Exception], Any]) -> Ca
     died through every retry) gives way to fallback(call, exc) and the run goes on; locally there is
     none, so a broken reader pool (a reader killed, out of memory) stops the run, as the
     environment failing does, instead of marking every remaining sample failed."""
-    return fallback if engine == "ray" else None
+    if engine != "ray":
+        return None
+
+    def on_error(call: tuple, exc: Exception) -> Any:
+        raise_if_environment(getattr(exc, "cause", None) or exc)  # a RayTaskError wraps what was raised
+        return fallback(call, exc)
+
+    return on_error
 
 
 def default_readers(engine: str, ray_address: str | None, local_default: int) -> int:

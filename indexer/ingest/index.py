@@ -22,7 +22,7 @@ from indexer.ingest.derived import build_derived, defer_derived
 from indexer.ingest.engines import ENGINES, default_readers, run_report
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
-from indexer.ingest.remote import RemoteRoot, is_remote, shard_list_root
+from indexer.ingest.remote import RemoteRoot, is_remote, needs_shard_list, redact, shard_list_root
 from indexer.ingest.remote_index import index_remote
 from indexer.ingest.rows import Counts, ReadSettings
 from indexer.ingest.run import resolve_root, writer_run
@@ -61,6 +61,9 @@ def index_root(
     at once (remote_index.py), not processes."""
     if engine not in ENGINES:
         raise IndexerError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
+    if shard_list is None and needs_shard_list(str(root)):
+        raise IndexerError(f"{redact(str(root))}: HTTP cannot list a folder; put the shard URLs in a file,"
+                           " one a line, and pass --shard-list FILE (without ROOT)")
     if shard_list is not None or is_remote(root):
         # one dataset whether or not the URL ends in a slash
         remote = shard_list_root(shard_list) if shard_list is not None else RemoteRoot(str(root).rstrip("/"))
@@ -125,6 +128,7 @@ def update_dataset(
         "not_files": scanned.not_files[:SHOWN_LIMIT],
         "not_files_count": len(scanned.not_files),
         "readers": workers,
+        **shard_counts.unread_summary(),
         **run_report(engine),
         # share of the update's wall time the writer process was busy (not waiting for readers):
         # near 1.0, the single writer bounds the run; well below, the readers do

@@ -49,6 +49,11 @@ class RemoteError(DataProblem):
     credential."""
 
 
+def needs_shard_list(root: str) -> bool:
+    """An http(s) ROOT cannot be listed: its shards come from --shard-list."""
+    return root.startswith(("https://", "http://"))
+
+
 def is_remote(root: str | os.PathLike[str]) -> bool:
     return isinstance(root, str) and root.startswith(SCHEMES)
 
@@ -288,7 +293,7 @@ def _fsspec_listing(scheme: str, path: str) -> list[ObjectInfo]:
 def _version(info: dict) -> str:
     """What changes whenever the object's bytes change: the ETag (S3), the LFS sha256 or blob id
     (the Hub), a version id where the store keeps versions."""
-    for key in ("VersionId", "ETag", "etag"):
+    for key in ("ETag", "etag", "VersionId"):  # a listing has no VersionId, a HEAD has both
         if info.get(key):
             return str(info[key]).strip('"')
     lfs = info.get("lfs")

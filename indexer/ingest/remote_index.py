@@ -17,10 +17,11 @@ from collections.abc import Iterator
 
 from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
+from indexer.errors import IndexerError
 from indexer.ingest.change import object_record, object_shard_record
 from indexer.ingest.derived import build_derived
 from indexer.ingest.engines import default_readers, fallback_for, pool_for, run_report
-from indexer.ingest.guard import failed_sample, raise_if_environment
+from indexer.ingest.guard import describe, failed_sample, raise_if_environment
 from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import recorded_files
@@ -69,6 +70,10 @@ def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, c
     recorder = Recorder(conn, dataset)
     before = sample_count(conn, dataset)
     listing = root.listing()  # all or nothing: a failed listing changes nothing
+    if not listing and before:
+        raise IndexerError(f"{root.display} lists no object, yet dataset {dataset} holds {before:,} samples"
+                           " from it: check the endpoint and credentials (nothing was changed); to forget"
+                           " the dataset, delete its rows or use a new database")
     shards = {o.path: o for o in listing if is_shard_name(o.path)}
     indexes = {shard_index_path(path) for path in shards}
     loose = [o for o in listing if o.path not in indexes and split_sample_path(o.path) and is_utf8(o.path)]
@@ -100,12 +105,14 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
     changed = sorted(key for key in by_key.keys() | stored.keys()
                      if _signatures(by_key.get(key, {})) != stored.get(key, {}))
     with bar(progress, desc="read", unit=" samples", total=len(changed)) as read_bar:
-        calls = ((root, key, by_key.get(key, {}), settings.verify_images, unread) for key in changed)
+        calls = ((root, key, by_key.get(key, {}), settings.verify_images) for key in changed)
         pending: list[CompactResult] = []
-        for result in map_in_order(_read_key, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
-                                   recorder.counts.waited,
-                                   pool_of=pool_for(settings.engine, settings.ray_address, True),
-                                   on_error=fallback_for(settings.engine, _key_task_failed)):
+        for result, reason in map_in_order(_read_key, calls, settings.workers,
+                                           settings.workers * SMALL_TASKS_AHEAD, recorder.counts.waited,
+                                           pool_of=pool_for(settings.engine, settings.ray_address, True),
+                                           on_error=fallback_for(settings.engine, _key_task_failed)):
+            if reason is not None:
+                unread.append(reason)
             pending.append(result)
             read_bar.update(1)
             if len(pending) >= KEYS_PER_BATCH:
@@ -115,8 +122,8 @@ def _update_loose(recorder: Recorder, root: RemoteRoot, loose: list[ObjectInfo],
     return unread
 
 
-def _key_task_failed(call: tuple, exc: Exception) -> CompactResult:
-    return failed_sample(call[1], sorted(call[2]), exc)
+def _key_task_failed(call: tuple, exc: Exception) -> tuple[CompactResult, str]:
+    return failed_sample(call[1], sorted(call[2]), exc), describe(exc)
 
 
 def _shard_task_failed(call: tuple, exc: Exception) -> ShardRead:
@@ -127,18 +134,18 @@ def _signatures(objects: dict[str, ObjectInfo]) -> dict[str, int | None]:
     return {path: object_record(path, o.size, o.version, o.mtime_ns).signature for path, o in objects.items()}
 
 
-def _read_key(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], verify_images: bool,
-              unread: list[str]) -> CompactResult:
-    """One key's objects read into its result, under the guard (an object the network kept from
-    being read is recorded read_failed, to be read again next run, and listed in unread)."""
+def _read_key(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo],
+              verify_images: bool) -> tuple[CompactResult, str | None]:
+    """One key's objects read into its result, under the guard, and why it could not be read when
+    the network kept it from it (it is then recorded read_failed, to be read again next run). The
+    reason comes back with the result: a Ray task's arguments are copies."""
     try:
-        return compact(*_read_objects(root, key, objects, verify_images))
+        return compact(*_read_objects(root, key, objects, verify_images)), None
     except RemoteError as exc:
-        unread.append(str(exc))
-        return failed_sample(key, sorted(objects), exc)
+        return failed_sample(key, sorted(objects), exc), str(exc)
     except Exception as exc:
         raise_if_environment(exc)
-        return failed_sample(key, sorted(objects), exc)
+        return failed_sample(key, sorted(objects), exc), None
 
 
 def _read_objects(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], verify_images: bool) -> tuple:

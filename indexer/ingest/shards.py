@@ -236,6 +236,11 @@ class ShardCounts:
                 "duplicates": self.duplicates[:SHOWN_LIMIT], "duplicates_count": len(self.duplicates),
                 "errors": self.errors, "compressed": self.compressed, **remote}
 
+    def unread_summary(self) -> dict:
+        """Shards not read to their end for a reason outside them (the network, a task out of
+        retries): what the run summary lists as `unread` (exit 4)."""
+        return {"unread": self.unread[:SHOWN_LIMIT], "unread_count": len(self.unread)}
+
 
 ReadInOrder = Callable[[list[str]], Iterator[ShardRead]]
 
@@ -253,7 +258,7 @@ def update_shards(recorder: Recorder, current: dict[str, ShardRecord], read_in_o
             if loser is not None:
                 note_duplicate(conn, dataset, loser, key, owner)
     pending, removed = diff(stored_shards(conn, dataset), current)
-    holding = shards_holding_samples(conn, dataset)
+    holding = shards_holding_samples(conn, dataset) if pending else set()
     for rel in removed:
         if not rel.startswith(skipped_prefixes):  # a folder that could not be listed: not gone
             _forget_shard(recorder, rel)
