@@ -11,10 +11,9 @@ from indexer.db.counts import sample_count
 from indexer.ingest.bulk import bulk_load
 from indexer.ingest.derived import defer_derived
 from indexer.ingest.engines import fallback_for, pool_for
-from indexer.ingest.guard import failed_sample
 from indexer.ingest.pipeline import KEYS_PER_COMMIT
 from indexer.ingest.recorder import Recorder
-from indexer.ingest.rows import CompactResult, Counts, ReadSettings, Task, read_task
+from indexer.ingest.rows import CompactResult, Counts, ReadSettings, Task, read_task, task_failed
 from indexer.ingest.workers import SMALL_TASKS_AHEAD, map_in_order
 from indexer.progress import bar
 
@@ -103,11 +102,4 @@ def _run_tasks(tasks: Iterable[Task], settings: ReadSettings,
     calls = ((task, settings) for task in tasks)
     yield from map_in_order(read_task, calls, settings.workers, settings.workers * SMALL_TASKS_AHEAD,
                             counts.waited, pool_of=pool_for(settings.engine, settings.ray_address, False),
-                            on_error=fallback_for(settings.engine, _task_failed))
-
-
-def _task_failed(call: tuple, exc: Exception) -> list[CompactResult]:
-    """A read task that failed for good (a Ray task out of retries): each of its keys is recorded
-    read_failed, to be read again by the next run."""
-    task, _settings = call
-    return [failed_sample(key, paths.split("\0") if paths else [], exc) for key, paths in task]
+                            on_error=fallback_for(settings.engine, task_failed))

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterable
 
 from indexer.errors import IndexerError
 from indexer.ingest.engines import fallback_for, pool_for
-from indexer.ingest.guard import failed_sample
 from indexer.ingest.recorder import Recorder, ScratchBatch
 from indexer.ingest.records import SCRATCH_COLUMNS, json_bytes_in
-from indexer.ingest.rows import CompactResult, ReadSettings, Task, read_task
+from indexer.ingest.rows import CompactResult, ReadSettings, Task, read_task, task_failed
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
 
@@ -39,7 +38,7 @@ def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
         for batch in map_in_order(read, calls, settings.workers, settings.workers * LARGE_TASKS_AHEAD,
                                   recorder.counts.waited,
                                   pool_of=pool_for(settings.engine, settings.ray_address, False),
-                                  on_error=fallback_for(settings.engine, _task_failed)):
+                                  on_error=fallback_for(settings.engine, task_failed)):
             if isinstance(batch, list):  # a task that failed for good: its keys, read_failed
                 recorder.record(batch)
                 on_progress(len(batch))
@@ -50,11 +49,6 @@ def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
             on_progress(batch.keys)
     finally:
         remove_scratch_folder(folder)
-
-
-def _task_failed(call: tuple, exc: Exception) -> list[CompactResult]:
-    task = call[0]
-    return [failed_sample(key, paths.split("\0") if paths else [], exc) for key, paths in task]
 
 
 def _read_into_bytes(task: Task, settings: ReadSettings, path: str) -> tuple[bytes, ScratchBatch]:

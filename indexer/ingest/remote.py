@@ -23,6 +23,7 @@ without user info or query.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import email.utils
 import functools
 import http.client
@@ -40,6 +41,7 @@ SCHEMES = ("s3://", "hf://", "https://", "http://")
 RETRIES = 5
 BACKOFF_S = 0.1  # doubled at each retry: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s at most
 TIMEOUT_S = 60.0
+LISTING_THREADS = 32  # HEAD requests at once when a shard list is listed
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 INSTALL = "pip install 'indexer[remote]'"
 
@@ -141,8 +143,9 @@ class RemoteRoot:
     def listing(self) -> list[ObjectInfo]:
         """Every object under the root (the whole listing, or RemoteError)."""
         try:
-            if self.scheme in ("http", "https"):
-                return [_http_info(url, self._relative(url)) for url in self.urls]
+            if self.scheme in ("http", "https"):  # a HEAD a URL, many at once (each is a round trip)
+                with cf.ThreadPoolExecutor(LISTING_THREADS) as pool:
+                    return list(pool.map(lambda url: _http_info(url, self._relative(url)), self.urls))
             return _fsspec_listing(self.scheme, self._fs_path())
         except Exception as exc:
             raise RemoteError(f"cannot list {self.display}: {_reason(exc)}; nothing was changed") from None

@@ -62,6 +62,12 @@ class ReadSettings:
     ray_address: str | None = None
 
 
+def task_failed(call: tuple, exc: Exception) -> list[CompactResult]:
+    """A read task (its Task first in the call) that failed for good (a Ray task out of retries):
+    each of its keys is recorded read_failed, to be read again by the next run."""
+    return [failed_sample(key, paths.split("\0") if paths else [], exc) for key, paths in call[0]]
+
+
 def read_task(task: Task, settings: ReadSettings) -> list[CompactResult]:
     """Read a task's keys (in a reader process), each under the guard: a key whose read raises
     is that key's recorded problem, not the end of the task."""
