@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import itertools
+import queue
 import threading
 from collections.abc import Callable, Iterator
 
@@ -41,6 +43,7 @@ WINDOW = 64  # ranges fetched ahead of a walk, at most ...
 WINDOW_BYTES = 8 << 20  # ... and at most this many bytes (a shard of 17k samples needs ~45 MB in all)
 
 Fetch = Callable[[int, int], bytes]  # (count, offset) -> bytes, as RemoteObject.fetch_range
+Plan = list[tuple[int, int]]  # byte ranges (offset, length), sorted and apart
 
 
 def members(pread: Fetch, name: str, size: int, prefetched: Prefetch | None,
@@ -83,7 +86,7 @@ class RemoteReader(Reader):
         return super()._fill(offset, length)
 
 
-def read_plan(index: bytes, tar_size: int) -> list[tuple[int, int]]:
+def read_plan(index: bytes, tar_size: int) -> Plan:
     """The byte ranges (offset, length), sorted and apart, that a walk of a tar of tar_size bytes
     will read, as its webshart index tells them: each listed member's header and the block after
     its data (the next header), the data of its JSON members and of the JSON sidecar an image entry
@@ -134,7 +137,7 @@ def _fits(offset: object, length: object, tar_size: int) -> bool:
             and length >= 0 and offset + length <= tar_size)
 
 
-def _joined(spans: list[tuple[int, int]], tar_size: int) -> list[tuple[int, int]]:
+def _joined(spans: list[tuple[int, int]], tar_size: int) -> Plan:
     """Spans clipped to the tar, sorted, and joined where they overlap or lie within JOIN_GAP of
     each other (up to RANGE_MAX a range)."""
     joined: list[list[int]] = []
@@ -157,15 +160,19 @@ def _padded(size: int) -> int:
 
 
 class Prefetch:
-    """A plan's ranges of one object fetched ahead of its walk, in a thread pool shared by the
-    process's walks, at most WINDOW ranges (WINDOW_BYTES) past the walk's position. The walk's
-    offsets never decrease, so a range it has passed is dropped. A range whose fetch failed is a
-    miss: the walk reads it itself (and fails as without a plan, if it still fails)."""
+    """A plan's ranges of one object fetched ahead of its walk by the process's fetch threads, at
+    most WINDOW ranges (WINDOW_BYTES) past the walk's position. The walk's offsets never decrease,
+    so a range it has passed is dropped. A range whose fetch failed is a miss: the walk reads it
+    itself (and fails as without a plan, if it still fails). The threads serve the lowest rank
+    first: shards are recorded in order, so with the first shard's ranks lowest its walk ends
+    first and the writer records it while the others are fetched, instead of every shard ending
+    at once and the writer starting only then."""
 
-    def __init__(self, plan: list[tuple[int, int]], fetch: Fetch, threads: int) -> None:
+    def __init__(self, plan: Plan, fetch: Fetch, threads: int, rank: int = 0) -> None:
         self.plan = plan
         self.fetch = fetch
-        self.pool = _pool(threads)
+        self.fetchers = _fetchers(threads)
+        self.rank = rank
         self.futures: dict[int, cf.Future] = {}
         self.next = 0  # the first range the walk may still read
         self.submitted = 0  # ranges before this one have been submitted
@@ -217,19 +224,54 @@ class Prefetch:
         while (self.submitted < len(self.plan) and self.submitted - self.next < WINDOW
                and self.window_bytes < WINDOW_BYTES):
             start, size = self.plan[self.submitted]
-            self.futures[self.submitted] = self.pool.submit(self.fetch, size, start)
+            self.futures[self.submitted] = self.fetchers.submit((self.rank, start), self.fetch, size, start)
             self.window_bytes += size
             self.submitted += 1
 
 
-_POOLS: dict[int, cf.ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+class _Fetchers:
+    """`threads` daemon threads running fetches lowest rank first (queue.PriorityQueue), kept for
+    the process's life, so their connections stay open. They are started by a thread of their own
+    on the first submit (starting 128 threads takes ~0.1 s: the walks need not wait for it)."""
+
+    def __init__(self, threads: int) -> None:
+        self.queue: queue.PriorityQueue = queue.PriorityQueue()
+        self.threads = threads
+        self.order = itertools.count()  # equal ranks run in submission order
+        self.started = False
+        self.lock = threading.Lock()
+
+    def submit(self, rank: tuple[int, int], fetch: Fetch, *args: int) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self.queue.put((rank, next(self.order), future, fetch, args))
+        with self.lock:
+            if not self.started:
+                self.started = True
+                threading.Thread(target=self._start, name="prefetch-start", daemon=True).start()
+        return future
+
+    def _start(self) -> None:
+        for _ in range(self.threads):
+            threading.Thread(target=self._run, name="prefetch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            _rank, _order, future, fetch, args = self.queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fetch(*args))
+            except BaseException as exc:  # handed to the walk, which decides (Prefetch.get)
+                future.set_exception(exc)
 
 
-def _pool(threads: int) -> cf.ThreadPoolExecutor:
-    """The process's fetch-ahead threads (one pool a size: a run uses one), kept between shards so
-    their connections stay open."""
-    with _POOLS_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prefetch")
-        return _POOLS[threads]
+_FETCHERS: dict[int, _Fetchers] = {}
+_FETCHERS_LOCK = threading.Lock()
+
+
+def _fetchers(threads: int) -> _Fetchers:
+    """The process's fetch threads (one set a size: a run uses one)."""
+    with _FETCHERS_LOCK:
+        if threads not in _FETCHERS:
+            _FETCHERS[threads] = _Fetchers(threads)
+        return _FETCHERS[threads]
