@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from helpers_index import sample_rows
-from servers import range_server
+from servers import range_server, s3_server
 
 from indexer.export.webshart import export_webshart
 from indexer.ingest import remote, remote_walk
@@ -246,3 +246,32 @@ def test_a_first_local_run_never_takes_a_shards_index_for_a_sample(tmp_path, sam
     sample_files.pair(folder, "loose", size=(8, 8))
     index_root(tmp_path / "db.sqlite", folder, workers=1)
     assert [row[0] for row in sample_rows(tmp_path / "db.sqlite", ("key",), order="key")] == ["k", "loose"]
+
+
+def test_a_buckets_listing_finds_the_index_beside_its_shard(tmp_path, sample_files, monkeypatch):
+    import s3fs
+
+    served = tmp_path / "served"
+    sample_files.shard(served / "full.tar", [m for i in range(4) for m in sample(sample_files, f"f{i}", 9)])
+    sample_files.pair(served, "loose", size=(8, 8))
+    index_root(tmp_path / "served.sqlite", served, workers=1)
+    export_webshart(tmp_path / "served.sqlite")
+    with s3_server() as endpoint:
+        for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
+                            ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(remote, "_FILESYSTEMS", {})
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+        fs.mkdir("bkt")
+        for prefix, names in (("plain", ("full.tar", "loose.json", "loose.png")),
+                              ("indexed", ("full.tar", "full.json", "loose.json", "loose.png"))):
+            for name in names:
+                fs.pipe(f"bkt/{prefix}/{name}", (served / name).read_bytes())
+        summaries = {prefix: index_root(tmp_path / f"{prefix}.sqlite", f"s3://bkt/{prefix}", dataset_id="d")
+                     for prefix in ("plain", "indexed")}
+    for name in RUN_SPECIFIC:
+        assert table(tmp_path / "indexed.sqlite", name) == table(tmp_path / "plain.sqlite", name)
+    assert [row[0] for row in sample_rows(tmp_path / "indexed.sqlite", ("key",), order="key")] == \
+        ["f0", "f1", "f2", "f3", "loose"]
+    plan = read_plan((served / "full.json").read_bytes(), (served / "full.tar").stat().st_size)
+    assert summaries["indexed"]["shards"]["requests"] == len(plan) + 1  # the plan's ranges, the index
