@@ -519,10 +519,11 @@ def export_looks_at(db: Path, root: Path) -> list[tuple[str, Path]]:
     import sqlite3
 
     from indexer.export.webshart_cache import find_caches
+    from indexer.export.webshart_source import webshart_source
 
     conn = sqlite3.connect(db)
     try:
-        caches, _notes = find_caches(conn, root.name, root.resolve())
+        caches, _notes = find_caches(conn, root.name, webshart_source(str(root.resolve())))
     finally:
         conn.close()
     return [(shard, cache.shard_copy(shard)) for cache in caches
