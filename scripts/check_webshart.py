@@ -23,7 +23,10 @@ index's json_path/json_offset/json_length). A shard is changed, indexed and expo
 through the same cache folder every sample must come back right, while a copy of that cache taken
 before the export (what it would hold had the export not removed webshart's copy of the old
 index) must give wrong bytes; and without the sidecar fields caption_key must find nothing. CI
-does not run this (it needs 3.12 and a package install); it is the proof a human runs.
+does not run this (it needs 3.12 and a package install); it is the proof a human runs. `--hub`
+(check_webshart_hub.py) does the same for a Hub dataset: indexed through huggingface_hub and read
+back through webshart from the Hub stand-in, in a network namespace where huggingface.co is
+127.0.0.1 (webshart's Hub address cannot be moved by a setting).
 
 The index format webshart 0.6.0 accepts (checked against the package, not only its README):
     {"path": "X.tar", "filesize": <int>, "files": {"<member>": {"offset": <data offset>,

@@ -262,6 +262,11 @@ def test_a_hub_dataset_gets_the_webshart_entry_webshart_reads(tmp_path, cli, sam
     meta.mkdir()
     monkeypatch.setenv("HF_TOKEN", SECRET)
     assert cli("index", "hf://datasets/org/name/data", "--db", db).exit_code == 0
+    early = cli("export", "config", config, "--backend", "webshart", "--db", db)
+    assert early.exit_code == 1 and "run `indexer export webshart --db" in early.stderr
+    beside = cli("export", "webshart", "--db", db)  # nothing is written to the Hub
+    assert beside.exit_code == 1 and "give --metadata DIR, a local folder" in beside.stderr
+    assert "--metadata DIR` first" in early.stderr and not config.exists()
     assert cli("export", "webshart", "--metadata", meta, "--db", db).exit_code == 0
     for shard in ("s0", "s1"):  # the same bytes as the local copy's, at the path in the repo
         local_index = (tmp_path / "meta-local" / "shards" / f"{shard}.json").read_bytes()

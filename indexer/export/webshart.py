@@ -70,9 +70,9 @@ def export_webshart(
     selection = make_selection(captions, where, caption_mode=caption_mode)
     written = unchanged = rows = 0
     cleared = {"index_copies": 0, "shard_downloads": 0, "bucket_files": 0}
-    with open_snapshot(db_path, dataset_id, local_files=metadata is None) as snapshot:
+    with open_snapshot(db_path, dataset_id, local_files=False) as snapshot:
         root = snapshot.root
-        target = metadata_folder(metadata, root)
+        target = metadata_folder(metadata, root, stored_root(snapshot.conn, snapshot.dataset))
         check_selection(snapshot, selection)
         shards = indexed_shards(snapshot)
         source = readable_source(stored_root(snapshot.conn, snapshot.dataset))
@@ -116,8 +116,13 @@ def export_webshart(
     return summary
 
 
-def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path) -> Path:
-    """Where the indexes go: beside the shards, or a folder the user named (which must exist)."""
+def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path, url: str) -> Path:
+    """Where the indexes go: beside the shards, or a folder the user named (which must exist); a
+    remote dataset's (its root a URL) only to such a folder."""
+    if metadata is None and not root.is_absolute():
+        raise IndexerError(f"the shards of {url} cannot get their indexes beside them (nothing is written "
+                           "to a bucket, the Hub or a web server): give --metadata DIR, a local folder; "
+                           "`export config --backend webshart` then points SimpleTuner at both")
     if metadata is None:
         return root
     folder = Path(metadata).expanduser().absolute()
