@@ -56,7 +56,7 @@ def test_a_bucket_or_urls_point_at_copying_or_materializing() -> None:
     with pytest.raises(IndexerError) as refused:
         webshart_source("s3://bucket/shards")
     message = str(refused.value)
-    assert "s3:// source would be taken for a Hub repo name" in message
+    assert "it would take s3://... for a Hub repo name" in message
     assert "Copy the shards to a local folder" in message and "indexer materialize DIR" in message
 
 

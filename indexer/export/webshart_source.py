@@ -67,7 +67,7 @@ def webshart_source(root: str) -> WebshartSource:
     scheme = root.split("://", 1)[0]
     raise IndexerError(
         f"webshart cannot read shards at {root}: webshart 0.6.0 reads a local folder or a Hugging Face "
-        f"dataset repo, nothing else (a {scheme}:// source would be taken for a Hub repo name), so "
+        f"dataset repo, nothing else (it would take {scheme}://... for a Hub repo name), so "
         "SimpleTuner cannot train from it in place. Copy the shards to a local folder (or upload them "
         "to a Hub dataset repo), index that and export again; or fetch the samples you want with "
         "`indexer materialize DIR` and use `export config` without --backend webshart. Nothing was "
