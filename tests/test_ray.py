@@ -22,6 +22,7 @@ from indexer.ingest.engines import TASK_RETRIES, pool_for, run_report
 from indexer.ingest.index import index_root
 from indexer.ingest.workers import map_in_order
 from indexer.materialize import place
+from indexer.render.materialize import format_materialize_summary
 
 ROW = "key, image_ext, json_ext, width, height, size_from, status, error, warning, meta, shard, json_offset"
 
@@ -195,6 +196,8 @@ def test_materialize_on_ray_places_and_records_what_a_local_run_does(tmp_path, r
     assert (on_ray["fetched"], on_ray["failed_count"]) == (runs["local"]["fetched"], 0) == (6, 0)
     assert sum(on_ray["tasks_by_node"].values()) > 1 and set(on_ray["tasks_by_node"]) == {"127.0.0.1"}
     assert 0 < on_ray["writer_busy"] <= 1 and on_ray["task_retries"] == 0
+    assert "ray: tasks " in format_materialize_summary(on_ray) and "on 127.0.0.1; 0 attempts retried" in \
+        format_materialize_summary(on_ray)
     again = index_root(tmp_path / "ray" / "db.sqlite", tmp_path / "ray" / "out")
     assert again["files_read"] == 0  # every placed file recorded as it is
 
