@@ -133,7 +133,7 @@ import json, sys
 s = json.load(sys.stdin)
 keep = ('samples', 'added', 'fetched', 'failed_count', 'seconds', 'readers', 'engine', 'tasks_by_node',
         'task_retries', 'tasks_failed', 'writer_busy')
-print(json.dumps({k: s[k] for k in keep if k in s}, indent=1))"
+print(json.dumps({k: s[k] for k in keep if k in s}))"
 }
 
 echo "== indexer index $WORK/data --engine ray --ray-address $ADDR_A:$PORT (driver in $NS_A)"
