@@ -73,11 +73,20 @@ def _tasks(recorder: Recorder, keys_per_task: int, fresh: bool = False) -> Itera
         (after, keys_per_task),
     ).fetchall():
         after = rows[-1][0]
-        if fresh:  # nothing stored to merge: every change is a new file ('U' + path)
-            yield [(key, changes.replace("\0U", "\0")[1:]) for _rowid, key, changes in rows]
+        if fresh:  # nothing stored to merge: every change is a new file, or a shard index ('D')
+            if task := [(key, paths) for _rowid, key, changes in rows if (paths := _new_paths(changes))]:
+                yield task
         else:
             yield _current_paths(recorder, [(key, changes) for _rowid, key, changes in rows])
     conn.execute("DROP TABLE IF EXISTS temp.scan_order")
+
+
+def _new_paths(changes: str) -> str:
+    """The paths of a key's 'U' changes ('U' + path, NUL-separated), when nothing is stored: the
+    only 'D' a first run lists is a shard's webshart index beside it (scan.py), never a sample."""
+    if not changes.startswith("D") and "\0D" not in changes:
+        return changes.replace("\0U", "\0")[1:]
+    return "\0".join(change[1:] for change in changes.split("\0") if change.startswith("U"))
 
 
 def _current_paths(recorder: Recorder, changes: list[tuple[str, str]]) -> Task:

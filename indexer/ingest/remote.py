@@ -43,6 +43,9 @@ BACKOFF_S = 0.1  # doubled at each retry: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s at most
 TIMEOUT_S = 60.0
 LISTING_THREADS = 32  # HEAD requests at once when a shard list is listed
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# botocore keeps 10 connections a client by default, so 10 requests in flight whatever the threads:
+# measured through a 200 ms proxy, 160 range reads from 32 threads took 3.66 s with 10, 1.52 s with 64.
+S3_CONNECTIONS = 256
 INSTALL = "pip install 'indexer[remote]'"
 
 
@@ -89,25 +92,31 @@ class RemoteObject:
     requests: int = 0
     bytes: int = 0
     failure: str | None = None  # why a read failed (after retries): the object was not read whole
-    # The first read after a jump over image data: a header, a DALLE-3-sized JSON (~1.5 KB) and the
-    # next header in one request; a larger JSON costs a second one.
-    jump_read: int = 3 << 10
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
         return self.info.size
 
     def pread(self, count: int, offset: int) -> bytes:
-        count = min(count, self.info.size - offset)
-        if count <= 0:
-            return b""
+        """count bytes at offset (fewer where the object ends); a failure after the retries is the
+        object's (`failure`): it was not read whole."""
         try:
-            data = _retrying(lambda: self.fetch(offset, count), self.name)
+            return self.fetch_range(count, offset)
         except RemoteError as exc:
             self.failure = str(exc)
             raise
-        self.requests += 1
-        self.bytes += len(data)
+
+    def fetch_range(self, count: int, offset: int) -> bytes:
+        """pread, counted, from any thread, with a failure left to the caller (a range fetched
+        ahead of a walk that fails is simply read again by the walk)."""
+        count = min(count, self.info.size - offset)
+        if count <= 0:
+            return b""
+        data = _retrying(lambda: self.fetch(offset, count), self.name)
+        with self._counting:
+            self.requests += 1
+            self.bytes += len(data)
         return data
 
     def read_all(self) -> bytes:
@@ -272,7 +281,8 @@ def _new_filesystem(scheme: str) -> Any:
         if scheme == "s3":
             import s3fs
 
-            return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+            return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True,
+                                     config_kwargs={"max_pool_connections": S3_CONNECTIONS})
         if scheme == "hf":
             from huggingface_hub import HfFileSystem
 

@@ -4,9 +4,11 @@ One listing decides everything (change.py): a shard or object whose size, versio
 what the database holds is not read at all, so a no-change rerun is one listing and zero object
 reads. Tar shards are walked by range requests (tar_members.iter_members_in over
 remote.RemoteObject): the headers, the JSON members and, only when a size must come from it, an
-image's head; image data is never fetched. Loose pairs (`<key>.json` + `<key>.png` objects) are
-read object by object. Reading is latency-bound, not CPU-bound, so it runs in threads, many
-shards and objects at once, and the writer records them in key and shard order.
+image's head; image data is never fetched. A shard's webshart index listed beside it (`X.json`,
+never a sample, and no part of the shard's record) has those reads fetched ahead, many at once,
+instead of one round trip after another (remote_walk.py). Loose pairs (`<key>.json` + `<key>.png`
+objects) are read object by object. Reading is latency-bound, not CPU-bound, so it runs in
+threads, many shards and objects at once, and the writer records them in key and shard order.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from indexer.db.counts import sample_count
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
+from indexer.ingest import remote_walk
 from indexer.ingest.change import object_record, object_shard_record
 from indexer.ingest.derived import build_derived
 from indexer.ingest.engines import default_readers, fallback_for, pool_for, run_report
@@ -26,6 +29,7 @@ from indexer.ingest.read import build_sample, header_size_of
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import recorded_files
 from indexer.ingest.remote import ObjectInfo, RemoteError, RemoteRoot
+from indexer.ingest.remote_walk import Plan, Prefetch
 from indexer.ingest.rows import CompactResult, ReadSettings, compact
 from indexer.ingest.run import writer_run
 from indexer.ingest.scan import shard_index_path
@@ -43,7 +47,11 @@ from indexer.ingest.walk import IMAGE_EXTENSIONS, JSON_EXTENSION, is_utf8, split
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, SMALL_TASKS_AHEAD, map_in_order
 from indexer.progress import bar
 
-DEFAULT_CONCURRENCY = 32  # objects read at once: 20 shards over a 20 ms proxy, 26.5 s with 16, 13.8 s with 32
+INDEX_MAX = 256 << 20  # a webshart index larger than this is not fetched (a DALLE-3 shard's: ~10 MB)
+DEFAULT_CONCURRENCY = 32
+# Ranges fetched ahead at once, a reader: 20 indexed shards behind a 20 ms link (bench_remote) took
+# 1.67 s with 64 threads, 1.30 s with 128, 1.57 s with 256 (the client's CPU bounds it from there).
+RANGES_PER_READER = 4  # objects read at once: 20 shards over a 20 ms proxy, 26.5 s with 16, 13.8 s with 32
 KEYS_PER_BATCH = 256
 
 
@@ -78,7 +86,9 @@ def update_remote(conn: sqlite3.Connection, dataset: str, root: RemoteRoot, *, c
     indexes = {shard_index_path(path) for path in shards}
     loose = [o for o in listing if o.path not in indexes and split_sample_path(o.path) and is_utf8(o.path)]
     unread = _update_loose(recorder, root, loose, settings, progress)
-    shard_counts = _update_shards(recorder, root, shards, settings, progress)
+    by_path = {o.path: o for o in listing}
+    index_of = {path: by_path.get(shard_index_path(path)) for path in shards}  # type: ignore[arg-type]
+    shard_counts = _update_shards(recorder, root, shards, index_of, settings, progress)
     shard_counts.compressed = [o.path for o in listing if is_compressed_shard_name(o.path)]
     sync_search_index(conn)
     build_derived(conn, progress)  # what a stopped run left deferred: every writing run finishes it
@@ -176,12 +186,16 @@ def _read_objects(root: RemoteRoot, key: str, objects: dict[str, ObjectInfo], ve
 
 
 def _update_shards(recorder: Recorder, root: RemoteRoot, shards: dict[str, ObjectInfo],
-                   settings: ReadSettings, progress: bool) -> ShardCounts:
+                   index_of: dict[str, ObjectInfo | None], settings: ReadSettings,
+                   progress: bool) -> ShardCounts:
+    """Read the new and changed shards (each with its webshart index, when one is listed beside
+    it: the index is not part of the shard's record, so a changed index alone reads nothing)."""
     current = {path: object_shard_record(o.size, o.version, o.mtime_ns) for path, o in shards.items()}
 
     def read_in_order(pending: list[str]) -> Iterator[ShardRead]:
         with bar(progress, desc="shards", unit=" shards", total=len(pending)) as shard_bar:
-            calls = ((root, shards[path], settings.verify_images) for path in pending)
+            calls = ((root, shards[path], settings.verify_images, index_of[path],
+                      settings.workers * RANGES_PER_READER, rank) for rank, path in enumerate(pending))
             for shard in map_in_order(read_remote_shard, calls, min(settings.workers, len(pending)),
                                       settings.workers * LARGE_TASKS_AHEAD, recorder.counts.waited,
                                       pool_of=pool_for(settings.engine, settings.ray_address, True),
@@ -194,20 +208,40 @@ def _update_shards(recorder: Recorder, root: RemoteRoot, shards: dict[str, Objec
     return counts
 
 
-def read_remote_shard(root: RemoteRoot, info: ObjectInfo, verify_images: bool) -> ShardRead:
-    """One remote shard walked by range requests; re-checked against the listing at the end, so a
-    shard replaced while it was read is never recorded half old, half new."""
+def read_remote_shard(root: RemoteRoot, info: ObjectInfo, verify_images: bool,
+                      index: ObjectInfo | None = None, fetchers: int = DEFAULT_CONCURRENCY,
+                      rank: int = 0) -> ShardRead:
+    """One remote shard walked by range requests (the ranges its webshart index points at fetched
+    ahead by the process's `fetchers` threads, lowest rank first: its place in the run's order);
+    re-checked against the listing at the end, so a shard replaced while it was read is never
+    recorded half old, half new."""
     record = object_shard_record(info.size, info.version, info.mtime_ns)
     source = root.open(info)
-    found = read_shard_file(source, info.path, record, verify_images)
-    found.requests, found.fetched = source.requests, source.bytes
-    found.bytes_read = source.bytes  # what the reads returned, as for a local shard
+    plan, index_requests, index_bytes = _index_plan(root, index, info.size)
+    with Prefetch(plan, source.fetch_range, fetchers, rank) as prefetched:
+        found = read_shard_file(source, info.path, record, verify_images, lambda want: remote_walk.members(
+            source.pread, source.name, source.size, prefetched if plan else None, want))
+    found.requests, found.fetched = source.requests + index_requests, source.bytes + index_bytes
+    found.bytes_read = found.fetched  # what the reads returned, as for a local shard
     if source.failure is not None:  # the network, not the shard: nothing recorded, read again next run
         found.stat, found.error = None, source.failure
     elif not root.unchanged(info):
         found.stat = None
         found.error = f"{source.name}: the object changed while it was read; run index again"
     return found
+
+
+def _index_plan(root: RemoteRoot, index: ObjectInfo | None, tar_size: int) -> tuple[Plan, int, int]:
+    """The read plan from a shard's index (remote_walk.read_plan), with the requests and bytes
+    fetching the index took; no plan when there is none, it is too large or cannot be fetched."""
+    if index is None or index.size > INDEX_MAX:
+        return [], 0, 0
+    source = root.open(index)
+    try:
+        data = source.read_all()
+    except RemoteError:
+        return [], source.requests, source.bytes
+    return remote_walk.read_plan(data, tar_size), source.requests, source.bytes
 
 
 def _per_shard(recorder: Recorder) -> list[dict]:

@@ -32,7 +32,7 @@ from indexer.ingest.read import build_sample, header_size_of, with_warnings
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.records import member_stats
 from indexer.ingest.rows import ReadSettings
-from indexer.ingest.tar_members import BLOCK, JUMP_READ, Member, TarDamaged, TarReadError, iter_members_in
+from indexer.ingest.tar_members import BLOCK, Member, TarDamaged, TarReadError, iter_members_in
 from indexer.ingest.walk import JSON_EXTENSION, split_sample_path
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
 
@@ -110,12 +110,17 @@ def read_shard(root: str, rel: str, verify_images: bool) -> ShardRead:
         os.close(fd)
 
 
-def read_shard_file(shard: ShardFile, rel: str, record: ShardRecord, verify_images: bool) -> ShardRead:
+Walk = Callable[[Callable[[str], int]], Iterator[Member]]  # want_data -> the shard's members
+
+
+def read_shard_file(shard: ShardFile, rel: str, record: ShardRecord, verify_images: bool,
+                    walk: Walk | None = None) -> ShardRead:
     """Read one shard's members into sample rows, under the guard: whatever the shard's bytes make
-    fail is the shard's recorded error, never the run's end."""
+    fail is the shard's recorded error, never the run's end. walk: how its members are walked
+    (a remote shard's: remote_walk.members), else tar_members' walk over shard.pread."""
     found = ShardRead(rel, record)
     try:
-        keys = _sample_members(shard, found)
+        keys = _sample_members(shard, found, walk)
     except Exception as exc:
         raise_if_environment(exc)
         found.error = f"{shard.name}: reading stopped ({describe(exc)}); {REPORT}"
@@ -131,15 +136,16 @@ def read_shard_file(shard: ShardFile, rel: str, record: ShardRecord, verify_imag
     return found
 
 
-def _sample_members(shard: ShardFile, found: ShardRead) -> dict[str, dict[str, Member]] | None:
+def _sample_members(shard: ShardFile, found: ShardRead,
+                    walk: Walk | None) -> dict[str, dict[str, Member]] | None:
     """The shard's sample members by key; None when it cannot be read at all. Damage (a garbled
     header, a cut file, a malformed number: anything the walk raises) ends the walk, records the
     error with its offset, and keeps every member before it."""
     keys: dict[str, dict[str, Member]] = collections.defaultdict(dict)
     position = 0  # where the last complete member ends
     try:
-        for member in iter_members_in(shard.pread, shard.name, shard.size, want_data=_want,
-                                      jump_read=getattr(shard, "jump_read", JUMP_READ)):
+        walked = walk or (lambda want: iter_members_in(shard.pread, shard.name, shard.size, want_data=want))
+        for member in walked(_want):
             position = member.data_offset + member.size
             found.members += 1
             found.bytes_used += BLOCK + len(member.data or b"")

@@ -2,10 +2,9 @@
 a caller wants (a JSON whole, an image's first KiB), without reading the rest.
 
 Why not `tarfile`: it costs ~20-30 us a member in Python bookkeeping, and to skip a member's data
-it still reads it when the file is a stream. Here each header is parsed with slices of a buffer
-filled by large `os.pread` calls, and data nobody asked for is jumped over: a jump lands on the next
-header, and the next read starts there. The bytes read per sample are then about its headers, its
-JSON and its image head, whatever the image's size.
+it still reads it when the file is a stream. Here headers are parsed from a buffer filled by large
+`os.pread` calls, and data nobody asked for is jumped over (the next read starts at the next
+header): the bytes read a sample are its headers, its JSON and its image head, whatever its size.
 
 Rules, chosen to match what `tar xf` (GNU tar) would do, or to refuse where that would be unsafe:
 - Formats: v7, ustar (name + prefix), GNU (`L`/`K` long names, old sparse `S`), pax (`x` per member,
@@ -18,8 +17,7 @@ Rules, chosen to match what `tar xf` (GNU tar) would do, or to refuse where that
 - Refusals: tar_policy.py (the one policy `extract` shares). A refused member is still yielded,
   with `refusal` set and no data.
 - Damage: a cut or garbled archive raises `TarDamaged` after every complete member before the damage
-  was yielded; a compressed file raises `TarCompressed` before anything is yielded (found by its
-  magic bytes, whatever its name).
+  was yielded; a compressed file (by its magic bytes) raises `TarCompressed` before anything.
 """
 
 from __future__ import annotations
@@ -129,15 +127,18 @@ Pread = Callable[[int, int], bytes]  # (count, offset) -> up to count bytes at o
 
 def iter_members_in(pread: Pread, name: str, size: int, *, want_data: Callable[[str], int],
                     jump_read: int = JUMP_READ) -> Iterator[Member]:
-    """iter_members over any byte source of a known size: a local file, or an object in a bucket
-    read by range requests (one request a read: the reader's read-ahead then decides how many).
-    jump_read: how much the first read after a jump takes (a remote source pays for every byte,
-    so it asks for about a header, a JSON member and the next header)."""
-    yield from _members(_Reader(pread, name, size, jump_read), name, size, want_data)
+    """iter_members over any byte source of a known size (one read a pread call). jump_read: how
+    much the first read after a jump takes."""
+    yield from iter_members_from(Reader(pread, name, size, jump_read), want_data=want_data)
 
 
-class _Reader:
-    """pread-backed buffer: exact byte ranges by absolute offset, read ahead in growing chunks."""
+def iter_members_from(reader: Reader, *, want_data: Callable[[str], int]) -> Iterator[Member]:
+    """iter_members through a Reader of the caller's (a remote walk's: remote_walk.RemoteReader)."""
+    yield from _members(reader, reader.path, reader.end, want_data)
+
+
+class Reader:
+    """pread-backed buffer: byte ranges by offset (never decreasing), read ahead in growing chunks."""
 
     __slots__ = ("buf", "end", "jump_read", "path", "pread", "readahead", "reads", "start", "stop")
 
@@ -187,7 +188,7 @@ class _Reader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _members(reader: _Reader, path: str, end: int, want_data: Callable[[str], int]) -> Iterator[Member]:
+def _members(reader: Reader, path: str, end: int, want_data: Callable[[str], int]) -> Iterator[Member]:
     if end == 0:
         raise TarDamaged(path, 0, "the file is empty (an interrupted download?)")
     global_pax: dict[bytes, bytes] = {}
@@ -262,7 +263,7 @@ def _mode(block: bytes) -> int:
         return DEFAULT_MODE
 
 
-def _check_end(reader: _Reader, path: str, pos: int, block: bytes, pending: bool) -> None:
+def _check_end(reader: Reader, path: str, pos: int, block: bytes, pending: bool) -> None:
     """Returns at a proper end of archive; raises TarDamaged for a cut or garbled one."""
     if pos == 0:
         _refuse_compressed(path, block)
@@ -376,7 +377,7 @@ def _padded(size: int) -> int:
     return (size + BLOCK - 1) & ~(BLOCK - 1)
 
 
-def _extended_data(reader: _Reader, path: str, pos: int, data_at: int, size: int, end: int) -> bytes:
+def _extended_data(reader: Reader, path: str, pos: int, data_at: int, size: int, end: int) -> bytes:
     if size > EXTENDED_LIMIT:
         raise TarDamaged(path, pos, f"an extended header claims {size} bytes: the archive is garbled")
     data = reader.read(data_at, size)
@@ -429,7 +430,7 @@ def _pax_ns(value: bytes) -> int:
     return -magnitude if whole.startswith(b"-") else magnitude
 
 
-def _skip_sparse_extensions(reader: _Reader, path: str, block: bytes, data_at: int) -> int:
+def _skip_sparse_extensions(reader: Reader, path: str, block: bytes, data_at: int) -> int:
     """Old GNU sparse headers may be followed by extension blocks (flag at byte 482, then 504)."""
     extended = block[482]
     while extended:
