@@ -76,3 +76,34 @@ def exit_codes(errors_py: Path = ERRORS) -> list[tuple[int, str, str]]:
 def exit_code_table() -> str:
     rows = [f"| {code} | `{name}` | {meaning} |" for code, name, meaning in exit_codes()]
     return "\n".join(["| code | name in `indexer/errors.py` | meaning |", "|---|---|---|", *rows]) + "\n"
+
+
+def schema_columns() -> str:
+    """Every table and view of a database the current schema files create, with its columns in
+    order (generated columns marked), from an in-memory database: the list cannot miss a column."""
+    import sqlite3
+
+    from indexer import store
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    version = store.migrate(conn)
+    names = conn.execute(
+        "SELECT type, name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+        " AND name NOT LIKE 'samples_fts_%' ORDER BY type, name").fetchall()
+    lines = [f"A database at schema version {version} (`PRAGMA user_version`) holds:", ""]
+    for kind, name in names:
+        columns = []
+        for column in conn.execute(f"PRAGMA table_xinfo('{name}')"):
+            if column[6] == 1:  # a virtual table's hidden column (samples_fts, rank)
+                continue
+            generated = column[6] in (2, 3)  # hidden: 2 virtual, 3 stored generated column
+            columns.append(f"`{column[1]}`" + (" (generated)" if generated else ""))
+        lines.append(f"- `{name}` ({kind}): " + ", ".join(columns))
+    conn.close()
+    return "\n".join(lines) + "\n"
+
+
+def changelog() -> str:
+    """CHANGELOG.md as it is, for the site's changelog page (the file stays at the repository root,
+    where people look for it)."""
+    return (ERRORS.parent.parent / "CHANGELOG.md").read_text()
