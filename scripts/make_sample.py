@@ -72,6 +72,20 @@ def webp_bytes(width: int, height: int) -> bytes:
 IMAGE_WRITERS = {"png": png_bytes, "jpg": jpeg_bytes, "jpeg": jpeg_bytes, "webp": webp_bytes}
 
 
+def sample_image(ext: str, size: tuple[int, int], key: str) -> bytes:
+    """A sample's image: its size's image with the key in a comment (a PNG tEXt chunk before IEND,
+    a JPEG COM segment after JFIF), so each file's bytes, and the md5 its JSON gives as DALLE-3's
+    do, are its own, as `indexer materialize` checks them."""
+    base, note = IMAGE_WRITERS[ext](*size), key.encode()
+    if ext == "png":
+        body = b"tEXt" + b"Comment\x00" + note
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return base[:-12] + chunk + base[-12:]  # IEND is the last 12 bytes
+    if ext in ("jpg", "jpeg"):
+        return base[:20] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + base[20:]  # after APP0
+    return base
+
+
 def caption(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
@@ -117,6 +131,8 @@ def make_dataset(root: str | os.PathLike[str], n: int, *, faults: float = 0.03, 
         ext = rng.choices(["png", "jpg", "jpeg"], weights=[70, 25, 5])[0]
         size = rng.choices(SIZES, weights=SIZE_WEIGHTS)[0]
         record = sample_json(rng, key, ext, size)
+        image = sample_image(ext, size, key)
+        record["md5_file_hash"] = hashlib.md5(image).hexdigest()
         fault = rng.choice(FAULTS) if rng.random() < faults else None
         made[fault or "clean"] = made.get(fault or "clean", 0) + 1
         text = json.dumps(record, ensure_ascii=False)
@@ -139,7 +155,7 @@ def make_dataset(root: str | os.PathLike[str], n: int, *, faults: float = 0.03, 
         if fault != "no_json":
             (root / f"{key}.json").write_text(text, encoding="utf-8")
         if fault != "no_image":
-            (root / f"{key}.{ext}").write_bytes(IMAGE_WRITERS[ext](*size))
+            (root / f"{key}.{ext}").write_bytes(image)
     return made
 
 
