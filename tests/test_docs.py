@@ -11,8 +11,9 @@ code does.
 - Remote roots are served on 127.0.0.1 by the stand-ins tests/servers.py starts, from two small
   demo shards: `s3://my-bucket/dalle3` by moto's S3 server, `hf://datasets/my-org/dalle3` by the Hub
   stand-in, and `demo/urls.txt` lists their URLs on the Range server. `--engine ray` starts a
-  local Ray instance (loopback only) in a process of its own, as `indexer watch` runs in one,
-  stopped with Ctrl-C once it has caught up.
+  local Ray instance (loopback only) in a process of its own (so do `hf://` roots: huggingface_hub
+  takes HF_ENDPOINT when first imported), as `indexer watch` runs in one, stopped with Ctrl-C once
+  it has caught up.
 - The CLI reference lists every option of every command, the exit-code page every exit code, and
   the generated parts of the pages (cog's blocks) and the performance chart are current.
 """
@@ -184,13 +185,20 @@ def until_caught_up(args: list[str], cwd: Path, what: str) -> None:
     assert proc.returncode == 0, f"{what}\nexit {proc.returncode}\n{first[0]}{out}\n{err}"
 
 
+def is_ray(argv: list[str]) -> bool:
+    return "--engine" in argv and argv[argv.index("--engine") + 1] == "ray"
+
+
 def run_command(line: str, cwd: Path) -> None:
     """One command of a `bash` block, run from cwd; it must exit 0."""
     argv = expand(shlex.split(line, comments=True), cwd)
     what = f"in {cwd}: {line}"
     if argv[0] == "indexer" and argv[1] == "watch":
         until_caught_up(argv[1:], cwd, what)
-    elif argv[0] == "indexer" and "--engine" in argv and argv[argv.index("--engine") + 1] == "ray":
+    elif argv[0] == "indexer" and (is_ray(argv) or any(arg.startswith("hf://") for arg in argv)):
+        # a process of its own: Ray's instance stays up in the process that started it, and
+        # huggingface_hub reads HF_ENDPOINT once, when first imported (the next test's stand-in
+        # would get this one's address)
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         done = subprocess.run([INDEXER, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=300)
