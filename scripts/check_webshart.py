@@ -3,6 +3,7 @@
 
     python scripts/check_webshart.py DIR [--metadata MDIR]   # DIR/**/X.tar with X.json beside it
     python scripts/check_webshart.py --demo                  # builds two shards + indexes, checks them
+    python scripts/check_webshart.py --hub                   # a Hub dataset, on loopback (needs root)
 
 webshart needs CPython >= 3.12, so this script makes (or reuses) a venv under
 ~/.cache/indexer-webshart-venv from a 3.12 interpreter (--python, else $INDEXER_WEBSHART_PYTHON,
@@ -22,7 +23,10 @@ index's json_path/json_offset/json_length). A shard is changed, indexed and expo
 through the same cache folder every sample must come back right, while a copy of that cache taken
 before the export (what it would hold had the export not removed webshart's copy of the old
 index) must give wrong bytes; and without the sidecar fields caption_key must find nothing. CI
-does not run this (it needs 3.12 and a package install); it is the proof a human runs.
+does not run this (it needs 3.12 and a package install); it is the proof a human runs. `--hub`
+(check_webshart_hub.py) does the same for a Hub dataset: indexed through huggingface_hub and read
+back through webshart from the Hub stand-in, in a network namespace where huggingface.co is
+127.0.0.1 (webshart's Hub address cannot be moved by a setting).
 
 The index format webshart 0.6.0 accepts (checked against the package, not only its README):
     {"path": "X.tar", "filesize": <int>, "files": {"<member>": {"offset": <data offset>,
@@ -85,13 +89,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 WEBSHART = "webshart==0.6.0"
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "indexer-webshart-venv"
 
-# Runs inside the 3.12 venv: argv = DIR, MDIR or "", REPORT path, CACHE or "", CAPTION_KEY or "".
+# Runs inside the 3.12 venv: argv[1] = a JSON object: source, subfolder, metadata, report (path),
+# cache (webshart's metadata cache), shard_cache (its shard cache), caption_key, local_copy (the
+# folder holding a Hub repo's files, to compare a remote shard's bytes with).
 CHILD = r'''
 import json, os, sys, tarfile
 import webshart
 
-source, metadata, report_path = sys.argv[1], sys.argv[2] or None, sys.argv[3]
-cache, caption_key = (sys.argv[4] or None, sys.argv[5] or None) if len(sys.argv) > 5 else (None, None)
+params = json.loads(sys.argv[1])
+source, metadata, report_path = params["source"], params.get("metadata"), params["report"]
+cache, caption_key = params.get("cache"), params.get("caption_key")
 
 
 def normal(name):
@@ -99,7 +106,10 @@ def normal(name):
 
 
 def tar_bytes(tar_path):
-    """Every regular member's bytes by name (normalised as tar xf places it; a later duplicate wins)."""
+    """Every regular member's bytes by name (normalised as tar xf places it; a later duplicate wins);
+    a Hub shard's from the local copy of the repo's files."""
+    if "/resolve/main/" in tar_path:
+        tar_path = os.path.join(params["local_copy"], tar_path.split("/resolve/main/", 1)[1])
     found = {}
     with tarfile.open(tar_path) as tar:
         for info in tar:
@@ -139,10 +149,13 @@ def simpletuner_caption(shard, number, name, index):
     return None
 
 
-dataset = webshart.discover_dataset(source=source, metadata=metadata)
+dataset = webshart.discover_dataset(source=source, subfolder=params.get("subfolder"), metadata=metadata)
 if cache:
     # as SimpleTuner 4.10.1's WebshartDataBackend.__init__ does, before it makes any loader
     dataset.enable_metadata_cache(location=cache)
+if params.get("shard_cache"):
+    # SimpleTuner's default for a Hub source (shard_cache_gb 25): whole shards kept on disk
+    dataset.enable_shard_cache(location=params["shard_cache"], cache_limit_gb=1.0, parallel_downloads=4)
 loader = webshart.TarDataLoader(dataset, max_file_size=1 << 62)
 caption_loader = webshart.TarDataLoader(dataset, max_file_size=1 << 62, load_file_data=False)
 report = {"webshart": webshart.__version__, "shards": [], "mismatches": 0}
@@ -260,19 +273,25 @@ def unindexed_shards(folder: Path, metadata: Path | None) -> list[Path]:
     return missing
 
 
-def run_child(interpreter: Path, folder: Path, metadata: Path | None, quiet: bool = False,
-              cache: Path | None = None, caption_key: str | None = None) -> tuple[int, dict]:
+def run_child(interpreter: Path, folder: Path | str, metadata: Path | None, quiet: bool = False,
+              cache: Path | None = None, caption_key: str | None = None, **hub: object) -> tuple[int, dict]:
     """The child's exit code and report ({} when it failed before writing one; its error is then
     in report["stderr"] when quiet). With `cache`, webshart's metadata cache is on there, as
     SimpleTuner turns it on; with `caption_key`, each sample's caption as SimpleTuner's
-    webshart.caption_key finds it is in the report too."""
+    webshart.caption_key finds it is in the report too. `hub`: subfolder, shard_cache, local_copy
+    and env (the child's environment) for a Hub source (check_webshart_hub.py)."""
+    env, cwd = hub.pop("env", None), hub.pop("cwd", None)
     with tempfile.TemporaryDirectory(prefix="check-webshart-") as work:
         report_path = Path(work) / "report.json"
-        child = subprocess.run([interpreter, "-c", CHILD, str(folder), str(metadata or ""), str(report_path),
-                                str(cache or ""), caption_key or ""], capture_output=quiet, text=True)
+        params = {"source": str(folder), "metadata": str(metadata) if metadata else None,
+                  "report": str(report_path), "cache": str(cache) if cache else None,
+                  "caption_key": caption_key, **{name: str(value) for name, value in hub.items() if value}}
+        child = subprocess.run([interpreter, "-c", CHILD, json.dumps(params)], capture_output=quiet,
+                               text=True, env=env, cwd=cwd)
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if quiet:
         report["stderr"] = child.stderr
+        report["stdout"] = child.stdout
     return child.returncode, report
 
 
@@ -422,6 +441,7 @@ def dalle3_shard(path: Path, keys: list[str]) -> None:
     """A shard of DALLE-3-like pairs, each image of another size (so of other bytes)."""
     from make_sample import png_bytes
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
         for number, key in enumerate(keys):
             size = (16 + number, 16 + number % 5)
@@ -519,10 +539,11 @@ def export_looks_at(db: Path, root: Path) -> list[tuple[str, Path]]:
     import sqlite3
 
     from indexer.export.webshart_cache import find_caches
+    from indexer.export.webshart_source import webshart_source
 
     conn = sqlite3.connect(db)
     try:
-        caches, _notes = find_caches(conn, root.name, root.resolve())
+        caches, _notes = find_caches(conn, root.name, webshart_source(str(root.resolve())))
     finally:
         conn.close()
     return [(shard, cache.shard_copy(shard)) for cache in caches
@@ -556,12 +577,20 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, help="folder of X.tar shards with X.json beside them")
     parser.add_argument("--metadata", type=Path, help="folder holding the X.json indexes instead")
     parser.add_argument("--demo", action="store_true", help="build two demo shards and check them")
+    parser.add_argument("--hub", action="store_true",
+                        help="a Hub dataset through the indexer and webshart, on loopback "
+                        "(check_webshart_hub.py; needs root)")
+    parser.add_argument("--isolated", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"default {DEFAULT_VENV}")
     parser.add_argument("--python", help="a CPython >= 3.12 to make the venv from")
     args = parser.parse_args()
-    if args.demo == bool(args.folder):
-        parser.error("give a FOLDER of shards, or --demo")
-    interpreter = ensure_venv(args.venv, args.python)
+    if args.demo + args.hub + bool(args.folder) != 1:
+        parser.error("give a FOLDER of shards, --demo or --hub")
+    interpreter = ensure_venv(args.venv, args.python)  # before any namespace: pip may need the network
+    if args.hub:
+        from check_webshart_hub import isolated_check, run_isolated
+
+        raise SystemExit(isolated_check(interpreter) if args.isolated else run_isolated(args.venv))
     if args.demo:
         with tempfile.TemporaryDirectory(prefix="webshart-demo-") as work:
             folder = Path(work)

@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import http.server
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,12 +98,18 @@ def range_server(folder: Path) -> Iterator[tuple[str, Faults]]:
 
 
 @contextmanager
-def hub_server(repo: str, folder: Path) -> Iterator[tuple[str, list[str]]]:
-    """A stand-in for the three Hub endpoints huggingface_hub's HfFileSystem calls to list and read
-    a dataset repo (as its source and a run against it show): the repo's info
+def hub_server(repo: str, folder: Path, *, tls: tuple[Path, Path] | None = None,
+               port: int = 0) -> Iterator[tuple[str, list[str]]]:
+    """A stand-in for the Hub endpoints a dataset repo is listed and read through, serving folder's
+    files as the repo's (revision `main` only); yields (endpoint URL, the requests seen).
+
+    huggingface_hub's HfFileSystem (as its source and a run against it show) calls the repo's info
     (`GET /api/datasets/REPO[/revision/REV]`), its tree (`GET /api/datasets/REPO/tree/REV/PATH?
-    recursive=true`, one page), and file bytes by range (`GET /datasets/REPO/resolve/REV/PATH`).
-    Serves folder's files as the repo's; yields (endpoint URL for HF_ENDPOINT, the requests seen)."""
+    recursive=true`, one page) and reads file bytes by range (`GET /datasets/REPO/resolve/REV/PATH`).
+    webshart 0.6.0 also needs the info's `siblings` (`rfilename`, `size`: its shard discovery), a
+    `HEAD` of each resolve URL (its Xet probe: no `x-xet-hash` header means plain range reads) and a
+    whole-file `GET` without Range (its shard cache downloads a shard whole). With `tls` (a cert
+    and key file) the server speaks HTTPS, so it can stand in for https://huggingface.co itself."""
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -111,26 +118,36 @@ def hub_server(repo: str, folder: Path) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
         def do_GET(self) -> None:
-            seen.append(f"GET {self.path} {self.headers.get('Range', '')}")
+            seen.append(f"{self.command} {self.path} {self.headers.get('Range', '')}")
             path = self.path.split("?", 1)[0]
             api = f"/api/datasets/{repo}"
             if path == api or path.startswith(f"{api}/revision/"):
-                self._json({"id": repo, "sha": "0" * 40, "siblings": []})
+                self._json({"id": repo, "sha": "0" * 40, "siblings": _siblings(folder)})
             elif path.startswith(f"{api}/tree/"):
                 under = path.removeprefix(f"{api}/tree/").partition("/")[2]
                 self._json(_tree(folder, under))
             elif path.startswith(f"/datasets/{repo}/resolve/"):
-                self._range(folder / path.removeprefix(f"/datasets/{repo}/resolve/").partition("/")[2])
+                self._file(folder / path.removeprefix(f"/datasets/{repo}/resolve/").partition("/")[2])
             else:
                 self._reply(404, b"{}")
 
         def _json(self, value: object) -> None:
             self._reply(200, json.dumps(value).encode(), [("Content-Type", "application/json")])
 
-        def _range(self, file: Path) -> None:
+        def _file(self, file: Path) -> None:
+            if not file.is_file():
+                self._reply(404, b"{}")
+                return
             data = file.read_bytes()
-            first, _, last = self.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+            wanted = self.headers.get("Range")
+            if not wanted:
+                self._reply(200, data)
+                return
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
             start, stop = int(first), min(int(last or len(data) - 1), len(data) - 1)
             self._reply(206, data[start:stop + 1], [("Content-Range", f"bytes {start}-{stop}/{len(data)}")])
 
@@ -140,15 +157,28 @@ def hub_server(repo: str, folder: Path) -> Iterator[tuple[str, list[str]]]:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _siblings(folder: Path) -> list[dict]:
+    """The repo info's file list, as the Hub gives it (every file, paths from the repo's root)."""
+    return [{"rfilename": file.relative_to(folder).as_posix(), "size": file.stat().st_size}
+            for file in sorted(folder.rglob("*")) if file.is_file()]
 
 
 def _tree(folder: Path, under: str) -> list[dict]:

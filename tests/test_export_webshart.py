@@ -99,7 +99,8 @@ def test_a_changed_index_takes_what_simpletuner_cached_from_the_old_one(exported
     cache_dir = cache_dir_of(config)
     paths = fill_caches(cache_dir, shards)
     unchanged = export_webshart(db)
-    assert unchanged["written"] == 0 and unchanged["cleared"] == {"index_copies": 0, "bucket_files": 0}
+    assert unchanged["written"] == 0
+    assert unchanged["cleared"] == {"index_copies": 0, "shard_downloads": 0, "bucket_files": 0}
     assert all(path.exists() for path in paths)
     change_shard(gen, shards, db)
     result = cli("export", "webshart", "--db", db)
@@ -123,7 +124,7 @@ def test_the_cache_folders_are_those_the_config_names_now(exported, shards: Path
     paths = fill_caches(elsewhere, shards, copies)
     change_shard(gen, shards, db)
     summary = export_webshart(db)
-    assert summary["cleared"] == {"index_copies": 1, "bucket_files": 4}
+    assert summary["cleared"] == {"index_copies": 1, "shard_downloads": 0, "bucket_files": 4}
     gone = {path for path in paths if not path.exists()}
     assert gone == {webshart_copy(copies, shards, "part/a"), *(elsewhere / name for name in BUCKET_FILES)}
     assert summary["notes"] == [
@@ -138,7 +139,8 @@ def test_writing_the_config_empties_the_cache_folder_it_names(exported, shards: 
     paths = fill_caches(cache_dir, shards)
     result = cli("export", "config", config, "--db", db, "--backend", "webshart", "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["cleared"] == {"index_copies": 2, "bucket_files": 4}
+    cleared = json.loads(result.stdout)["cleared"]
+    assert cleared == {"index_copies": 2, "shard_downloads": 0, "bucket_files": 4}
     assert [path for path in paths if path.exists()] == [cache_dir / name for name in OTHER_FILES]
 
 

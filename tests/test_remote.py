@@ -44,6 +44,25 @@ def bucket(endpoint, monkeypatch, request):
     remote._FILESYSTEMS.clear()
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The Hub stand-in serving tmp_path/repo as the dataset repo org/name, huggingface_hub pointed
+    at it (it reads HF_ENDPOINT once, at import: its constants are set too); yields (the repo's
+    folder, the requests seen)."""
+    from huggingface_hub import constants
+
+    (tmp_path / "repo").mkdir()
+    with hub_server("org/name", tmp_path / "repo") as (endpoint, seen):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        remote._FILESYSTEMS.clear()
+        yield tmp_path / "repo", seen
+    remote._FILESYSTEMS.clear()
+
+
 pytestmark = pytest.mark.usefixtures("no_racy")  # files the test just wrote count as settled
 
 
@@ -105,6 +124,11 @@ def test_a_bucket_gives_the_rows_its_local_copy_gives(tmp_path, bucket, cli, sam
     for index in ("shards/s0.json", "shards/s1.json"):
         remote_index = (tmp_path / "meta-remote" / index).read_bytes()
         assert remote_index == (tmp_path / "meta-local" / index).read_bytes()
+    # but webshart cannot read a bucket: no SimpleTuner entry can point at it
+    config = tmp_path / "multidatabackend.json"
+    no_entry = cli("export", "config", config, "--backend", "webshart", "--db", tmp_path / "remote.sqlite")
+    assert no_entry.exit_code == 1 and f"webshart cannot read shards at s3://{name}/data" in no_entry.stderr
+    assert "indexer materialize DIR" in no_entry.stderr and not config.exists()
     # credentials reach neither the database nor what the run prints
     assert SECRET.encode() not in (tmp_path / "remote.sqlite").read_bytes()
     assert SECRET not in result.output + result.stderr
@@ -150,6 +174,9 @@ def test_https_shards_from_a_shard_list_and_their_faults(tmp_path, cli, sample_f
         assert result.exit_code == 0, result.stderr
         assert rows(db) == rows(tmp_path / "local.sqlite")
         assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
+        no_entry = cli("export", "config", tmp_path / "c.json", "--backend", "webshart", "--db", db)
+        assert no_entry.exit_code == 1 and f"webshart cannot read shards at {base}" in no_entry.stderr
+        assert SECRET not in no_entry.stderr and not (tmp_path / "c.json").exists()
 
         # replaced between listing and read: nothing of it is recorded, the run says so (exit 4)
         real_info = remote._http_info
@@ -204,24 +231,79 @@ def test_a_remote_root_needs_the_extra_only_when_used_and_says_what_is_wrong(tmp
     assert wrong.exit_code == 1 and "one http:// or https:// URL a line" in wrong.stderr
 
 
-def test_a_hub_dataset_through_huggingface_hubs_own_filesystem(tmp_path, cli, sample_files, monkeypatch):
-    local = dataset_folder(tmp_path / "repo" / "data", sample_files)
+def test_a_hub_dataset_through_huggingface_hubs_own_filesystem(tmp_path, cli, sample_files, monkeypatch,
+                                                               hub):
+    repo, seen = hub
+    local = dataset_folder(repo / "data", sample_files)
     index_root(tmp_path / "local.sqlite", local, workers=1)
-    with hub_server("org/name", tmp_path / "repo") as (endpoint, seen):
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setenv("HF_TOKEN", SECRET)
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        remote._FILESYSTEMS.clear()
-        db = tmp_path / "hub.sqlite"
-        result = cli("index", "hf://datasets/org/name/data", "--db", db, "--json")
-        assert result.exit_code == 0, result.stderr
-        assert rows(db) == rows(tmp_path / "local.sqlite")
-        ranges = [line for line in seen if "/resolve/" in line]
-        assert ranges and all("bytes=" in line for line in ranges)  # read by range, never whole
-        again = json.loads(cli("index", "hf://datasets/org/name/data", "--db", db, "--json").output)
-        assert (again["files_read"], again["shards"]["read"]) == (0, 0)
-        assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
-    remote._FILESYSTEMS.clear()
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    db = tmp_path / "hub.sqlite"
+    result = cli("index", "hf://datasets/org/name/data", "--db", db, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert rows(db) == rows(tmp_path / "local.sqlite")
+    ranges = [line for line in seen if "/resolve/" in line]
+    assert ranges and all("bytes=" in line for line in ranges)  # read by range, never whole
+    again = json.loads(cli("index", "hf://datasets/org/name/data", "--db", db, "--json").output)
+    assert (again["files_read"], again["shards"]["read"]) == (0, 0)
+    assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
+
+
+def test_a_hub_dataset_gets_the_webshart_entry_webshart_reads(tmp_path, cli, sample_files, monkeypatch, hub):
+    """The entry names the repo and folder (webshart takes any source that is not a folder for a
+    repo id) and the local indexes, laid out at the shards' paths in the repo, where webshart's
+    metadata resolver looks; what SimpleTuner cached of a changed shard goes on the next export."""
+    repo, _seen = hub
+    local = dataset_folder(repo / "data", sample_files)
+    index_root(tmp_path / "local.sqlite", local, workers=1)
+    (tmp_path / "meta-local").mkdir()
+    assert cli("export", "webshart", "--metadata", tmp_path / "meta-local", "--db",
+               tmp_path / "local.sqlite").exit_code == 0
+    meta, db, config = tmp_path / "meta", tmp_path / "hub.sqlite", tmp_path / "multidatabackend.json"
+    meta.mkdir()
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    assert cli("index", "hf://datasets/org/name/data", "--db", db).exit_code == 0
+    early = cli("export", "config", config, "--backend", "webshart", "--db", db)
+    assert early.exit_code == 1 and "run `indexer export webshart --db" in early.stderr
+    beside = cli("export", "webshart", "--db", db)  # nothing is written to the Hub
+    assert beside.exit_code == 1 and "give --metadata DIR, a local folder" in beside.stderr
+    assert "--metadata DIR` first" in early.stderr and not config.exists()
+    assert cli("export", "webshart", "--metadata", meta, "--db", db).exit_code == 0
+    for shard in ("s0", "s1"):  # the same bytes as the local copy's, at the path in the repo
+        local_index = (tmp_path / "meta-local" / "shards" / f"{shard}.json").read_bytes()
+        assert (meta / "data" / "shards" / f"{shard}.json").read_bytes() == local_index
+    result = cli("export", "config", config, "--backend", "webshart", "--db", db)
+    assert result.exit_code == 0, result.stderr
+    entry = json.loads(config.read_text())[0]
+    assert (entry["source"], entry["subfolder"], entry["metadata"]) == ("org/name", "data", str(meta))
+    assert "HF_TOKEN" in result.stdout and SECRET not in config.read_text() + result.stdout
+    cache = Path(entry["webshart"]["cache_dir"])
+    copies = [cache / "metadata_cache" / "org_name__data" / f"{shard}.json" for shard in ("s0", "s1")]
+    downloads = [cache / "shard_cache" / f"{shard}.tar" for shard in ("s0", "s1")]
+    for path in (*copies, *downloads, cache / "aspect_ratio_bucket_indices_data.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    sample_files.shard(local / "shards" / "s0.tar", pairs(sample_files, "n", 2))
+    assert cli("index", "hf://datasets/org/name/data", "--db", db).exit_code == 0
+    summary = json.loads(cli("export", "webshart", "--metadata", meta, "--db", db, "--json").output)
+    assert summary["cleared"] == {"index_copies": 1, "shard_downloads": 1, "bucket_files": 1}
+    assert [path.exists() for path in (*copies, *downloads)] == [False, True, False, True]
+    (meta / "data" / "shards" / "s1.json").unlink()
+    missing = cli("export", "config", config, "--backend", "webshart", "--db", db)
+    assert missing.exit_code == 1 and not json.loads(config.read_text())[0].get("notes")
+    assert f"no index where webshart looks for it (first: {meta}/data/shards/s1.json)" in missing.stderr
+
+
+def test_hub_shards_webshart_would_take_for_one_get_no_entry(tmp_path, cli, sample_files, hub):
+    repo, _seen = hub
+    for folder in ("a", "b"):
+        sample_files.shard(repo / "data" / folder / "x.tar", pairs(sample_files, folder, 1))
+    meta, db, config = tmp_path / "meta", tmp_path / "hub.sqlite", tmp_path / "multidatabackend.json"
+    meta.mkdir()
+    assert cli("index", "hf://datasets/org/name/data", "--db", db).exit_code == 0
+    assert cli("export", "webshart", "--metadata", meta, "--db", db).exit_code == 0
+    refused = cli("export", "config", config, "--backend", "webshart", "--db", db)
+    assert refused.exit_code == 1 and "(first: a/x.tar and b/x.tar)" in refused.stderr
+    assert "knows a Hub shard by its file name alone" in refused.stderr and not config.exists()
 
 
 def test_an_empty_listing_of_an_indexed_bucket_changes_nothing(tmp_path, bucket, cli, sample_files):

@@ -14,6 +14,7 @@ import orjson
 
 from indexer.export import CAPTION_MODES, DEFAULT_CAPTIONS
 from indexer.export.selection import SELECTION_FIELDS, make_selection
+from indexer.ingest.engines import ENGINES
 from indexer.store import default_db_path
 
 Decorator = Callable[[Callable], Callable]
@@ -109,6 +110,18 @@ def options(*decorators: Decorator) -> Decorator:
 def writer_options(id_help: str, workers_help: str) -> Decorator:
     """--db, --id, --workers: the commands that write the index (index, watch, extract)."""
     return options(db_option, id_option(id_help), workers_option(workers_help))
+
+
+def engine_options(where: str) -> Decorator:
+    """--engine and --ray-address: where a command's reading (or fetching) runs."""
+    return options(
+        click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                     help=f"{where} (Ray: pip install 'indexer[ray]'); the database is written here either"
+                          " way."),
+        click.option("--ray-address", metavar="ADDR", default=None,
+                     help="The Ray cluster to join (default: Ray's own rule: RAY_ADDRESS, else a new local"
+                          " instance)."),
+    )
 
 
 def resolve_db(db: str | None) -> str:

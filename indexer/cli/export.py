@@ -136,7 +136,8 @@ def config_command(out: str, dataset_id: str | None, db: str | None, quiet: bool
 @export_group.command("webshart")
 @row_export_options()
 @click.option("--metadata", metavar="DIR", default=None, type=click.Path(file_okay=False, path_type=str),
-              help="Write the indexes under DIR (at the shards' relative paths) instead of beside them.")
+              help="Write the indexes under DIR (at the shards' paths under the root; a Hub dataset's: "
+                   "in the repo) instead of beside them.")
 def webshart_command(dataset_id: str | None, selection: Selection, db: str | None, quiet: bool,
                      as_json: bool, metadata: str | None) -> None:
     """Write X.json beside each indexed X.tar (or under --metadata): webshart's index, with sizes and

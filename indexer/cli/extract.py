@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli.common import json_option, quiet_option, resolve_db, show, show_progress, writer_options
+from indexer.cli.common import (
+    engine_options,
+    json_option,
+    quiet_option,
+    resolve_db,
+    show,
+    show_progress,
+    writer_options,
+)
 from indexer.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED_MEMBERS
 from indexer.extract import extract_shards
-from indexer.ingest.engines import ENGINES
 from indexer.render.runs import extract_problem_lines, format_extract_summary
 
 
@@ -17,11 +24,8 @@ from indexer.render.runs import extract_problem_lines, format_extract_summary
               help="Folder the members land in, as `tar xf SHARD -C DIR` puts them (created if missing).")
 @writer_options("Dataset id (default: DIR's folder name, the id `indexer index DIR` uses).",
                 "Shards extracted at once, one process each (default: CPU count).")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="Where shards are extracted: local worker processes, or Ray tasks (DIR must then be a "
-                   "path every node sees).")
-@click.option("--ray-address", metavar="ADDR", default=None,
-              help="The Ray cluster to join (default: RAY_ADDRESS, else a new local instance).")
+@engine_options("Where shards are extracted: local worker processes, or Ray tasks (DIR must then be a"
+                " path every node sees)")
 @quiet_option
 @json_option
 def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id: str | None,

@@ -6,6 +6,7 @@ import click
 
 from indexer.cli.common import (
     ROOT_ID_HELP,
+    engine_options,
     json_option,
     quiet_option,
     resolve_db,
@@ -14,7 +15,6 @@ from indexer.cli.common import (
     writer_options,
 )
 from indexer.errors import EXIT_INCOMPLETE
-from indexer.ingest.engines import ENGINES
 from indexer.ingest.index import index_root
 from indexer.render.runs import format_index_summary
 
@@ -26,12 +26,7 @@ from indexer.render.runs import format_index_summary
 @click.option("--shard-list", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
               help="A text file of https:// shard URLs, one a line (HTTP cannot list a folder); "
                    "then no ROOT.")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="Where reading runs: local reader processes, or tasks on a Ray cluster (pip install "
-                   "'indexer[ray]'); the database is written here either way.")
-@click.option("--ray-address", metavar="ADDR", default=None,
-              help="The Ray cluster to join (default: Ray's own rule: RAY_ADDRESS, else a new local "
-                   "instance).")
+@engine_options("Where reading runs: local reader processes, or tasks on a Ray cluster")
 @click.option("--verify-images", is_flag=True,
               help="Read the header of every new or changed image and prefer its size.")
 @quiet_option

@@ -6,6 +6,7 @@ import click
 
 from indexer.cli.common import (
     db_option,
+    engine_options,
     id_option,
     json_option,
     quiet_option,
@@ -27,7 +28,10 @@ from indexer.render.materialize import format_materialize_summary, materialize_p
            " DIR's).")
 @where_option("Boolean expression over samples columns choosing the samples to copy, e.g. \"width >= 1024\""
               " (read-only).")
-@workers_option("Samples fetched at once (threads; default: 16 from a remote source, 4 from a local one).")
+@workers_option("Tasks fetching at once (threads; default: 16 from a remote source, 4 from a local one;"
+                " on Ray, the cluster's CPUs).")
+@engine_options("Where samples are fetched and written: threads here, or Ray tasks (DIR, and a local"
+                " source's folder, must then be paths every node sees)")
 @click.option("--shard-list", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
               help="The shard list the source was indexed from, when it was https URLs (they are not"
                    " stored).")
@@ -36,8 +40,8 @@ from indexer.render.materialize import format_materialize_summary, materialize_p
 @quiet_option
 @json_option
 def materialize_command(to: str, db: str | None, dataset_id: str | None, where: str | None,
-                        workers: int | None, shard_list: str | None, as_id: str | None, quiet: bool,
-                        as_json: bool) -> None:
+                        workers: int | None, engine: str, ray_address: str | None, shard_list: str | None,
+                        as_id: str | None, quiet: bool, as_json: bool) -> None:
     """Copy the selected samples' files (JSON and image, as stored) from a dataset indexed in place
     into DIR, laid out as `tar xf` would, each file whole and checked, and recorded as DIR's
     dataset: a following `indexer index DIR` reads nothing, and the exports serve the subset.
@@ -46,7 +50,8 @@ def materialize_command(to: str, db: str | None, dataset_id: str | None, where: 
     retries them), 3 when some names were refused, 1 on a real failure.
     """
     summary = materialize(resolve_db(db), to, dataset_id=dataset_id, where=where, workers=workers,
-                          progress=show_progress(quiet, as_json), shard_list=shard_list, as_id=as_id)
+                          progress=show_progress(quiet, as_json), shard_list=shard_list, as_id=as_id,
+                          engine=engine, ray_address=ray_address)
     show(summary, format_materialize_summary, as_json=as_json, quiet=quiet)
     if not as_json:
         for line in materialize_problem_lines(summary):

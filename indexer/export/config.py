@@ -23,7 +23,6 @@ from indexer.errors import IndexerError
 from indexer.export.discovery import ImageScan, scan_images
 from indexer.export.record import output_path, record_export
 from indexer.export.select import options_json, sample_reasons
-from indexer.export.webshart_cache import clear_caches, entry_cache
 from indexer.wording import counts_text
 
 PARQUET_COLUMNS = {"filename_column": "filename", "caption_column": "caption",
@@ -70,6 +69,8 @@ def export_config(
             f"database {db_path} does not exist: run `indexer index ROOT --db {db_path}` first"
         )
     if options.backend == "webshart":
+        from indexer.export.webshart_config import export_webshart_config  # it builds on this module
+
         return export_webshart_config(db_path, path, dataset_id, options)
     conn, _guard = connect_readonly(db_path, upgrade=True)
     try:
@@ -100,64 +101,6 @@ def export_config(
                   options=options_json({**vars(options), "parquet": parquet_path}),
                   data_version=data_version, rows=None, summary=summary, file_path=path)
     return summary
-
-
-def export_webshart_config(db_path: str | os.PathLike[str], path: Path, dataset_id: str | None,
-                           options: ConfigOptions) -> dict:
-    """The `type: webshart` entry for a dataset of tar shards, pointing at its webshart indexes."""
-    conn, _guard = connect_readonly(db_path, upgrade=True)
-    try:
-        dataset, root = store.resolve_dataset(conn, dataset_id)
-        last = conn.execute(
-            "SELECT e.path, e.rows, e.data_version = d.data_version FROM exports AS e JOIN datasets AS d"
-            " ON d.id = e.dataset WHERE e.dataset = ? AND e.kind = 'webshart'"
-            " ORDER BY e.exported_at DESC LIMIT 1", (dataset,)).fetchone()
-        data_version = conn.execute(
-            "SELECT data_version FROM datasets WHERE id = ?", (dataset,)).fetchone()[0]
-        shards = [row[0] for row in conn.execute("SELECT path FROM tar_shards WHERE dataset = ?", (dataset,))]
-    finally:
-        conn.close()
-    if last is None or not last[1]:
-        raise IndexerError(
-            f"dataset {dataset} has no webshart indexes with samples: run `indexer export webshart --db "
-            f"{db_path}` first (SimpleTuner takes every size and caption from them). Nothing was written")
-    metadata, rows, current = last
-    entry = webshart_entry(dataset, root, path, metadata, options)
-    entries, replaced = merge_entries(read_existing(path), entry, text_embeds_entry(path, options))
-    with atomic_file(path) as temp:
-        temp.write_text(json.dumps(entries, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-    reason = f"webshart reads captions from the indexes ({rows:,} samples)"
-    notes: list[str] = []
-    cache = entry_cache(entry, root, str(path), notes)
-    # The folder it names may hold what an earlier config's run cached from other indexes.
-    cleared = clear_caches([cache] if cache else [], shards)
-    summary = {
-        "kind": "config", "dataset": dataset, "path": str(path), "caption_strategy": "webshart",
-        "reason": reason, "replaced": replaced, "entries": len(entries), "entry": entry, "cleared": cleared,
-        "warnings": notes + ([] if current else ["the data changed since the last `export webshart`: run it "
-                                                 "again"]),
-    }
-    record_export(db_path, dataset, "config", path, options=options_json(vars(options)),
-                  data_version=data_version, rows=None, summary=summary, file_path=path)
-    return summary
-
-
-def webshart_entry(dataset: str, root: Path, out: Path, metadata: str, options: ConfigOptions) -> dict:
-    entry: dict = {"id": dataset, "type": "webshart", "source": str(root)}
-    if metadata != str(root):
-        entry["metadata"] = metadata
-    entry.update(resolution=options.resolution, resolution_type=options.resolution_type)
-    for name in ("minimum_image_size", "maximum_image_size", "target_downsample_size"):
-        value = getattr(options, name)
-        if value is not None:
-            entry[name] = value
-    entry["cache_dir_vae"] = options.cache_dir_vae or str(out.parent / "cache" / "vae" / dataset)
-    entry["caption_strategy"] = "webshart"
-    entry["metadata_backend"] = "webshart"
-    # without an explicit cache_dir SimpleTuner puts its bucket cache in a relative cache/webshart/<id>
-    entry["webshart"] = {"cache_dir": options.webshart_cache_dir
-                         or str(out.parent / "cache" / "webshart" / dataset)}
-    return entry
 
 
 def check_sizes(options: ConfigOptions) -> None:

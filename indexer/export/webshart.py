@@ -13,7 +13,8 @@ Each image also gets the place of its JSON sidecar in the tar (`json_path`, `jso
 `webshart.caption_key` reads its captions from that sidecar, through webshart's
 `load_sample_json`, and finds nothing without it.
 
-Nothing is written inside a tar; each index is written beside the shard (or under --metadata)
+Nothing is written inside a tar; each index is written beside the shard (or under --metadata, at
+the shard's path under the root, or for a Hub dataset at its path in the repo, where webshart looks)
 atomically, and only when its bytes change. A shard whose selection is now empty gets an index
 with no files, so an old index can never keep stale samples alive. When an index changes, what
 SimpleTuner and webshart cached from the old one is removed (webshart_cache.py), before the new
@@ -46,6 +47,7 @@ from indexer.export.select import (
 )
 from indexer.export.selection import Selection, make_selection
 from indexer.export.webshart_cache import WebshartCache, clear_caches, find_caches
+from indexer.export.webshart_source import WebshartSource, readable_source, stored_root
 from indexer.progress import bar
 
 # The image member's data, then its JSON sidecar's (a sample with status ok has both).
@@ -67,13 +69,14 @@ def export_webshart(
     started = time.monotonic()
     selection = make_selection(captions, where, caption_mode=caption_mode)
     written = unchanged = rows = 0
-    cleared = {"index_copies": 0, "bucket_files": 0}
-    with open_snapshot(db_path, dataset_id, local_files=metadata is None) as snapshot:
+    cleared = {"index_copies": 0, "shard_downloads": 0, "bucket_files": 0}
+    with open_snapshot(db_path, dataset_id, local_files=False) as snapshot:
         root = snapshot.root
-        target = metadata_folder(metadata, root)
+        target = metadata_folder(metadata, root, stored_root(snapshot.conn, snapshot.dataset))
         check_selection(snapshot, selection)
         shards = indexed_shards(snapshot)
-        caches, notes = find_caches(snapshot.conn, snapshot.dataset, root)
+        source = readable_source(stored_root(snapshot.conn, snapshot.dataset))
+        caches, notes = find_caches(snapshot.conn, snapshot.dataset, source)
         batch, written_shards = AtomicBatch(), []
         with bar(progress, desc="webshart", unit=" shards", total=len(shards)) as progress_bar, \
                 contextlib.ExitStack() as cleanup:
@@ -90,8 +93,8 @@ def export_webshart(
                 index = {"path": Path(shard).name, "filesize": current_size(root, shard, tuple(recorded)),
                          "files": files}
                 rows += len(files)
-                if write_index(index_path(target, shard), orjson.dumps(index), caches, shard, cleared,
-                               batch):
+                if write_index(index_path(target, shard, source), orjson.dumps(index), caches, shard,
+                               cleared, batch):
                     written += 1
                     written_shards.append(shard)
                 else:
@@ -113,8 +116,13 @@ def export_webshart(
     return summary
 
 
-def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path) -> Path:
-    """Where the indexes go: beside the shards, or a folder the user named (which must exist)."""
+def metadata_folder(metadata: str | os.PathLike[str] | None, root: Path, url: str) -> Path:
+    """Where the indexes go: beside the shards, or a folder the user named (which must exist); a
+    remote dataset's (its root a URL) only to such a folder."""
+    if metadata is None and not root.is_absolute():
+        raise IndexerError(f"the shards of {url} cannot get their indexes beside them (nothing is written "
+                           "to a bucket, the Hub or a web server): give --metadata DIR, a local folder; "
+                           "`export config --backend webshart` then points SimpleTuner at both")
     if metadata is None:
         return root
     folder = Path(metadata).expanduser().absolute()
@@ -178,11 +186,13 @@ def current_size(root: Path, shard: str, recorded: tuple[int, int, int, int]) ->
     return st.st_size
 
 
-def index_path(target: Path, shard: str) -> Path:
+def index_path(target: Path, shard: str, source: WebshartSource | None) -> Path:
+    """Where webshart looks for the shard's index under the metadata folder: at the shard's path
+    under the root, or for a Hub repo at its path in the repo (webshart_source.py)."""
     if not safe_relative(shard):
         raise IndexerError(f"shard path {shard!r} would leave {target}: refusing to write its index")
-    path = target / shard
-    return path.with_name(path.name[: -len(".tar")] + ".json")
+    place = source.index_folder(shard) if source else shard[: -len(".tar")]
+    return target / (place + ".json")
 
 
 def write_index(path: Path, data: bytes, caches: list[WebshartCache], shard: str,

@@ -163,7 +163,7 @@ def _extract_all(
         with bar(progress, desc="extract", unit="B", unit_scale=True, unit_divisor=1024,
                  total=sum(task.size for task in tasks)) as bytes_bar:
             run = _run_tasks if engine == "local" else functools.partial(_run_on_ray, ray_address=ray_address)
-            for outcome in run(conn, dataset, tasks, workers, bytes_bar.update):
+            for outcome in run(conn, dataset, tasks, workers, bytes_bar.update, recorder.counts.waited):
                 record_shard(recorder, root, outcome, scan_start_ns)
                 outcome.results = []  # recorded: free the memory
                 outcomes.append(outcome)
@@ -220,8 +220,10 @@ def _run_tasks(
     tasks: list[ShardTask],
     workers: int,
     report: Callable[[int], object],
+    on_wait: Callable[[float], None],
 ) -> Iterator[ShardOutcome]:
-    """Extract shards (in worker processes when there are several), yielding as each finishes.
+    """Extract shards (in worker processes when there are several), yielding as each finishes;
+    on_wait hears how long this process waited for the workers.
 
     Each shard is marked 'extracting' before its worker starts, so a kill at any later instant
     leaves it unfinished and the next run does it again.
@@ -243,7 +245,9 @@ def _run_tasks(
                 task = pending.popleft()
                 begin_shard(conn, dataset, task)
                 in_flight.add(pool.submit(extract_in_worker, task))
+            waiting = time.perf_counter()
             done, in_flight = cf.wait(in_flight, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+            on_wait(time.perf_counter() - waiting)
             _drain(progress_queue, report)
             for future in done:
                 yield future.result()
@@ -251,7 +255,8 @@ def _run_tasks(
 
 
 def _run_on_ray(conn: sqlite3.Connection, dataset: str, tasks: list[ShardTask], workers: int,
-                report: Callable[[int], object], ray_address: str | None) -> Iterator[ShardOutcome]:
+                report: Callable[[int], object], on_wait: Callable[[float], None],
+                ray_address: str | None) -> Iterator[ShardOutcome]:
     """Extract shards as Ray tasks, in order, each marked 'extracting' as it is submitted. Their
     samples come back as results (a scratch database beside this one is out of a remote worker's
     reach), and a shard's bytes count as it finishes."""
@@ -265,7 +270,7 @@ def _run_on_ray(conn: sqlite3.Connection, dataset: str, tasks: list[ShardTask], 
         return ShardOutcome(call[0].path, error=f"{call[0].path}: its extract task failed ({describe(exc)});"
                             " run extract again")
 
-    for outcome in map_in_order(extract_shard, calls(), workers, workers * LARGE_TASKS_AHEAD,
+    for outcome in map_in_order(extract_shard, calls(), workers, workers * LARGE_TASKS_AHEAD, on_wait,
                                 pool_of=pool_for("ray", ray_address, io_bound=False),
                                 on_error=fallback_for("ray", failed)):
         report(outcome.bytes)

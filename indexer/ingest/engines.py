@@ -25,6 +25,7 @@ from indexer.ingest.workers import thread_pool
 
 ENGINES = ("local", "ray")
 TASK_RETRIES = 3  # Ray runs a task again this many times when its worker dies
+DIED = {"WorkerCrashedError", "NodeDiedError"}  # what Ray raises for a task whose retries all died
 INSTALL = "pip install 'indexer[ray]'"
 PoolFactory = Callable[[int], cf.Executor] | None
 
@@ -38,10 +39,45 @@ def pool_for(engine: str, ray_address: str | None, io_bound: bool) -> PoolFactor
     return thread_pool if io_bound else None  # None: map_in_order's forked readers (inline for one)
 
 
-class RayExecutor(cf.Executor):
-    """Submits calls as Ray tasks; the futures resolve in this process. Counts where tasks ran."""
+class TaskTally:
+    """Where this process's Ray tasks ran, and how often Ray had to run them again (updated from
+    Ray's callback threads, read once a run by run_report)."""
 
-    placements: ClassVar[collections.Counter[str]] = collections.Counter()  # node -> tasks, this process
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_node: collections.Counter[str] = collections.Counter()
+        self.retries = 0
+        self.failed = 0
+
+    def ran(self, node: str, attempt: int) -> None:
+        """A task finished on node at Ray's attempt number `attempt` (0: its first attempt)."""
+        with self.lock:
+            self.by_node[node] += 1
+            self.retries += attempt
+
+    def gave_up(self, exc: BaseException) -> None:
+        """A task failed for good. When its worker or node died, Ray ran it TASK_RETRIES more
+        times first (max_retries); an exception the task raised is not retried (Ray's default)."""
+        with self.lock:
+            self.failed += 1
+            if type(exc).__name__ in DIED:
+                self.retries += TASK_RETRIES
+
+    def report(self) -> dict:
+        """The counts since the last report, then zero."""
+        with self.lock:
+            found = {"tasks_by_node": dict(self.by_node), "task_retries": self.retries,
+                     "tasks_failed": self.failed}
+            self.by_node.clear()
+            self.retries = self.failed = 0
+        return found
+
+
+class RayExecutor(cf.Executor):
+    """Submits calls as Ray tasks; the futures resolve in this process. Counts where tasks ran and
+    how often they were retried (`tally`, one for the process)."""
+
+    tally: ClassVar[TaskTally] = TaskTally()
 
     def __init__(self, address: str | None) -> None:
         self.ray = _ray(address)
@@ -52,11 +88,12 @@ class RayExecutor(cf.Executor):
 
         def unwrap(inner: cf.Future) -> None:
             try:
-                node, result = inner.result()
+                node, attempt, result = inner.result()
             except BaseException as exc:
+                RayExecutor.tally.gave_up(exc)
                 outer.set_exception(exc)
                 return
-            RayExecutor.placements[node] += 1
+            RayExecutor.tally.ran(node, attempt)
             outer.set_result(result)
 
         ref.future().add_done_callback(unwrap)
@@ -86,19 +123,46 @@ def _ray(address: str | None) -> Any:
                                    "--ray-address / RAY_ADDRESS, or run `ray start --head`") from None
             _STARTED_HERE.append(True)
             atexit.register(ray.shutdown)
+        _errors_to_stderr()
     return ray
+
+
+def _errors_to_stderr() -> None:
+    """Ray's driver prints what the cluster reports (a worker died, a task is retried) to stdout,
+    whatever log_to_driver says, which would break a `--json` summary: they go to stderr instead.
+    Ray 2.60 has no setting for it; its printer is replaced (once) by one that marks them errors."""
+    from ray._private import worker
+
+    printer = worker.print_to_stdstream
+    if getattr(printer, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 @functools.cache
 def _remote(fn: Callable) -> Any:
-    """fn as a Ray task that also says on which node it ran."""
+    """fn as a Ray task that also says on which node it ran, and at which attempt."""
     import ray
 
     @ray.remote(max_retries=TASK_RETRIES)
-    def task(*args: Any, **kwargs: Any) -> tuple[str, Any]:
-        return ray.util.get_node_ip_address(), fn(*args, **kwargs)
+    def task(*args: Any, **kwargs: Any) -> tuple[str, int, Any]:
+        return ray.util.get_node_ip_address(), _attempt(), fn(*args, **kwargs)
 
     return task
+
+
+def _attempt() -> int:
+    """Ray's attempt number of the running task (0 the first time; a retry after its worker died,
+    or a re-run to rebuild a lost result, counts up). Ray 2.60 has it on the core worker only, not
+    in its public runtime context."""
+    from ray._private.worker import global_worker
+
+    return int(global_worker.core_worker.get_current_task_attempt_number())
 
 
 def fallback_for(engine: str, fallback: Callable[[tuple, Exception], Any]) -> Callable | None:
@@ -124,10 +188,11 @@ def default_readers(engine: str, ray_address: str | None, local_default: int) ->
 
 
 def run_report(engine: str) -> dict:
-    """What the run summary says about where reading ran: for Ray, the tasks each node ran since
-    the last report (one report a run)."""
+    """What the run summary says about where reading ran: for Ray, since the last report (one a
+    run), the tasks each node finished (`tasks_by_node`), the attempts Ray ran again
+    (`task_retries`: each finished task's attempt number, plus TASK_RETRIES for each task that
+    failed for good with its worker or node dead) and the tasks that failed for good
+    (`tasks_failed`, their fallback recorded instead)."""
     if engine != "ray":
         return {"engine": engine}
-    placed = dict(RayExecutor.placements)
-    RayExecutor.placements.clear()
-    return {"engine": engine, "tasks_by_node": placed}
+    return {"engine": engine, **RayExecutor.tally.report()}

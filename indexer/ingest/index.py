@@ -101,7 +101,6 @@ def update_dataset(
 ) -> dict:
     """Scan root, re-read every changed key and record the results (library entry point)."""
     settings = ReadSettings(str(root), time.time_ns(), verify_images, workers, engine, ray_address)
-    started = time.perf_counter()
     recorder = Recorder(conn, dataset)
     before = sample_count(conn, dataset)
     with bar(progress, desc="scan", unit=" files") as scan_bar:
@@ -112,7 +111,6 @@ def update_dataset(
     build_started = time.perf_counter()
     built = build_derived(conn, progress)  # what a bulk write deferred, or a stopped run left
     build_seconds = time.perf_counter() - build_started
-    wall = time.perf_counter() - started
     tars = [p for p in scanned.archives if is_shard_name(p)]
     return {
         "dataset": dataset,
@@ -130,9 +128,6 @@ def update_dataset(
         "readers": workers,
         **shard_counts.unread_summary(),
         **run_report(engine),
-        # share of the update's wall time the writer process was busy (not waiting for readers):
-        # near 1.0, the single writer bounds the run; well below, the readers do
-        "writer_busy": round(1 - recorder.counts.waited_s / wall, 3) if wall > 0 else None,
         "derived": {"built": built, "seconds": round(build_seconds, 3)},
     }
 

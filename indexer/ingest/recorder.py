@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -47,6 +48,7 @@ class Recorder:
         self.conn = conn
         self.dataset = dataset
         self.counts = counts or Counts()
+        self.started = time.perf_counter()
 
     def record(self, results: list[CompactResult], origin: str | None = None) -> None:
         """Record sorted results read from origin (a shard's path, None for loose files), in
@@ -92,7 +94,15 @@ class Recorder:
             "problems": problem_counts(self.conn, self.dataset),
             "files_read": self.counts.files_read,
             "json_bytes": cached_json_bytes(self.conn, self.dataset),
+            "writer_busy": self.busy_share(),
         }
+
+    def busy_share(self) -> float | None:
+        """The share of the time since this recorder started that its (writer) process was not
+        waiting for a reader's result (counts.waited_s): near 1.0, the single writer bounds the
+        run; well below, the readers do. Inline reading (one worker) is the writer's own work."""
+        wall = time.perf_counter() - self.started
+        return round(max(0.0, 1 - self.counts.waited_s / wall), 3) if wall > 0 else None
 
 
 def _recorded_rows(conn: sqlite3.Connection, dataset: str) -> list[CompactResult]:

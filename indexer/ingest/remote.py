@@ -283,7 +283,11 @@ def _new_filesystem(scheme: str) -> Any:
 
 
 def _fsspec_listing(scheme: str, path: str) -> list[ObjectInfo]:
+    """What is under the path now: the filesystem (one a process) forgets what an earlier listing
+    saw first (HfFileSystem keeps listings and resolved revisions, so a second run in the same
+    process would take an old listing for the current one)."""
     fs = _filesystem(scheme)
+    fs.invalidate_cache()
     base = path.rstrip("/") + "/"
     found = []
     for full, info in sorted(fs.find(path, detail=True).items()):

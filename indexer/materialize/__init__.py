@@ -9,8 +9,9 @@ paths serves the subset. A sample DIR already holds (right size, recorded as it 
 so a rerun after a kill fetches only what is missing.
 
 Modules: plan.py (the source rows, the files' names checked by extract's rules, what DIR lacks),
-fetch.py (bytes by range or whole, checked: size, md5), place.py (into place through extract's
-sinks, recorded through the recorder); this one runs them.
+fetch.py (bytes by range or whole, checked: size, md5), place.py (a task: fetched, then into
+place through extract's sinks; and its samples recorded through the recorder); this one plans
+the tasks and runs them on the engine (ingest/engines.py: threads here, or Ray tasks).
 """
 
 from __future__ import annotations
@@ -18,22 +19,29 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from indexer.db.fts import sync_search_index
 from indexer.errors import IndexerError
 from indexer.extract import prepare_root, reserved_paths
+from indexer.ingest.engines import ENGINES, default_readers, fallback_for, pool_for, run_report
+from indexer.ingest.guard import describe
 from indexer.ingest.recorder import SHOWN_LIMIT, Recorder
 from indexer.ingest.remote import RemoteRoot, shard_list_root
 from indexer.ingest.run import writer_run
-from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order, thread_pool
-from indexer.materialize.fetch import Fetched, LocalReader, Reader, RemoteReader
-from indexer.materialize.place import Target, opened_target, place_batch
+from indexer.ingest.workers import LARGE_TASKS_AHEAD, map_in_order
+from indexer.materialize.fetch import LocalReader, Reader, RemoteReader
+from indexer.materialize.place import (
+    MaterializeTask,
+    TaskOutcome,
+    Todo,
+    record_outcome,
+    remove_task_staging,
+    run_task,
+)
 from indexer.materialize.plan import (
     Source,
     Wanted,
-    WantedFile,
     allowed,
     missing_files,
     select_source,
@@ -41,21 +49,30 @@ from indexer.materialize.plan import (
 )
 from indexer.progress import bar
 
-REMOTE_WORKERS = 16  # samples fetched at once from a remote source: enough to hide ~20 ms round trips
+REMOTE_WORKERS = 16  # tasks fetching at once from a remote source: enough to hide ~20 ms round trips
 LOCAL_WORKERS = 4
-SAMPLES_PER_BATCH = 256  # written, then recorded in one transaction
-BATCH_BYTES = 64 << 20  # or fewer, when their files weigh this much (DALLE-3 images: ~2 MB each)
+SAMPLES_PER_TASK = 256  # fetched and written by one task, then recorded by the writer
+# or fewer, so each worker gets at least this many tasks: a task fetches its samples one after the
+# other, and with fewer, larger tasks the last ones run with most workers idle
+TASKS_PER_WORKER = 8
 
 
 def materialize(db_path: str | os.PathLike[str], to: str | os.PathLike[str], *, dataset_id: str | None = None,
                 where: str | None = None, workers: int | None = None, progress: bool = False,
-                shard_list: str | os.PathLike[str] | None = None, as_id: str | None = None) -> dict:
+                shard_list: str | os.PathLike[str] | None = None, as_id: str | None = None,
+                engine: str = "local", ray_address: str | None = None) -> dict:
     """Copy the selected samples of dataset `dataset_id` (the only other one when None) into `to`
     and record them as dataset `as_id` (default: the folder's name); returns the run summary.
+
+    The fetching and writing runs as tasks (place.py): threads of this process (engine "local"),
+    or Ray tasks (engine "ray": `to`, and a local source's folder, must then be paths every node
+    sees); the database stays here, written by this process.
 
     Samples that could not be fetched or checked (`failed`) and files whose names are refused
     (`refused`) are reported, never raised: the caller picks the exit code. A bad option, an
     unreadable source listing or an unwritable DIR raises IndexerError."""
+    if engine not in ENGINES:
+        raise IndexerError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
     started = time.monotonic()
     target = Path(to).expanduser().resolve()
     source = select_source(db_path, dataset_id, where, target, as_id)
@@ -63,8 +80,9 @@ def materialize(db_path: str | os.PathLike[str], to: str | os.PathLike[str], *, 
     root = prepare_root(to)
     with writer_run(db_path, root, "materialize", as_id) as run:
         summary = _materialize(run.conn, run.dataset, root, source, reader, reserved_paths(db_path, root),
-                               workers=workers or (REMOTE_WORKERS if source.remote else LOCAL_WORKERS),
-                               progress=progress)
+                               workers=workers or default_readers(
+                                   engine, ray_address, REMOTE_WORKERS if source.remote else LOCAL_WORKERS),
+                               progress=progress, engine=engine, ray_address=ray_address)
         summary.update(run_id=run.id, seconds=round(time.monotonic() - started, 3))
         note = _note(summary)
         run.finish(summary, status="failed" if summary["error"] else "done", error=note)
@@ -99,33 +117,66 @@ def _reader(source: Source, shard_list: str | os.PathLike[str] | None) -> Reader
 
 
 def _materialize(conn: sqlite3.Connection, dataset: str, root: Path, source: Source, reader: Reader,
-                 reserved: frozenset[str], *, workers: int, progress: bool) -> dict:
+                 reserved: frozenset[str], *, workers: int, progress: bool, engine: str,
+                 ray_address: str | None) -> dict:
     recorder = Recorder(conn, dataset)
-    totals = {"fetched": 0, "files_written": 0, "bytes_written": 0, "requests": 0, "fetched_bytes": 0}
+    totals = dict.fromkeys(("fetched", "files_written", "bytes_written", "requests", "fetched_bytes"), 0)
     failed: list[dict] = []
     refused: list[dict] = []
     todo, in_place = _todo(root, source.wanted, reserved, target_records(conn, dataset), refused)
-    error = None
     scan_start_ns = time.time_ns()
-    with opened_target(root) as target, bar(progress, desc="materialize", unit=" samples",
-                                            total=len(todo)) as sample_bar:
-        fetched_all = map_in_order(reader.fetch, todo, workers, workers * LARGE_TASKS_AHEAD,
-                                   recorder.counts.waited, pool_of=thread_pool)
-        for batch in _batches(fetched_all):
-            error = _place(target, recorder, batch, scan_start_ns, totals, failed, refused)
-            sample_bar.update(len(batch))
-            if error:
-                break
+    tasks = plan_tasks(todo, reader, str(root), scan_start_ns, workers)
+    errors: list[str] = []
+    remove_task_staging(str(root))
+    with bar(progress, desc="materialize", unit=" samples", total=len(todo)) as sample_bar:
+        calls = ((task,) for task in tasks if not errors)  # a DIR that cannot be written: no more tasks
+        for outcome in map_in_order(run_task, calls, workers, workers * LARGE_TASKS_AHEAD,
+                                    recorder.counts.waited, pool_of=pool_for(engine, ray_address, True),
+                                    on_error=fallback_for(engine, _task_failed)):
+            record_outcome(recorder, str(root), outcome, scan_start_ns)
+            for name in totals:
+                totals[name] += getattr(outcome, name)
+            failed += outcome.failed
+            refused += outcome.refusals
+            errors += [outcome.error] if outcome.error else []
+            sample_bar.update(outcome.samples)
+    remove_task_staging(str(root))
     sync_search_index(conn)
     return {"dataset": dataset, "root": str(root), "source": source.dataset, "source_root": source.root,
             "selected": len(source.wanted), "in_place": in_place, **totals,
             "failed": failed[:SHOWN_LIMIT], "failed_count": len(failed),
-            "refused": refused[:SHOWN_LIMIT], "refused_count": len(refused), "error": error,
-            "readers": workers, **recorder.summary()}
+            "refused": refused[:SHOWN_LIMIT], "refused_count": len(refused),
+            "error": errors[0] if errors else None, "readers": workers, **recorder.summary(),
+            **run_report(engine)}
+
+
+def plan_tasks(todo: list[Todo], reader: Reader, root: str, scan_start_ns: int, workers: int
+               ) -> list[MaterializeTask]:
+    """The samples to fetch as tasks: each holds samples of one shard (or loose files), in key
+    order, at most SAMPLES_PER_TASK of them, and fewer when the selection is small (TASKS_PER_WORKER)."""
+    by_shard: dict[str | None, list[Todo]] = {}
+    for item in todo:
+        by_shard.setdefault(item[0].shard, []).append(item)
+    size = max(1, min(SAMPLES_PER_TASK, -(-len(todo) // (workers * TASKS_PER_WORKER))))
+    tasks: list[MaterializeTask] = []
+    for items in by_shard.values():
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            tasks.append(MaterializeTask(len(tasks), root, reader.for_task([w for w, _ in chunk]), chunk,
+                                         scan_start_ns))
+    return tasks
+
+
+def _task_failed(call: tuple[MaterializeTask], exc: Exception) -> TaskOutcome:
+    """A task that failed for good (its Ray workers died through every retry): each of its
+    samples is recorded as not fetched, and a rerun fetches it."""
+    task = call[0]
+    why = f"its materialize task failed ({describe(exc)}); run materialize again"
+    return TaskOutcome(len(task.todo), failed=[{"key": wanted.key, "error": why} for wanted, _ in task.todo])
 
 
 def _todo(root: Path, wanted: list[Wanted], reserved: frozenset[str], recorded: dict[str, int | None],
-          refused: list[dict]) -> tuple[list[tuple[Wanted, tuple[WantedFile, ...]]], int]:
+          refused: list[dict]) -> tuple[list[Todo], int]:
     """(sample, the files DIR lacks) for each sample to fetch, and how many DIR holds whole."""
     todo = []
     in_place = 0
@@ -138,38 +189,6 @@ def _todo(root: Path, wanted: list[Wanted], reserved: frozenset[str], recorded: 
         elif sample.files:
             in_place += 1
     return todo, in_place
-
-
-def _place(target: Target, recorder: Recorder, batch: list[Fetched], scan_start_ns: int, totals: dict,
-           failed: list[dict], refused: list[dict]) -> str | None:
-    """Place a batch's fetched samples and count them; returns why DIR could not be written."""
-    good = [fetched for fetched in batch if fetched.error is None]
-    failed += [{"key": fetched.wanted.key, "error": fetched.error} for fetched in batch if fetched.error]
-    placed = place_batch(target, recorder, good, scan_start_ns)
-    refused += placed.refusals
-    files = set(placed.files)
-    totals["fetched"] += sum(1 for fetched in good if files.issuperset(fetched.data))
-    totals["files_written"] += len(files)
-    totals["bytes_written"] += sum(len(data) for fetched in good for name, data in fetched.data.items()
-                                   if name in files)
-    totals["requests"] += sum(fetched.requests for fetched in batch)
-    totals["fetched_bytes"] += sum(fetched.bytes for fetched in batch)
-    return placed.error
-
-
-def _batches(items: Iterable[Fetched]) -> Iterator[list[Fetched]]:
-    """Fetched samples in batches of SAMPLES_PER_BATCH, or of BATCH_BYTES of files: what is in
-    memory at once."""
-    batch: list[Fetched] = []
-    weight = 0
-    for item in items:
-        batch.append(item)
-        weight += sum(map(len, item.data.values()))
-        if len(batch) >= SAMPLES_PER_BATCH or weight >= BATCH_BYTES:
-            yield batch
-            batch, weight = [], 0
-    if batch:
-        yield batch
 
 
 def _note(summary: dict) -> str | None:

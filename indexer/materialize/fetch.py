@@ -6,11 +6,13 @@ only tar headers lie between them; a loose file or object is read whole. A shard
 the one indexed (its record in tar_shards: size, times, inode or version), else its offsets would
 point at other bytes; a loose object must still have the version the index saw. Every file must
 have its indexed size, and an image whose JSON gives `md5_file_hash` must hash to it, or the
-sample is not placed. Reading is latency-bound (round trips), so samples are fetched in threads.
+sample is not placed. Reading is latency-bound (round trips): many tasks fetch at once.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import os
 import stat
@@ -68,6 +70,15 @@ class Reader:
             raise_if_environment(exc)
             fetched.data, fetched.error = {}, str(exc) if isinstance(exc, DataProblem) else describe(exc)
         return fetched
+
+    def for_task(self, samples: list[Wanted]) -> Reader:
+        """A copy holding only what these samples need: a Ray task's arguments are copied to it,
+        and the whole selection (or listing) would go with every task."""
+        slim = copy.copy(self)
+        slim.source = dataclasses.replace(self.source, wanted=[], shards={})
+        shards = {wanted.shard for wanted in samples if wanted.shard in self.stale}
+        slim.stale = {shard: self.stale[shard] for shard in shards}  # type: ignore[index]
+        return slim
 
     def _members(self, shard: str, files: tuple[WantedFile, ...], fetched: Fetched) -> None:
         raise NotImplementedError
@@ -129,6 +140,13 @@ class RemoteReader(Reader):
             info = self.objects.get(shard)
             now = object_shard_record(info.size, info.version, info.mtime_ns) if info is not None else None
             self.stale.update(_stale_shard(source, shard, now))
+
+    def for_task(self, samples: list[Wanted]) -> Reader:
+        slim = super().for_task(samples)
+        assert isinstance(slim, RemoteReader)
+        names = {wanted.shard for wanted in samples} | {f.name for wanted in samples for f in wanted.files}
+        slim.objects = {name: self.objects[name] for name in names if name in self.objects}
+        return slim
 
     def _members(self, shard: str, files: tuple[WantedFile, ...], fetched: Fetched) -> None:
         source = self.root.open(self.objects[shard])

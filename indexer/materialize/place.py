@@ -1,11 +1,15 @@
-"""Fetched files into DIR, whole, by extract's own means, and recorded as extract records them.
+"""One materialize task, run wherever the engine puts it (a thread of this process, or a Ray task
+on any node): its samples fetched and checked (fetch.py), each file written whole into DIR by
+extract's own sinks, the placed files stat-ed and their samples built from the bytes in hand
+(extract's read_placed). The task hands those samples back as plain values and the writer process
+records them (record_outcome), with trusted records: a following `indexer index DIR` finds every
+file unchanged and reads nothing. So DIR must be a path every node running tasks sees.
 
-Each file goes through extract's sinks (sinks.py): written unnamed and linked into place once
-whole (O_TMPFILE), or written in DIR's staging folder and renamed into place; every write goes
-through folder descriptors opened with O_NOFOLLOW, so a symlink in DIR leads nothing outside it.
-Then the placed files are stat-ed (after the link or rename) and their samples built from the
-bytes in hand (extract's read_placed), with trusted records: a following `indexer index DIR`
-finds every file unchanged and reads nothing.
+Each file is written unnamed and linked into place once whole (O_TMPFILE), or written in the
+task's own staging folder and renamed into place; every write goes through folder descriptors
+opened with O_NOFOLLOW, so a symlink in DIR leads nothing outside it. A task's staging folder
+(`.indexer-materialize-N`) is removed when it ends, and a task run again (its worker died) starts
+by removing what the last attempt left.
 """
 
 from __future__ import annotations
@@ -13,109 +17,135 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from indexer.extract.members import Refused
 from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed, links_in_place, place_staged
 from indexer.extract.task import ShardOutcome
-from indexer.extract.worker import DIR_FLAGS, read_placed, remove_staging
+from indexer.extract.worker import DIR_FLAGS, Result, read_placed, remove_staging
 from indexer.extract.writer import with_partners
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.rows import compact
 from indexer.ingest.walk import STAGING_PREFIX, split_sample_path
-from indexer.materialize.fetch import Fetched
+from indexer.materialize.fetch import Fetched, Reader
+from indexer.materialize.plan import Wanted, WantedFile
 
 STAGING = STAGING_PREFIX + "materialize"  # skipped by `index`; what a killed run left goes next run
 FILE_MODE = 0o644
+Todo = tuple[Wanted, tuple[WantedFile, ...]]  # a sample, and the files DIR lacks
+
+
+@dataclass(frozen=True)
+class MaterializeTask:
+    """Samples of one shard (or loose files) to fetch and place: plain, picklable values."""
+
+    number: int  # names its staging folder
+    root: str  # DIR
+    reader: Reader  # holding only what these samples need (Reader.for_task)
+    todo: list[Todo]
+    scan_start_ns: int
+
+    @property
+    def staging(self) -> str:
+        return f"{STAGING}-{self.number:06d}"
 
 
 @dataclass
-class Target:
-    """DIR open for writing: its folder descriptor, its staging folder, and how files land."""
+class TaskOutcome:
+    """What one task did, for the writer to record and count."""
 
-    root: Path
-    root_fd: int
-    staging_fd: int
-    linking: bool  # LinkSink (O_TMPFILE) or StagingSink
-
-    def clear_staging(self) -> None:
-        """What a batch left in the staging folder (a file that could not be put in place)."""
-        for name in os.listdir(self.staging_fd):
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=self.staging_fd)
-
-
-@contextlib.contextmanager
-def opened_target(root: Path) -> Iterator[Target]:
-    """DIR with a fresh staging folder, removed at the end (a killed run's is removed first)."""
-    root_fd = os.open(root, DIR_FLAGS)
-    try:
-        remove_staging(root_fd, str(root), STAGING)
-        os.mkdir(STAGING, 0o700, dir_fd=root_fd)
-        staging_fd = os.open(STAGING, DIR_FLAGS, dir_fd=root_fd)
-        try:
-            yield Target(root, root_fd, staging_fd, links_in_place(staging_fd))
-        finally:
-            os.close(staging_fd)
-        remove_staging(root_fd, str(root), STAGING)
-    finally:
-        os.close(root_fd)
-
-
-@dataclass
-class Placed:
-    """What placing one batch did."""
-
-    files: list[str] = field(default_factory=list)
-    refusals: list[dict] = field(default_factory=list)
+    samples: int  # samples the task was given
+    results: list[Result] = field(default_factory=list)  # the placed files' samples
+    failed: list[dict] = field(default_factory=list)  # samples not fetched: {key, error}
+    refusals: list[dict] = field(default_factory=list)  # files not placed: {key, file, reason}
+    fetched: int = 0  # samples whose files were all placed
+    files_written: int = 0
+    bytes_written: int = 0
+    requests: int = 0
+    fetched_bytes: int = 0
     error: str | None = None  # DIR could not be written (a full disk): the run stops after recording
 
 
-def place_batch(target: Target, recorder: Recorder, batch: list[Fetched], scan_start_ns: int) -> Placed:
-    """Write the batch's files into place, then record their samples (what was placed before a
-    write failed is recorded too)."""
-    outcome = ShardOutcome(str(target.root))
-    sink: LinkSink | StagingSink = (LinkSink(target.root_fd, target.staging_fd, outcome) if target.linking
-                                    else StagingSink(target.staging_fd))
+def run_task(task: MaterializeTask) -> TaskOutcome:
+    """Fetch, check and place the task's samples. Never raises for the data, the network or an
+    unwritable DIR (outcome.failed / outcome.error); the environment still stops the run."""
+    outcome = TaskOutcome(len(task.todo))
+    placed: list[str] = []
+    json_data: dict[str, bytes] = {}
     stats: dict[str, os.stat_result] | None = None
+    sizes: dict[str, dict[str, int]] = {}  # per fetched sample, its files' sizes
     try:
-        error = _write_files(sink, batch, outcome, str(target.root))
+        root_fd = os.open(task.root, DIR_FLAGS)
+        try:
+            remove_staging(root_fd, task.root, task.staging)  # what an earlier attempt left
+            os.mkdir(task.staging, 0o700, dir_fd=root_fd)
+            staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
+            try:
+                placed, json_data, stats = _fetch_and_write(task, root_fd, staging_fd, outcome, sizes)
+            finally:
+                os.close(staging_fd)
+            remove_staging(root_fd, task.root, task.staging)
+        finally:
+            os.close(root_fd)
+    except OSError as exc:
+        outcome.error = outcome.error or cannot_write(task.root, exc)
+    files = set(placed)
+    outcome.fetched = sum(1 for names in sizes.values() if files.issuperset(names))
+    outcome.files_written = len(files)
+    outcome.bytes_written = sum(size for names in sizes.values() for name, size in names.items()
+                                if name in files)
+    outcome.results = read_placed(task.root, placed, json_data, task.scan_start_ns, stats)
+    return outcome
+
+
+def _fetch_and_write(task: MaterializeTask, root_fd: int, staging_fd: int, outcome: TaskOutcome,
+                     sizes: dict[str, dict[str, int]]
+                     ) -> tuple[list[str], dict[str, bytes], dict[str, os.stat_result] | None]:
+    """Each sample fetched, then its files written at once (one sample's bytes in memory at a
+    time); returns the placed files, the JSON bytes written and, when linked, their stats."""
+    shard_outcome = ShardOutcome(task.root)  # extract's sinks count into it
+    sink: LinkSink | StagingSink = (LinkSink(root_fd, staging_fd, shard_outcome) if links_in_place(staging_fd)
+                                    else StagingSink(staging_fd))
+    try:
+        for wanted, files in task.todo:
+            fetched = task.reader.fetch(wanted, files)
+            outcome.requests += fetched.requests
+            outcome.fetched_bytes += fetched.bytes
+            if fetched.error is not None:
+                outcome.failed.append({"key": wanted.key, "error": fetched.error})
+                continue
+            sizes[wanted.key] = {name: len(data) for name, data in fetched.data.items()}
+            outcome.error = _write_sample(sink, fetched, task.root, shard_outcome)
+            if outcome.error:
+                break
         if isinstance(sink, LinkSink):
             placed, json_data, stats = list(sink.placed), sink.json_data, sink.stats
         else:
-            placed, json_data = place_staged(target.root_fd, str(target.root), sink, outcome)
-            if outcome.error is not None:  # extract's words: say it in ours
-                error = error or cannot_write(str(target.root), None)
+            placed, json_data = place_staged(root_fd, task.root, sink, shard_outcome)
+            stats = None
+            if shard_outcome.error is not None:  # extract's words: say it in ours
+                outcome.error = outcome.error or cannot_write(task.root, None)
     finally:
         if isinstance(sink, LinkSink):
             sink.close()
-        target.clear_staging()
-    root = str(target.root)
-    results = with_partners(recorder, root, read_placed(root, placed, json_data, scan_start_ns, stats),
-                            scan_start_ns)
-    recorder.record([compact(*result) for result in results])
-    refusals = [{"key": (split_sample_path(name) or (name,))[0], "file": name, "reason": reason}
-                for name, reason in outcome.refusals]
-    return Placed(placed, refusals, error)
+    outcome.refusals = [{"key": (split_sample_path(name) or (name,))[0], "file": name, "reason": reason}
+                        for name, reason in shard_outcome.refusals]
+    return placed, json_data, stats
 
 
-def _write_files(sink: LinkSink | StagingSink, batch: list[Fetched], outcome: ShardOutcome,
-                 root: str) -> str | None:
-    """Every fetched file to the sink; a refused one (a symlink or file where its folder should
-    be) is counted and the rest go on; a failed write stops the batch (its message returned)."""
-    now = time.time_ns()
-    for fetched in batch:
-        mtime_ns = fetched.wanted.mtime_ns if fetched.wanted.mtime_ns is not None else now
-        for wanted_file in fetched.files:
-            name = wanted_file.name
-            try:
-                _write(sink, name, fetched.data[name], mtime_ns, keep=name != fetched.wanted.image)
-            except Refused as exc:
-                outcome.refusals.append((name, str(exc)))
-            except WriteFailed as exc:
-                return cannot_write(root, exc.__cause__)
+def _write_sample(sink: LinkSink | StagingSink, fetched: Fetched, root: str,
+                  shard_outcome: ShardOutcome) -> str | None:
+    """A sample's fetched files to the sink; a refused one (a symlink or file where its folder
+    should be) is counted and the rest go on; a failed write stops the task (its message)."""
+    mtime_ns = fetched.wanted.mtime_ns if fetched.wanted.mtime_ns is not None else time.time_ns()
+    for wanted_file in fetched.files:
+        name = wanted_file.name
+        try:
+            _write(sink, name, fetched.data[name], mtime_ns, keep=name != fetched.wanted.image)
+        except Refused as exc:
+            shard_outcome.refusals.append((name, str(exc)))
+        except WriteFailed as exc:
+            return cannot_write(root, exc.__cause__)
     return None
 
 
@@ -139,3 +169,23 @@ def _write(sink: LinkSink | StagingSink, name: str, data: bytes, mtime_ns: int, 
         sink.abandon(fd)
         raise
     sink.finish(fd, parts, name, mtime_ns, data if keep else None)
+
+
+def record_outcome(recorder: Recorder, root: str, outcome: TaskOutcome, scan_start_ns: int) -> None:
+    """In the writer process: a task's placed samples recorded (a key whose partner file came from
+    elsewhere is completed with it first, as extract does)."""
+    results = with_partners(recorder, root, outcome.results, scan_start_ns)
+    recorder.record([compact(*result) for result in results])
+    outcome.results = []  # recorded: free the memory
+
+
+def remove_task_staging(root: str) -> None:
+    """The staging folders tasks of a killed run (or a task whose workers all died) left in DIR."""
+    root_fd = os.open(root, DIR_FLAGS)
+    try:
+        for name in os.listdir(root_fd):
+            if name == STAGING or name.startswith(STAGING + "-"):
+                with contextlib.suppress(FileNotFoundError):
+                    remove_staging(root_fd, root, name)
+    finally:
+        os.close(root_fd)

@@ -81,6 +81,7 @@ def config_lines(summary: dict) -> list[str]:
         f"wrote {summary['path']}: entry {summary['dataset']!r} {action} ({summary['entries']} entries)",
         f"  caption_strategy {summary['caption_strategy']}: {summary['reason']}",
         *cleared_lines(summary.get("cleared")),
+        *(f"  note: {note}" for note in summary.get("notes", [])),
     ]
 
 
@@ -88,9 +89,11 @@ def cleared_lines(cleared: dict[str, int] | None) -> list[str]:
     """What a webshart export removed from SimpleTuner's caches (nothing to say when nothing went)."""
     if not cleared or not any(cleared.values()):
         return []
+    downloads = cleared.get("shard_downloads")
     return [f"  removed from SimpleTuner's webshart caches (rebuilt from the indexes on its next start): "
-            f"{cleared['index_copies']:,} cached shard indexes, {cleared['bucket_files']:,} bucket cache "
-            "files"]
+            f"{cleared['index_copies']:,} cached shard indexes, "
+            + (f"{downloads:,} cached Hub shards, " if downloads else "")
+            + f"{cleared['bucket_files']:,} bucket cache files"]
 
 
 def aitk_lines(summary: dict) -> list[str]:

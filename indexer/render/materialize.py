@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.render.runs import REFUSALS_SHOWN, dataset_line, human_bytes
+from indexer.render.runs import REFUSALS_SHOWN, dataset_line, engine_lines, human_bytes
 from indexer.wording import counts_text
 
 
@@ -17,6 +17,7 @@ def format_materialize_summary(summary: dict) -> str:
         f" {human_bytes(summary['fetched_bytes'])} read in {summary['requests']:,} reads",
         f"  samples added {summary['added']:,}  changed {summary['changed']:,}",
         f"  problems: {counts_text(problems)}" + ("  (see the samples.error column)" if problems else ""),
+        *engine_lines(summary),
     ])
 
 

@@ -23,6 +23,17 @@ def dataset_line(summary: dict) -> str:
             f" in {summary['seconds']:.1f} s")
 
 
+def engine_lines(summary: dict) -> list[str]:
+    """Where a Ray run's tasks ran, how often Ray ran one again, and how busy the writer was."""
+    if summary.get("engine") != "ray":
+        return []
+    nodes = ", ".join(f"{count:,} on {node}" for node, count in sorted(summary["tasks_by_node"].items()))
+    busy = summary.get("writer_busy")
+    return [f"  ray: tasks {nodes or 'none'}; {summary['task_retries']:,} attempts retried,"
+            f" {summary['tasks_failed']:,} tasks failed for good"
+            + (f"; writer busy {busy:.0%} of the time" if busy is not None else "")]
+
+
 def format_index_summary(summary: dict) -> str:
     lines = [
         dataset_line(summary),
@@ -77,7 +88,7 @@ def format_index_summary(summary: dict) -> str:
                      f" were; run index again to retry): {'; '.join(summary['unread'][:3])}")
     for entry in summary.get("unreadable") or []:
         lines.append(f"  warning: could not read folder {entry}; its samples were kept as they were")
-    return "\n".join(lines)
+    return "\n".join(lines + engine_lines(summary))
 
 
 def shard_bytes_used(shards: dict) -> str:
@@ -96,6 +107,7 @@ def format_extract_summary(summary: dict) -> str:
         f"  samples added {summary['added']:,}  changed {summary['changed']:,};"
         f" files read back {summary['files_read']:,}",
         f"  problems: {counts_text(problems)}" + ("  (see the samples.error column)" if problems else ""),
+        *engine_lines(summary),
     ])
 
 
