@@ -7,6 +7,10 @@ a hostile image_name, non-ASCII captions). Images are valid PNG files (or JPEG/W
 header declares the sample's size, so header sniffing sees real values without megabytes of pixels.
 
     python scripts/make_sample.py ROOT --n 100000 [--faults 0.03] [--seed 0] [--subfolders 0]
+    python scripts/make_sample.py ROOT --n 1000 --shards 4   # ROOT/data-000000.tar ... instead
+
+With --shards the same samples are packed into uncompressed webdataset tar shards (members in key
+order, JSON before image, as the DALLE-3 shards hold them) and no loose file is left under ROOT.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import os
 import random
 import struct
+import tarfile
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -66,6 +72,20 @@ def webp_bytes(width: int, height: int) -> bytes:
 IMAGE_WRITERS = {"png": png_bytes, "jpg": jpeg_bytes, "jpeg": jpeg_bytes, "webp": webp_bytes}
 
 
+def sample_image(ext: str, size: tuple[int, int], key: str) -> bytes:
+    """A sample's image: its size's image with the key in a comment (a PNG tEXt chunk before IEND,
+    a JPEG COM segment after JFIF), so each file's bytes, and the md5 its JSON gives as DALLE-3's
+    do, are its own, as `indexer materialize` checks them."""
+    base, note = IMAGE_WRITERS[ext](*size), key.encode()
+    if ext == "png":
+        body = b"tEXt" + b"Comment\x00" + note
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return base[:-12] + chunk + base[-12:]  # IEND is the last 12 bytes
+    if ext in ("jpg", "jpeg"):
+        return base[:20] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + base[20:]  # after APP0
+    return base
+
+
 def caption(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
@@ -111,6 +131,8 @@ def make_dataset(root: str | os.PathLike[str], n: int, *, faults: float = 0.03, 
         ext = rng.choices(["png", "jpg", "jpeg"], weights=[70, 25, 5])[0]
         size = rng.choices(SIZES, weights=SIZE_WEIGHTS)[0]
         record = sample_json(rng, key, ext, size)
+        image = sample_image(ext, size, key)
+        record["md5_file_hash"] = hashlib.md5(image).hexdigest()
         fault = rng.choice(FAULTS) if rng.random() < faults else None
         made[fault or "clean"] = made.get(fault or "clean", 0) + 1
         text = json.dumps(record, ensure_ascii=False)
@@ -133,7 +155,28 @@ def make_dataset(root: str | os.PathLike[str], n: int, *, faults: float = 0.03, 
         if fault != "no_json":
             (root / f"{key}.json").write_text(text, encoding="utf-8")
         if fault != "no_image":
-            (root / f"{key}.{ext}").write_bytes(IMAGE_WRITERS[ext](*size))
+            (root / f"{key}.{ext}").write_bytes(image)
+    return made
+
+
+def make_shards(root: str | os.PathLike[str], n: int, shards: int, **options) -> dict[str, int]:
+    """Write n samples as `shards` tar shards ROOT/data-000000.tar ..., keys dealt out in order
+    (the samples make_dataset would write, faults included); returns the fault counts."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as loose:
+        made = make_dataset(loose, n, **options)
+        names = sorted(p.relative_to(loose).as_posix() for p in Path(loose).rglob("*") if p.is_file())
+        stems = sorted({name.rsplit(".", 1)[0] for name in names})
+        per_shard = -(-len(stems) // shards)
+        by_stem: dict[str, list[str]] = {}
+        for name in names:  # JSON first, then the image, as webdataset writers order a sample
+            by_stem.setdefault(name.rsplit(".", 1)[0], []).append(name)
+        for number in range(shards):
+            with tarfile.open(root / f"data-{number:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+                for stem in stems[number * per_shard:(number + 1) * per_shard]:
+                    for name in sorted(by_stem[stem], key=lambda m: not m.endswith(".json")):
+                        tar.add(Path(loose) / name, arcname=name, recursive=False)
     return made
 
 
@@ -145,9 +188,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subfolders", type=int, default=0, help="spread samples over N folders")
     parser.add_argument("--start", type=int, default=0, help="first sample number (to add more)")
+    parser.add_argument("--shards", type=int, default=0, help="pack the samples into N tar shards")
     args = parser.parse_args()
-    made = make_dataset(args.root, args.n, faults=args.faults, seed=args.seed,
-                        subfolders=args.subfolders, start=args.start)
+    options = {"faults": args.faults, "seed": args.seed, "subfolders": args.subfolders, "start": args.start}
+    if args.shards:
+        made = make_shards(args.root, args.n, args.shards, **options)
+    else:
+        made = make_dataset(args.root, args.n, **options)
     print(f"wrote {args.n} samples to {args.root}: " + ", ".join(f"{k} {v}" for k, v in sorted(made.items())))
 
 

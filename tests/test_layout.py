@@ -177,9 +177,10 @@ def test_the_package_root_offers_the_library_api_and_loads_it_on_first_use():
     assert done.stdout.strip() == "0"
     for name in indexer.API:
         assert callable(getattr(indexer, name)), name
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    page = (PACKAGE.parent / "docs" / "reference" / "python-api.md").read_text(encoding="utf-8")
     for name in ("index_root", "export_parquet", "watch_root", "search", "dataset_stats"):
-        assert f"{name}(" in readme, f"README's Python API example does not show {name}"
+        assert f"indexer.{name}(" in page, f"the Python API page's example does not show {name}"
+    assert not [name for name in indexer.API if f"`{name}" not in page], "not on the Python API page"
 
 
 def test_every_export_command_runs_through_the_registry_with_its_summary_and_api_name():
