@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from indexer import media
+from indexer import media, unsynced
 from indexer.errors import IndexerError
 
 DEFAULT_DB = "indexer.sqlite"
@@ -101,7 +101,9 @@ def identify(db_path: str, *, readonly: bool = False) -> bool:
         )
     if not stat.S_ISREG(mode):
         raise IndexerError(f"database {db_path} is not a regular file: pass a file path with --db")
-    version = 0 if _check_header(db_path) == 0 else _probe(db_path)
+    size = _check_header(db_path)
+    unsynced.refuse_if_restarted(db_path, fresh=size == 0)
+    version = 0 if size == 0 else _probe(db_path)
     latest = latest_version()
     if readonly and version == 0:
         raise IndexerError(f"database {db_path} is empty: run `indexer index ROOT --db {db_path}` first")
