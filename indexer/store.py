@@ -24,6 +24,10 @@ from indexer.errors import IndexerError
 
 DEFAULT_DB = "indexer.sqlite"
 BUSY_TIMEOUT_MS = 30_000
+# Pages of a new database file. ~1.5 KB sample rows waste less of larger pages, and a first load
+# writes fewer of them: measured at 300k rows, 16 KiB against 8 KiB made the file 9% smaller and
+# the first load's writer ~20% cheaper in CPU; reruns, `stats` and `search` at 100k cost no more.
+PAGE_SIZE = 16384
 
 
 def default_db_path() -> str:
@@ -63,7 +67,7 @@ def connect(db_path: str | os.PathLike[str], *, readonly: bool = False) -> sqlit
     conn = _open(db_path)
     try:
         if fresh:
-            conn.execute("PRAGMA page_size = 8192")  # ~1.5 KB sample rows waste less of 8 KiB pages
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file takes it before its first table
         conn.execute("PRAGMA journal_mode = WAL")
         migrate(conn)
         _check_columns(conn, db_path, latest_version())

@@ -60,19 +60,26 @@ def refuse_if_restarted(db_path: str | os.PathLike[str], fresh: bool) -> None:
 
 
 def begin(db_path: str | os.PathLike[str]) -> bool:
-    """Write the marker and flush it to the disk, before any unsynced write; False (nothing
-    written) where this machine's boot cannot be known."""
+    """Write the marker and flush it to the disk, before any unsynced write; False (no marker)
+    where this machine's boot cannot be known or the marker cannot be written: then every write
+    keeps waiting for the disk."""
     boot = boot_id()
     if boot is None:
         return False
     marker = marker_path(db_path)
     partial = marker + ".partial"
-    with open(partial, "w", encoding="ascii") as handle:
-        handle.write(boot + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, marker)  # the marker is there whole, or not at all
-    _flush_folder(marker)
+    try:
+        with open(partial, "w", encoding="ascii") as handle:
+            handle.write(boot + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, marker)  # the marker is there whole, or not at all
+        _flush_folder(marker)
+    except OSError:
+        for path in (partial, marker):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return False
     return True
 
 
