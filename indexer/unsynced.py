@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 
 from indexer.errors import IndexerError
 
@@ -90,17 +92,37 @@ def settle(db_path: str | os.PathLike[str]) -> None:
     if not os.path.exists(marker):
         return
     main = os.path.realpath(db_path)
-    for path in (main, main + "-wal"):
+    try:
+        _flush_elsewhere([main, main + "-wal"])
+        _flush_folder(main)  # the files' own entries, created by this load
         with contextlib.suppress(FileNotFoundError):
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-    _flush_folder(main)  # the files' own entries, created by this load
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(marker)
-    _flush_folder(marker)
+            os.unlink(marker)
+        _flush_folder(marker)
+    except OSError as exc:
+        raise IndexerError(f"cannot flush database {db_path} to the disk ({exc}): check the disk, then"
+                           " run any writing command again (it flushes it first)") from None
+
+
+# Opens each file and fsyncs it: run in a process of its own, because closing any descriptor of a
+# file drops every POSIX lock this process holds on it, SQLite's own included (its connection
+# would lose the lock that tells others it still uses the WAL).
+_FLUSH = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        continue
+    os.fsync(descriptor)
+"""
+
+
+def _flush_elsewhere(paths: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _FLUSH, *paths], check=False,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise OSError(lines[-1] if lines else f"exit status {done.returncode}")
 
 
 def _marker_boot(db_path: str | os.PathLike[str]) -> str | None:

@@ -232,3 +232,12 @@ def test_a_killed_load_is_flushed_by_the_next_writer_and_readable_meanwhile(data
         Path(unsynced.marker_path(path)).exists()), real_settle(path)))
     assert index_root(db_path, data_root, workers=1)["files_read"] == 0
     assert settled[0] is True and not Path(unsynced.marker_path(db_path)).exists()
+
+
+def test_a_marker_that_cannot_be_written_keeps_the_load_waiting_for_the_disk(data_root, db_path, gen,
+                                                                             monkeypatch):
+    gen.make_dataset(data_root, 10, faults=0.0, seed=5)
+    monkeypatch.setattr(unsynced, "marker_path", lambda path: str(db_path.parent / "gone" / "marker"))
+    levels = first_load_sync_levels(monkeypatch)
+    assert index_root(db_path, data_root, workers=1)["added"] == 10
+    assert levels and set(levels) == {1} and not (db_path.parent / "gone").exists()

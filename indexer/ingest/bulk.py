@@ -72,7 +72,7 @@ def unsynced_load(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        with contextlib.suppress(sqlite3.Error, OSError):  # else the next writer flushes it
+        with contextlib.suppress(sqlite3.Error, OSError, IndexerError):  # else the next writer flushes it
             conn.execute(f"PRAGMA synchronous = {int(level)}")
             unsynced.settle(main)
         raise
