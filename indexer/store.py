@@ -61,6 +61,7 @@ def connect(db_path: str | os.PathLike[str], *, readonly: bool = False) -> sqlit
     """
     db_path = os.fspath(db_path)
     fresh = identify(db_path, readonly=readonly)
+    _OPENED.add(os.path.realpath(db_path))
     if readonly:
         return _open(media.read_uri(db_path), uri=True)
     media.refuse_read_only(db_path, fresh)
@@ -132,10 +133,18 @@ def _new_database(db_path: str, readonly: bool) -> bool:
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+# Databases this process has opened through SQLite. Closing any descriptor of a file drops every
+# POSIX lock the process holds on it, SQLite's included: a connection that loses its lock on the
+# database file looks gone to the others, and the next one to close deletes the WAL it still
+# writes into. So a database already open here is never opened by hand again (a watch's exports
+# run in its own process).
+_OPENED: set[str] = set()
 
 
 def _check_header(db_path: str) -> int:
     """Read the first bytes ourselves: SQLite would answer a stranger file with a raw error."""
+    if os.path.realpath(db_path) in _OPENED:
+        return os.path.getsize(db_path)  # SQLite's already: nothing to check, and no descriptor to close
     try:
         with open(db_path, "rb") as handle:
             head = handle.read(len(SQLITE_HEADER))
