@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from indexer import store
 from indexer.export.jsonl import export_jsonl
 from indexer.export.parquet import export_parquet
 from indexer.ingest import pipeline, recorder
@@ -107,3 +108,23 @@ def test_index_survives_exporters_in_other_processes(tmp_path, gen):
     assert proc.returncode == 0, stderr.decode()
     assert exports >= 1
     assert _ok_count(db) > 7700
+
+
+def test_a_connection_opened_again_in_the_same_process_keeps_the_first_ones_wal(tmp_path):
+    """A watch opens its database again for its exports: the writer must keep its lock on the
+    file, or another process closing takes itself for the last user and deletes the WAL the writer
+    still commits into (readers would never see those commits)."""
+    db = tmp_path / "index.sqlite"
+    writer = store.connect(db)
+    store.ensure_dataset(writer, "d", tmp_path)
+    store.connect(db, readonly=True).close()  # as an export inside the watch process does
+    other = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                            " c.execute('UPDATE datasets SET data_version = 5'); c.commit(); c.close()",
+                            str(db)], check=True)
+    assert other.returncode == 0
+    with store.transaction(writer):
+        writer.execute("UPDATE datasets SET data_version = data_version + 1")
+    reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert reader.execute("SELECT data_version FROM datasets").fetchone() == (6,)
+    reader.close()
+    writer.close()

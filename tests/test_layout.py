@@ -12,7 +12,7 @@ import indexer
 
 PACKAGE = Path(indexer.__file__).resolve().parent
 # What each part may import (besides itself): the stages below it in the flow, never one after it.
-BASE = {"errors", "wording", "progress", "store", "media", "atomic"}
+BASE = {"errors", "wording", "progress", "store", "media", "atomic", "unsynced"}
 ALLOWED = {
     "base": {"base"},
     "db": {"base"},

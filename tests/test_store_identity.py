@@ -168,7 +168,7 @@ def test_an_empty_file_becomes_an_indexer_database(cli, place, root):
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone() == (store.latest_version(),)
     assert conn.execute("SELECT count(*) FROM samples").fetchone() == (3,)
-    assert conn.execute("PRAGMA page_size").fetchone() == (8192,)  # made as a new database is
+    assert conn.execute("PRAGMA page_size").fetchone() == (16384,)  # made as a new database is
     conn.close()
     assert run(cli, "stats", db, root).exit_code == 0
 

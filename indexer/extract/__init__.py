@@ -59,6 +59,7 @@ from indexer.ingest.run import resolve_root, writer_run
 from indexer.ingest.walk import STAGING_PREFIX
 from indexer.ingest.workers import LARGE_TASKS_AHEAD, default_workers, map_in_order
 from indexer.progress import bar
+from indexer.unsynced import MARKER_SUFFIX
 
 STAGING_NAME = STAGING_PREFIX + "extract-"
 
@@ -129,7 +130,8 @@ def reserved_paths(db_path: str | os.PathLike[str], root: Path) -> frozenset[str
     (casefolded: members.py compares names whatever their case)."""
     base = os.fspath(Path(db_path).resolve())
     reserved = set()
-    for suffix in ("", "-wal", "-shm", "-journal", ".lock", SCRATCH_SUFFIX):
+    for suffix in ("", "-wal", "-shm", "-journal", ".lock", SCRATCH_SUFFIX, MARKER_SUFFIX,
+                   MARKER_SUFFIX + ".partial"):
         with contextlib.suppress(ValueError):
             reserved.add(Path(base + suffix).relative_to(root).as_posix().casefold())
     return frozenset(reserved)

@@ -11,8 +11,9 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
+from indexer import unsynced
 from indexer.errors import IndexerError
 from indexer.ingest.engines import fallback_for, pool_for
 from indexer.ingest.recorder import Recorder, ScratchBatch
@@ -35,20 +36,48 @@ def bulk_load(recorder: Recorder, tasks: Iterable[Task], settings: ReadSettings,
     read = _read_into_bytes if remote_readers else _read_into_scratch
     try:
         calls = ((task, settings, _scratch_path(folder, n)) for n, task in enumerate(tasks))
-        for batch in map_in_order(read, calls, settings.workers, settings.workers * LARGE_TASKS_AHEAD,
-                                  recorder.counts.waited,
-                                  pool_of=pool_for(settings.engine, settings.ray_address, False),
-                                  on_error=fallback_for(settings.engine, task_failed)):
-            if isinstance(batch, list):  # a task that failed for good: its keys, read_failed
-                recorder.record(batch)
-                on_progress(len(batch))
-                continue
-            if remote_readers:
-                batch = _placed(batch)
-            recorder.record_scratch(batch, fresh=True)
-            on_progress(batch.keys)
+        with unsynced_load(recorder.conn):
+            for batch in map_in_order(read, calls, settings.workers, settings.workers * LARGE_TASKS_AHEAD,
+                                      recorder.counts.waited,
+                                      pool_of=pool_for(settings.engine, settings.ray_address, False),
+                                      on_error=fallback_for(settings.engine, task_failed)):
+                if isinstance(batch, list):  # a task that failed for good: its keys, read_failed
+                    recorder.record(batch)
+                    on_progress(len(batch))
+                    continue
+                if remote_readers:
+                    batch = _placed(batch)
+                recorder.record_scratch(batch, fresh=True)
+                on_progress(batch.keys)
     finally:
         remove_scratch_folder(folder)
+
+
+# Anything in one of these means the database holds more than a first load could rebuild.
+_RECORDS = ("samples", "tar_shards", "shards", "exports", "caption_files")
+
+
+@contextlib.contextmanager
+def unsynced_load(conn: sqlite3.Connection) -> Iterator[None]:
+    """Write without waiting for the disk while the database holds nothing but this load, and wait
+    for it once at the end (unsynced.py says why that is safe, and how a restart is caught)."""
+    main = _main_file(conn)
+    holds = conn.execute("SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in _RECORDS)
+                         ).fetchone()[0]
+    if holds or not unsynced.begin(main):
+        yield
+        return
+    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    conn.execute("PRAGMA synchronous = OFF")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error, OSError, IndexerError):  # else the next writer flushes it
+            conn.execute(f"PRAGMA synchronous = {int(level)}")
+            unsynced.settle(main)
+        raise
+    conn.execute(f"PRAGMA synchronous = {int(level)}")
+    unsynced.settle(main)
 
 
 def _read_into_bytes(task: Task, settings: ReadSettings, path: str) -> tuple[bytes, ScratchBatch]:
@@ -74,10 +103,13 @@ def scratch_folder(conn: sqlite3.Connection) -> str:
     """A new folder for this run's scratch databases, `DB-scratch/run-XXXXXXXX/` beside the
     database (the folder the user named for it). Its name is random, so nothing from a tar shard
     can be placed there ahead of the reader writing it, whatever the filesystem's case rules."""
-    main_file = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
-    parent = main_file + SCRATCH_SUFFIX
+    parent = _main_file(conn) + SCRATCH_SUFFIX
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix="run-", dir=parent)
+
+
+def _main_file(conn: sqlite3.Connection) -> str:
+    return next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
 
 
 def remove_scratch(db_path: str | os.PathLike[str]) -> None:

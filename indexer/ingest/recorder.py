@@ -23,8 +23,12 @@ from indexer.db.counts import problem_counts, sample_count
 from indexer.ingest.pipeline import KEYS_PER_COMMIT, cached_json_bytes, stored_files, write_batches
 from indexer.ingest.records import SCRATCH_COLUMNS, STORED_COLUMNS, json_bytes_in
 from indexer.ingest.rows import CompactResult, Counts
+from indexer.ingest.virtual_columns import insert_rows
 
 SHOWN_LIMIT = 100  # entries of a long list a run summary shows (its full count beside it)
+# A scratch database is read once, front to back, by the copy: mapped, its pages are not copied
+# into the page cache first (~0.15 s of 2 s at 300k rows). SQLite maps no more than the file.
+SCRATCH_MMAP_BYTES = 1 << 30
 
 
 class ScratchBatch(NamedTuple):
@@ -70,6 +74,7 @@ class Recorder:
             return
         self.conn.execute("ATTACH DATABASE ? AS scratch", (batch.path,))
         try:
+            self.conn.execute(f"PRAGMA scratch.mmap_size = {SCRATCH_MMAP_BYTES}")
             known = [] if fresh else _recorded_rows(self.conn, self.dataset)
             if len(known) < batch.rows:
                 json_total = batch.json_bytes - sum(json_bytes_in(result[2]) for result in known)
@@ -123,11 +128,12 @@ def _copy_new_rows(conn: sqlite3.Connection, dataset: str, json_total: int, skip
             " json_bytes = json_bytes + ? WHERE id = ? RETURNING data_version",  # NULL: not known
             (json_total, dataset),
         ).fetchall()[0][0]
-        conn.execute(
+        skip = " WHERE key NOT IN (SELECT value FROM json_each(?))" if skip_keys else ""
+        insert_rows(
+            conn,
             f"INSERT INTO samples (dataset, {', '.join(SCRATCH_COLUMNS)}, data_version)"
-            f" SELECT ?, {', '.join(SCRATCH_COLUMNS)}, ? FROM scratch.rows"
-            " WHERE key NOT IN (SELECT value FROM json_each(?)) ORDER BY rowid",
-            (dataset, version, orjson.dumps(skip_keys).decode()),
+            f" SELECT ?, {', '.join(SCRATCH_COLUMNS)}, ? FROM scratch.rows{skip} ORDER BY rowid",
+            (dataset, version, orjson.dumps(skip_keys).decode()) if skip_keys else (dataset, version),
         )
 
 

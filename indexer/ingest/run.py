@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer import store
+from indexer import store, unsynced
 from indexer.db import lock
 from indexer.errors import IndexerError
 from indexer.ingest.bulk import remove_scratch
@@ -68,6 +68,7 @@ def writer_run(db_path: str | os.PathLike[str], root: Path, command: str,
     conn = store.connect(db_path)
     try:
         with lock.writer_lock(db_path, command):
+            unsynced.settle(db_path)  # what a killed first load left unflushed, while the OS kept it
             remove_scratch(db_path)
             dataset = store.ensure_dataset(conn, dataset_id, root)
             run = Run(conn, dataset, store.start_run(conn, dataset, command))
