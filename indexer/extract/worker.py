@@ -8,11 +8,12 @@ shard each), so it takes and returns plain, picklable values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import stat as stat_module
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from indexer.extract.sinks import DIR_FLAGS, LinkSink, StagingSink, links_in_place, place_staged
 from indexer.extract.stage import stage_members
@@ -47,21 +48,11 @@ def _extract_shard(task: ShardTask, report: Callable[[int], None] | None) -> Sha
     json_data: dict[str, bytes] = {}
     stats: dict[str, os.stat_result] | None = None
     try:
-        root_fd = os.open(task.root, DIR_FLAGS)
-        try:
-            remove_staging(root_fd, task.root, task.staging)  # what a killed run left
-            os.mkdir(task.staging, 0o700, dir_fd=root_fd)
-            staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
-            try:
-                if links_in_place(staging_fd):
-                    placed, json_data, stats = _linked(task, root_fd, staging_fd, outcome, report)
-                else:
-                    placed, json_data = _through_staging(task, root_fd, staging_fd, outcome, report)
-            finally:
-                os.close(staging_fd)
-            remove_staging(root_fd, task.root, task.staging)
-        finally:
-            os.close(root_fd)
+        with staging_in(task.root, task.staging) as (root_fd, staging_fd):
+            if links_in_place(staging_fd):
+                placed, json_data, stats = _linked(task, root_fd, staging_fd, outcome, report)
+            else:
+                placed, json_data = _through_staging(task, root_fd, staging_fd, outcome, report)
     except OSError as exc:
         outcome.error = cannot_write(task.root, exc)
     _hand_over(task, outcome, read_placed(task.root, placed, json_data, task.scan_start_ns, stats))
@@ -86,6 +77,25 @@ def _hand_over(task: ShardTask, outcome: ShardOutcome, results: list[Result]) ->
         return
     outcome.scratch = ScratchBatch(task.scratch, len(whole), rows, sum(result[3] for result in whole),
                                    json_total)
+
+
+@contextlib.contextmanager
+def staging_in(root: str, staging: str) -> Iterator[tuple[int, int]]:
+    """DIR and a private staging folder inside it, both open by descriptor (no path is looked up
+    again while files are placed). What a killed run left there is removed first; the folder is
+    removed again when the work ends normally (after an error, the next run removes it)."""
+    root_fd = os.open(root, DIR_FLAGS)
+    try:
+        remove_staging(root_fd, root, staging)
+        os.mkdir(staging, 0o700, dir_fd=root_fd)
+        staging_fd = os.open(staging, DIR_FLAGS, dir_fd=root_fd)
+        try:
+            yield root_fd, staging_fd
+        finally:
+            os.close(staging_fd)
+        remove_staging(root_fd, root, staging)
+    finally:
+        os.close(root_fd)
 
 
 def remove_staging(root_fd: int, root: str, name: str) -> None:

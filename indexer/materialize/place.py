@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from indexer.extract.members import Refused
 from indexer.extract.sinks import LinkSink, StagingSink, WriteFailed, links_in_place, place_staged
 from indexer.extract.task import ShardOutcome
-from indexer.extract.worker import DIR_FLAGS, Result, read_placed, remove_staging
+from indexer.extract.worker import DIR_FLAGS, Result, read_placed, remove_staging, staging_in
 from indexer.extract.writer import with_partners
 from indexer.ingest.recorder import Recorder
 from indexer.ingest.rows import compact
@@ -75,18 +75,8 @@ def run_task(task: MaterializeTask) -> TaskOutcome:
     stats: dict[str, os.stat_result] | None = None
     sizes: dict[str, dict[str, int]] = {}  # per fetched sample, its files' sizes
     try:
-        root_fd = os.open(task.root, DIR_FLAGS)
-        try:
-            remove_staging(root_fd, task.root, task.staging)  # what an earlier attempt left
-            os.mkdir(task.staging, 0o700, dir_fd=root_fd)
-            staging_fd = os.open(task.staging, DIR_FLAGS, dir_fd=root_fd)
-            try:
-                placed, json_data, stats = _fetch_and_write(task, root_fd, staging_fd, outcome, sizes)
-            finally:
-                os.close(staging_fd)
-            remove_staging(root_fd, task.root, task.staging)
-        finally:
-            os.close(root_fd)
+        with staging_in(task.root, task.staging) as (root_fd, staging_fd):
+            placed, json_data, stats = _fetch_and_write(task, root_fd, staging_fd, outcome, sizes)
     except OSError as exc:
         outcome.error = outcome.error or cannot_write(task.root, exc)
     files = set(placed)
