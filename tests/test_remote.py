@@ -248,6 +248,24 @@ def test_a_hub_dataset_through_huggingface_hubs_own_filesystem(tmp_path, cli, sa
     assert SECRET.encode() not in db.read_bytes() and SECRET not in result.output
 
 
+def test_hf_endpoint_is_read_when_the_run_starts_not_when_huggingface_hub_was_imported(
+        tmp_path, cli, sample_files, monkeypatch, hub):
+    """A process that imported huggingface_hub before HF_ENDPOINT was set (a notebook, a service)
+    still reads from the endpoint set now."""
+    from huggingface_hub import constants
+
+    repo, seen = hub
+    local = dataset_folder(repo / "data", sample_files)
+    index_root(tmp_path / "local.sqlite", local, workers=1)
+    dead = "http://127.0.0.1:9"  # what huggingface_hub took at import: nothing answers there
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    result = cli("index", "hf://datasets/org/name/data", "--db", tmp_path / "hub.sqlite", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert rows(tmp_path / "hub.sqlite") == rows(tmp_path / "local.sqlite")
+    assert any("/resolve/" in line for line in seen)
+
+
 def test_a_hub_dataset_gets_the_webshart_entry_webshart_reads(tmp_path, cli, sample_files, monkeypatch, hub):
     """The entry names the repo and folder (webshart takes any source that is not a folder for a
     repo id) and the local indexes, laid out at the shards' paths in the repo, where webshart's

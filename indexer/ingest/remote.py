@@ -286,7 +286,8 @@ def _new_filesystem(scheme: str) -> Any:
         if scheme == "hf":
             from huggingface_hub import HfFileSystem
 
-            return HfFileSystem(skip_instance_cache=True)
+            # HF_ENDPOINT as it is now: huggingface_hub reads it once, when first imported
+            return HfFileSystem(skip_instance_cache=True, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except ImportError:
         raise IndexerError(f"{scheme}:// sources need the remote extra: {INSTALL}") from None
     raise IndexerError(f"{scheme}:// is not a source indexer reads: use s3://, hf:// or https://")
