@@ -259,7 +259,8 @@ def test_hf_endpoint_is_read_when_the_run_starts_not_when_huggingface_hub_was_im
     index_root(tmp_path / "local.sqlite", local, workers=1)
     dead = "http://127.0.0.1:9"  # what huggingface_hub took at import: nothing answers there
     monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        dead + "/{repo_id}/resolve/{revision}/{filename}")
     result = cli("index", "hf://datasets/org/name/data", "--db", tmp_path / "hub.sqlite", "--json")
     assert result.exit_code == 0, result.stderr
     assert rows(tmp_path / "hub.sqlite") == rows(tmp_path / "local.sqlite")
