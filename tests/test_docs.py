@@ -21,6 +21,7 @@ code does.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import runpy
@@ -200,9 +201,13 @@ def run_command(line: str, cwd: Path) -> None:
         # huggingface_hub reads HF_ENDPOINT once, when first imported (the next test's stand-in
         # would get this one's address)
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        done = subprocess.run([INDEXER, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=300)
+        ray = is_ray(argv) and "--json" not in argv  # its summary names the nodes the tasks ran on
+        done = subprocess.run([INDEXER, *argv[1:], *(["--json"] if ray else [])], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{what}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        if ray:  # Ray kept to loopback: every task ran on a node at 127.0.0.1
+            nodes = json.loads(done.stdout)["tasks_by_node"]
+            assert nodes and set(nodes) == {"127.0.0.1"}, f"{what}: tasks ran on {nodes}"
     elif argv[0] == "indexer":
         from indexer.cli import main
 
