@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -141,12 +141,17 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def show(result: Any, text: Callable[[Any], str], *, as_json: bool, quiet: bool = False) -> None:
-    """A result on stdout: as JSON with --json, else in words unless --quiet."""
+def show(result: Any, text: Callable[[Any], str], *, as_json: bool, quiet: bool = False,
+         problems: Callable[[Any], Iterable[str]] | None = None) -> None:
+    """A result on stdout: as JSON with --json, else in words unless --quiet; its problem lines
+    (`problems`) on stderr unless --json, where they are part of the object."""
     if as_json:
         print_json(result)
-    elif not quiet:
+        return
+    if not quiet:
         click.echo(text(result))
+    for line in problems(result) if problems else ():
+        click.echo(line, err=True)
 
 
 def show_progress(quiet: bool, as_json: bool) -> bool:

@@ -39,10 +39,7 @@ def extract_command(shards: tuple[str, ...], to: str, db: str | None, dataset_id
     """
     summary = extract_shards(resolve_db(db), shards, to, dataset_id=dataset_id, workers=workers,
                              progress=show_progress(quiet, as_json), engine=engine, ray_address=ray_address)
-    show(summary, format_extract_summary, as_json=as_json, quiet=quiet)
-    if not as_json:
-        for line in extract_problem_lines(summary):
-            click.echo(line, err=True)
+    show(summary, format_extract_summary, as_json=as_json, quiet=quiet, problems=extract_problem_lines)
     raise SystemExit(exit_code(summary))
 
 

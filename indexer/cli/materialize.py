@@ -52,10 +52,8 @@ def materialize_command(to: str, db: str | None, dataset_id: str | None, where: 
     summary = materialize(resolve_db(db), to, dataset_id=dataset_id, where=where, workers=workers,
                           progress=show_progress(quiet, as_json), shard_list=shard_list, as_id=as_id,
                           engine=engine, ray_address=ray_address)
-    show(summary, format_materialize_summary, as_json=as_json, quiet=quiet)
-    if not as_json:
-        for line in materialize_problem_lines(summary):
-            click.echo(line, err=True)
+    show(summary, format_materialize_summary, as_json=as_json, quiet=quiet,
+         problems=materialize_problem_lines)
     raise SystemExit(exit_code(summary))
 
 

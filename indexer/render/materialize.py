@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.render.runs import REFUSALS_SHOWN, dataset_line, engine_lines, human_bytes
-from indexer.wording import counts_text
+from indexer.render.runs import REFUSALS_SHOWN, dataset_line, engine_lines, human_bytes, problems_line
 
 
 def format_materialize_summary(summary: dict) -> str:
@@ -16,7 +15,7 @@ def format_materialize_summary(summary: dict) -> str:
         f"  {summary['files_written']:,} files written ({human_bytes(summary['bytes_written'])});"
         f" {human_bytes(summary['fetched_bytes'])} read in {summary['requests']:,} reads",
         f"  samples added {summary['added']:,}  changed {summary['changed']:,}",
-        f"  problems: {counts_text(problems)}" + ("  (see the samples.error column)" if problems else ""),
+        problems_line(problems),
         *engine_lines(summary),
     ])
 

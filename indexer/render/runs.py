@@ -97,6 +97,11 @@ def shard_bytes_used(shards: dict) -> str:
     return f", {human_bytes(shards['bytes_used'])} of it used" if "bytes_used" in shards else ""
 
 
+def problems_line(problems: dict) -> str:
+    """The samples' problem counts of a run, pointing at where each one is explained."""
+    return f"  problems: {counts_text(problems)}" + ("  (see the samples.error column)" if problems else "")
+
+
 def format_extract_summary(summary: dict) -> str:
     problems = summary.get("problems") or {}
     return "\n".join([
@@ -106,7 +111,7 @@ def format_extract_summary(summary: dict) -> str:
         f" {human_bytes(summary['bytes'])} read, {summary['refused']:,} refused",
         f"  samples added {summary['added']:,}  changed {summary['changed']:,};"
         f" files read back {summary['files_read']:,}",
-        f"  problems: {counts_text(problems)}" + ("  (see the samples.error column)" if problems else ""),
+        problems_line(problems),
         *engine_lines(summary),
     ])
 
